@@ -1,0 +1,1 @@
+//! clipkd-data: placeholder module root, filled by its issue.

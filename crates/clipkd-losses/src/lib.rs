@@ -1,0 +1,1 @@
+//! clipkd-losses: placeholder module root, filled by its issue.

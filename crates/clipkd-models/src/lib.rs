@@ -1,0 +1,1 @@
+//! clipkd-models: placeholder module root, filled by its issue.

@@ -1,0 +1,1 @@
+//! clipkd-train: placeholder module root, filled by its issue.
