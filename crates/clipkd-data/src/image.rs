@@ -1,0 +1,1 @@
+//! Image decoding and open_clip preprocessing (filled by the foundation issue).
