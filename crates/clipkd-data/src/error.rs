@@ -15,4 +15,30 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// An image file is not in a supported format, or its header describes something this
+    /// crate cannot decode.
+    #[error("image {path}: {what}")]
+    ImageFormat {
+        /// The file (or the name the bytes came with).
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// An image file could not be decoded (corrupt or truncated data).
+    #[error("cannot decode image {path}: {source}")]
+    ImageDecode {
+        /// The file (or the name the bytes came with).
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An image transform setting is out of range.
+    #[error("image transform: invalid {field}: {reason}")]
+    InvalidTransform {
+        /// The setting (`size`, `mean`, `std`, `crop_scale`, ...).
+        field: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
 }
