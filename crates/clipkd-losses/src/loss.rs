@@ -1,0 +1,84 @@
+//! The loss trait and the learnable logit scale shared by ICL, AFD and cross-KD.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::error::LossError;
+use crate::projector::DistillBatch;
+use crate::terms::LossTerms;
+
+/// A distillation loss: reads a [`DistillBatch`] and returns its named, *unweighted* terms.
+///
+/// Implement it for your own module to use it beside the built-in losses in a
+/// [`LossSet`](crate::LossSet) (see `examples/custom_loss.rs`).
+pub trait DistillLoss<B: Backend> {
+    /// The loss's terms for this batch (unweighted: the loss set applies the weights).
+    fn forward(&self, batch: &DistillBatch<B>) -> Result<LossTerms<B>, LossError>;
+
+    /// Whether this loss reads the student's masked-view image embeddings (MFD does).
+    fn requires_masked_view(&self) -> bool {
+        false
+    }
+}
+
+/// How a learnable logit scale `c` becomes the multiplier of the logits.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum ScaleMode {
+    /// Multiply by `c` itself, as CLIP-KD releases ICL and AFD (init `ln(1/0.07) ≈ 2.659`, so an
+    /// effective temperature of ≈ 0.376). The default, to reproduce the paper.
+    Raw,
+    /// Multiply by `exp(c)`, like CLIP's own `logit_scale` (init 2.659 gives 14.3).
+    Exp,
+}
+
+/// Configuration of a [`LearnableScale`].
+#[derive(Config, Debug)]
+pub struct LearnableScaleConfig {
+    /// How the parameter becomes the multiplier.
+    #[config(default = "ScaleMode::Raw")]
+    pub mode: ScaleMode,
+    /// Initial value of the parameter (CLIP-KD: `ln(1/0.07)`).
+    #[config(default = 2.659_260_036_932_778)]
+    pub init: f64,
+}
+
+impl LearnableScaleConfig {
+    /// Creates the scale on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LearnableScale<B> {
+        LearnableScale {
+            value: Param::from_tensor(Tensor::from_floats([self.init as f32], device)),
+            mode: self.mode,
+        }
+    }
+
+    pub(crate) fn validate(&self, what: &str) -> Result<(), LossError> {
+        if !self.init.is_finite() {
+            return Err(LossError::InvalidConfig {
+                what: format!("{what} logit scale init"),
+                reason: format!("{} is not finite", self.init),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A learnable scalar logit scale owned by a loss (ICL's, AFD's, cross-KD's), saved with the
+/// loss's record and trained by the optimizer.
+#[derive(Module, Debug)]
+pub struct LearnableScale<B: Backend> {
+    /// The parameter `c`, shape `[1]`.
+    pub value: Param<Tensor<B, 1>>,
+    /// How `c` becomes the multiplier.
+    pub mode: ScaleMode,
+}
+
+impl<B: Backend> LearnableScale<B> {
+    /// The multiplier of the logits: `c` or `exp(c)`, shape `[1]`.
+    pub fn multiplier(&self) -> Tensor<B, 1> {
+        match self.mode {
+            ScaleMode::Raw => self.value.val(),
+            ScaleMode::Exp => self.value.val().exp(),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The loss-owned projector that maps student embeddings into the teacher's space, and the
+//! batch the losses read (the input plus the aligned student features).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::error::LossError;
+use crate::input::DistillInput;
+use crate::ops::l2_normalize;
+
+/// Configuration of a [`Projector`].
+#[derive(Config, Debug)]
+pub struct ProjectorConfig {
+    /// The student's embedding size `D_s`.
+    pub student_dim: usize,
+    /// The teacher's embedding size `D_t`.
+    pub teacher_dim: usize,
+    /// Whether the projections have a bias (CLIP-KD's `nn.Linear` does).
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl ProjectorConfig {
+    /// Creates the projector: two `Linear(D_s -> D_t)` (image, text) when the sizes differ,
+    /// none (identity) when they are equal, as CLIP-KD. Initialized like PyTorch's `nn.Linear`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Projector<B> {
+        if self.student_dim == self.teacher_dim {
+            return Projector::identity();
+        }
+        let linear = || {
+            LinearConfig::new(self.student_dim, self.teacher_dim)
+                .with_bias(self.bias)
+                .init(device)
+        };
+        Projector {
+            image: Some(linear()),
+            text: Some(linear()),
+        }
+    }
+}
+
+/// Maps the student's raw embeddings into the teacher's space: `ŝ = normalize(P s)`, one
+/// `Linear(D_s -> D_t)` per modality (`P` = identity when it has none).
+///
+/// CLIP-KD keeps one such pair (`visual_proj`, `text_proj`) in its loss and shares it between
+/// FD, ICL, GD, AFD and cross-KD; a [`LossSet`](crate::LossSet) owns one the same way, so that
+/// every loss trains and reads the same projection and a checkpoint of the loss set saves it.
+#[derive(Module, Debug)]
+pub struct Projector<B: Backend> {
+    /// Image projection (CLIP-KD's `visual_proj`), absent when `D_s == D_t`.
+    pub image: Option<Linear<B>>,
+    /// Text projection (CLIP-KD's `text_proj`), absent when `D_s == D_t`.
+    pub text: Option<Linear<B>>,
+}
+
+impl<B: Backend> Projector<B> {
+    /// No projection: `ŝ = normalize(s)`.
+    pub fn identity() -> Self {
+        Self {
+            image: None,
+            text: None,
+        }
+    }
+
+    /// The batch the losses read: the input plus the aligned student features.
+    ///
+    /// Errors if the student's embedding size is not the projector's input size.
+    pub fn align(&self, input: &DistillInput<B>) -> Result<DistillBatch<B>, LossError> {
+        let student = input.student();
+        let image_aligned = project(
+            self.image.as_ref(),
+            student.image(),
+            student.image_normalized(),
+            "image",
+        )?;
+        let text_aligned = project(
+            self.text.as_ref(),
+            student.text(),
+            student.text_normalized(),
+            "text",
+        )?;
+        // `DistillInput` guarantees the masked view has the student's size.
+        let masked_image_aligned = input.student_masked_image().map(|m| match &self.image {
+            Some(linear) => l2_normalize(linear.forward(m.clone())),
+            None => l2_normalize(m.clone()),
+        });
+        Ok(DistillBatch {
+            input: input.clone(),
+            image_aligned,
+            text_aligned,
+            masked_image_aligned,
+        })
+    }
+}
+
+fn project<B: Backend>(
+    linear: Option<&Linear<B>>,
+    raw: &Tensor<B, 2>,
+    normalized: &Tensor<B, 2>,
+    modality: &str,
+) -> Result<Tensor<B, 2>, LossError> {
+    match linear {
+        Some(linear) => {
+            let [d_in, _] = linear.weight.dims();
+            let d = raw.dims()[1];
+            if d != d_in {
+                return Err(LossError::DimMismatch {
+                    what: format!("projector: student {modality} embeddings"),
+                    expected: d_in,
+                    got: d,
+                });
+            }
+            Ok(l2_normalize(linear.forward(raw.clone())))
+        }
+        None => Ok(normalized.clone()),
+    }
+}
+
+/// What a loss reads: the [`DistillInput`] plus the student's features aligned to the
+/// teacher's space by the loss set's [`Projector`].
+///
+/// # Shapes
+/// - `image_aligned`, `text_aligned`, `masked_image_aligned`: `[N, D_t]` (L2-normalized)
+#[derive(Debug, Clone)]
+pub struct DistillBatch<B: Backend> {
+    input: DistillInput<B>,
+    image_aligned: Tensor<B, 2>,
+    text_aligned: Tensor<B, 2>,
+    masked_image_aligned: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> DistillBatch<B> {
+    /// A batch without projection (`ŝ = ū`), for losses used on their own when `D_s == D_t`
+    /// or for losses that only read the student's own features (task, CRD, open_clip distill).
+    pub fn unprojected(input: &DistillInput<B>) -> Self {
+        Projector::identity()
+            .align(input)
+            .expect("the identity projector accepts any embedding size")
+    }
+
+    /// The input.
+    pub fn input(&self) -> &DistillInput<B> {
+        &self.input
+    }
+
+    /// `ŝ_img = normalize(P s_img)`, `[N, D_t]`.
+    pub fn image_aligned(&self) -> &Tensor<B, 2> {
+        &self.image_aligned
+    }
+
+    /// `ŝ_txt = normalize(P s_txt)`, `[N, D_t]`.
+    pub fn text_aligned(&self) -> &Tensor<B, 2> {
+        &self.text_aligned
+    }
+
+    /// `normalize(P s_img_masked)`, `[N, D_t]`, when the input has a masked view.
+    pub fn masked_image_aligned(&self) -> Option<&Tensor<B, 2>> {
+        self.masked_image_aligned.as_ref()
+    }
+
+    /// Checks that the aligned student features have the teacher's size (they do unless a loss
+    /// that needs them is used without a projector while `D_s != D_t`).
+    pub fn check_aligned(&self, loss: &str) -> Result<(), LossError> {
+        let expected = self.input.teacher().dim();
+        let got = self.image_aligned.dims()[1];
+        if got != expected {
+            return Err(LossError::DimMismatch {
+                what: format!(
+                    "{loss}: student features aligned to the teacher's space (the student and \
+                     teacher sizes differ, so the loss set needs a projector)"
+                ),
+                expected,
+                got,
+            });
+        }
+        Ok(())
+    }
+}
