@@ -121,3 +121,66 @@ pub fn mse<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 1> {
 pub fn cosine_distance_normalized<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 1> {
     (a * b).sum_dim(1).mean().neg().add_scalar(1.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+    use burn_flex::Flex;
+
+    fn t2(rows: &[&[f32]]) -> Tensor<Flex, 2> {
+        let (n, d) = (rows.len(), rows[0].len());
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_data(TensorData::new(flat, vec![n, d]), &Default::default())
+    }
+
+    fn scalar(t: Tensor<Flex, 1>) -> f32 {
+        t.into_scalar()
+    }
+
+    #[test]
+    fn normalize_gives_unit_rows_and_keeps_zero_rows() {
+        let x = l2_normalize(t2(&[&[3.0, 4.0], &[0.0, 0.0]]));
+        let v = x.to_data().to_vec::<f32>().unwrap();
+        assert_eq!(v, vec![0.6, 0.8, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn cross_entropy_with_offset_picks_the_shifted_diagonal() {
+        // rows 1..3 of a 3-sample batch: positives are columns 1 and 2
+        let logits = t2(&[&[0.0, 2.0, 0.0], &[1.0, 0.0, 3.0]]);
+        let lse = |r: [f32; 3]| r.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let expected = ((lse([0.0, 2.0, 0.0]) - 2.0) + (lse([1.0, 0.0, 3.0]) - 3.0)) / 2.0;
+        let got = scalar(contrastive_cross_entropy(logits, 1));
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn kl_is_zero_for_equal_logits_and_positive_otherwise() {
+        let a = t2(&[&[1.0, -2.0, 0.5], &[0.0, 3.0, 1.0]]);
+        assert!(scalar(kl_div_batchmean(a.clone(), a.clone(), 1.0)).abs() < 1e-7);
+        let b = t2(&[&[0.0, 0.0, 0.0], &[1.0, 1.0, 1.0]]);
+        assert!(scalar(kl_div_batchmean(b, a.clone(), 2.0)) > 0.1);
+        // a teacher probability that underflows to 0 contributes 0, not NaN
+        let hard = t2(&[&[1e4, -1e4, 0.0], &[0.0, 1e4, -1e4]]);
+        assert!(scalar(kl_div_batchmean(a, hard, 1.0)).is_finite());
+    }
+
+    #[test]
+    fn soft_cross_entropy_of_one_hot_teacher_is_cross_entropy() {
+        let s = t2(&[&[1.0, -2.0], &[0.5, 3.0]]);
+        let teacher = t2(&[&[1e3, -1e3], &[-1e3, 1e3]]);
+        let a = scalar(soft_cross_entropy(s.clone(), teacher));
+        let b = scalar(contrastive_cross_entropy(s, 0));
+        assert!((a - b).abs() < 1e-6);
+    }
+
+    #[test]
+    fn local_rows_slice_only_when_partial() {
+        let x = t2(&[&[1.0], &[2.0], &[3.0]]);
+        let all = local(&x, LocalRows { offset: 0, len: 3 });
+        assert_eq!(all.dims(), [3, 1]);
+        let part = local(&x, LocalRows { offset: 1, len: 2 });
+        assert_eq!(part.to_data().to_vec::<f32>().unwrap(), vec![2.0, 3.0]);
+    }
+}

@@ -30,9 +30,11 @@ impl ProjectorConfig {
             return Projector::identity();
         }
         let linear = || {
-            LinearConfig::new(self.student_dim, self.teacher_dim)
-                .with_bias(self.bias)
-                .init(device)
+            eager(
+                LinearConfig::new(self.student_dim, self.teacher_dim)
+                    .with_bias(self.bias)
+                    .init(device),
+            )
         };
         Projector {
             image: Some(linear()),
@@ -93,6 +95,17 @@ impl<B: Backend> Projector<B> {
             masked_image_aligned,
         })
     }
+}
+
+/// Initializes a layer's parameters now. Burn initializes lazily, and a clone of a layer that
+/// was never used draws *new* random values under the same parameter ids; loss layers are
+/// initialized at creation so that every copy of a loss set (e.g. one per device) is the same.
+pub(crate) fn eager<B: Backend>(linear: Linear<B>) -> Linear<B> {
+    let _ = linear.weight.val();
+    if let Some(bias) = &linear.bias {
+        let _ = bias.val();
+    }
+    linear
 }
 
 fn project<B: Backend>(

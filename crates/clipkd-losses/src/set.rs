@@ -23,6 +23,9 @@ use crate::terms::LossTerms;
 
 /// Any built-in loss, so that a [`LossSet`] of them is one concrete Burn module (trained by the
 /// optimizer and saved by a recorder or `burn-store`, learnable scales and layers included).
+// A set holds a handful of these, once: the AFD variant's size does not matter, and Burn has no
+// `Module` implementation for `Box` to shrink it with.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum BuiltinLoss<B: Backend> {
     /// CLIP's InfoNCE.

@@ -113,3 +113,30 @@ pub(crate) fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
     use burn::tensor::ElementConversion;
     t.clone().into_scalar().elem::<f64>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_flex::Flex;
+
+    #[test]
+    fn terms_keep_order_and_sum() {
+        let device = Default::default();
+        let mut terms = LossTerms::<Flex>::single("a", Tensor::from_floats([1.5], &device));
+        terms.push("b", 2.0, Tensor::from_floats([4.0], &device));
+        assert_eq!(terms.len(), 2);
+        assert_eq!(
+            terms.to_scalars(),
+            vec![("a".to_string(), 1.5), ("b".to_string(), 4.0)]
+        );
+        assert_eq!(terms.get("b").unwrap().clone().into_scalar(), 4.0);
+        assert!(terms.get("c").is_none());
+        assert_eq!(terms.total().into_scalar(), 5.5);
+    }
+
+    #[test]
+    #[should_panic(expected = "empty list of terms")]
+    fn total_of_nothing_panics() {
+        let _ = LossTerms::<Flex>::new().total();
+    }
+}

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::error::LossError;
 use crate::loss::{DistillLoss, LearnableScale, LearnableScaleConfig};
 use crate::ops::{contrastive_cross_entropy, l2_normalize, local, scaled_similarity};
-use crate::projector::DistillBatch;
+use crate::projector::{DistillBatch, eager};
 use crate::terms::LossTerms;
 
 /// Configuration of the [`AfdLoss`].
@@ -42,9 +42,11 @@ impl AfdLossConfig {
             });
         }
         let linear = || {
-            LinearConfig::new(2 * self.teacher_dim, fused)
-                .with_bias(self.bias)
-                .init(device)
+            eager(
+                LinearConfig::new(2 * self.teacher_dim, fused)
+                    .with_bias(self.bias)
+                    .init(device),
+            )
         };
         Ok(AfdLoss {
             image_fusion: linear(),

@@ -121,3 +121,55 @@ impl<B: Backend> DistillLoss<B> for GdLoss {
         Ok(LossTerms::single(Self::NAME, value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Int};
+
+    type B = burn::backend::Autodiff<burn_flex::Flex>;
+
+    /// The closed form equals autodiff's gradient of `CE(z, y)` for both scale uses.
+    #[test]
+    fn closed_form_matches_autodiff_of_the_clip_loss() {
+        let device = Default::default();
+        let (n, d) = (7, 5);
+        let p =
+            Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let k =
+            Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let tau = 2.5f32;
+        let scale = Tensor::<B, 1>::from_floats([tau], &device);
+        for scale_use in [GdScaleUse::Divide, GdScaleUse::Multiply] {
+            let sim = p.clone().matmul(k.clone().transpose());
+            let logits = match scale_use {
+                GdScaleUse::Divide => sim.div_scalar(tau),
+                GdScaleUse::Multiply => sim.mul_scalar(tau),
+            };
+            let targets = Tensor::<B, 1, Int>::arange(0..n as i64, &device).unsqueeze_dim::<2>(1);
+            let loss = burn::tensor::activation::log_softmax(logits, 1)
+                .gather(1, targets)
+                .mean()
+                .neg();
+            let grads = loss.backward();
+            let rows = LocalRows { offset: 0, len: n };
+            let (gp, gk) = contrastive_gradients(&p, &k, &scale, scale_use, rows);
+            for (what, closed, auto) in [
+                ("g_p", gp, p.grad(&grads).unwrap()),
+                ("g_k", gk, k.grad(&grads).unwrap()),
+            ] {
+                let a = closed.inner().to_data().to_vec::<f32>().unwrap();
+                let b = auto.to_data().to_vec::<f32>().unwrap();
+                let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let err = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    err <= 1e-5 * max,
+                    "{scale_use:?} {what}: {err} vs max {max}"
+                );
+            }
+        }
+    }
+}
