@@ -15,6 +15,16 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A BPE vocabulary (merges) file for the tokenizer is malformed.
+    #[error("invalid BPE merges file {path}, line {line}: {what}")]
+    BpeMerges {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong.
+        what: String,
+    },
     /// An image file is not in a supported format, or its header describes something this
     /// crate cannot decode.
     #[error("image {path}: {what}")]
