@@ -2,6 +2,7 @@
 //! and decode + train transform at 224, plus decode alone and each transform alone.
 //!
 //! Run: `cargo bench -p clipkd-data --bench image_preprocess` (optionally `-- <seconds per case>`).
+//! `CLIPKD_IMAGE_DIR` overrides the image folder (default: the fixture photos).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -29,7 +30,11 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(0.4);
     let budget = Duration::from_secs_f64(secs);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images/src");
+    let dir = std::env::var_os("CLIPKD_IMAGE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images/src")
+        });
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("fixture images")
         .map(|e| e.unwrap().path())
