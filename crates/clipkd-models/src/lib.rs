@@ -1,1 +1,38 @@
-//! clipkd-models: placeholder module root, filled by its issue.
+//! CLIP models for Burn with open_clip 3.3.0 parity: ViT and ModifiedResNet vision towers, the
+//! text transformer, open_clip model configs (and presets), and open_clip checkpoint import and
+//! export.
+//!
+//! ```no_run
+//! use burn_flex::Flex;
+//! use clipkd_models::{ClipConfig, load_open_clip};
+//!
+//! let config = ClipConfig::preset("ViT-B-16")?;
+//! let model = load_open_clip::<Flex>("ViT-B-16.safetensors", &config, &Default::default())?;
+//! # Ok::<(), clipkd_models::ModelError>(())
+//! ```
+//!
+//! Modules are generic over the backend and run on Flex, CUDA and wgpu. Training behaviour
+//! (patch dropout, BatchNorm batch statistics) follows Burn's convention: it is on when the
+//! backend is an autodiff backend.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod clip;
+pub mod config;
+pub mod error;
+mod presets;
+pub mod resnet;
+pub mod transformer;
+pub mod vit;
+
+pub use checkpoint::{
+    StoredDType, TensorSpec, load_open_clip, open_clip_state_dict_spec, save_open_clip,
+};
+pub use clip::{Clip, ClipOutput, TextProjection, VisionTower, l2_normalize};
+pub use config::{
+    Activation, ClipConfig, GeluApproximate, ModifiedResNetConfig, PosEmbedType, TextConfig,
+    TextPool, TextProjType, VisionConfig, VisionPool, VitConfig,
+};
+pub use error::{KeyReport, ModelError, ShapeMismatch};
+pub use resnet::ModifiedResNet;
+pub use vit::VisionTransformer;

@@ -1,0 +1,380 @@
+//! The CLIP model (open_clip's `CLIP` class): a vision tower under `visual`, the text tower's
+//! modules at the top level, and the learned logit scale.
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+use crate::config::{ClipConfig, TextPool, TextProjType, VisionConfig};
+use crate::error::ModelError;
+use crate::resnet::ModifiedResNet;
+use crate::transformer::{
+    BlockInit, MlpActivation, Transformer, TransformerSpec, layer_norm, linear, normal,
+};
+use crate::vit::VisionTransformer;
+
+/// The vision tower of a [`Clip`] (state-dict prefix `visual.`).
+// A model holds exactly one tower, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum VisionTower<B: Backend> {
+    /// A vision transformer.
+    Vit(VisionTransformer<B>),
+    /// A ModifiedResNet.
+    ModifiedResNet(ModifiedResNet<B>),
+}
+
+impl<B: Backend> VisionTower<B> {
+    /// Image embeddings (see the towers' `forward`).
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            VisionTower::Vit(vit) => vit.forward(images),
+            VisionTower::ModifiedResNet(resnet) => resnet.forward(images),
+        }
+    }
+
+    fn as_vit(&self) -> Result<&VisionTransformer<B>, ModelError> {
+        match self {
+            VisionTower::Vit(vit) => Ok(vit),
+            VisionTower::ModifiedResNet(_) => Err(ModelError::MaskedForwardUnsupported {
+                tower: "a ModifiedResNet",
+            }),
+        }
+    }
+}
+
+/// The text projection (state-dict key `text_projection`).
+#[derive(Module, Debug)]
+pub enum TextProjection<B: Backend> {
+    /// A raw `[width, embed_dim]` matrix applied as `x @ text_projection` (the default).
+    Matrix(Param<Tensor<B, 2>>),
+    /// An `nn.Linear` with bias (`proj_bias: true`; keys `text_projection.weight` / `.bias`).
+    Linear(Linear<B>),
+}
+
+impl<B: Backend> TextProjection<B> {
+    /// # Shapes
+    /// - `x`: `[N, width]` -> `[N, embed_dim]`
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            TextProjection::Matrix(p) => x.matmul(p.val()),
+            TextProjection::Linear(l) => l.forward(x),
+        }
+    }
+}
+
+/// The outputs of [`Clip::forward`].
+///
+/// The embeddings are RAW (as the towers produce them, not L2-normalized); use the
+/// `*_normalized` helpers for unit vectors.
+#[derive(Debug, Clone)]
+pub struct ClipOutput<B: Backend> {
+    /// Raw image embeddings, `[N, embed_dim]`.
+    pub image_embeds: Tensor<B, 2>,
+    /// Raw text embeddings, `[M, embed_dim]`.
+    pub text_embeds: Tensor<B, 2>,
+    /// The LOG logit scale as stored (`logit_scale`, shape `[1]`); the temperature is its exp.
+    pub logit_scale: Tensor<B, 1>,
+    /// The logit bias, shape `[1]`, for models configured with `init_logit_bias`.
+    pub logit_bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ClipOutput<B> {
+    /// L2-normalized image embeddings, `[N, embed_dim]`.
+    pub fn image_embeds_normalized(&self) -> Tensor<B, 2> {
+        l2_normalize(self.image_embeds.clone())
+    }
+
+    /// L2-normalized text embeddings, `[M, embed_dim]`.
+    pub fn text_embeds_normalized(&self) -> Tensor<B, 2> {
+        l2_normalize(self.text_embeds.clone())
+    }
+
+    /// CLIP's image-to-text logits `exp(logit_scale) * img_n @ txt_n^T (+ logit_bias)`,
+    /// `[N, M]` (transpose for text-to-image).
+    pub fn logits_per_image(&self) -> Tensor<B, 2> {
+        let sim = self
+            .image_embeds_normalized()
+            .matmul(self.text_embeds_normalized().transpose());
+        let logits = sim * self.logit_scale.clone().exp().unsqueeze::<2>();
+        match &self.logit_bias {
+            Some(bias) => logits + bias.clone().unsqueeze::<2>(),
+            None => logits,
+        }
+    }
+}
+
+/// `x / max(||x||_2, 1e-12)` along the last dimension (PyTorch's `F.normalize`).
+///
+/// # Shapes
+/// - `x`: `[N, D]` -> `[N, D]`
+pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// A CLIP model with open_clip's module tree and state-dict keys.
+///
+/// Build one with [`ClipConfig::init`], or load weights with
+/// [`crate::load_open_clip`] / [`Clip::load_open_clip_weights`].
+#[derive(Module, Debug)]
+pub struct Clip<B: Backend> {
+    /// The vision tower (`visual.*`).
+    pub visual: VisionTower<B>,
+    /// The text transformer (`transformer.resblocks.*`), causal unless `no_causal_mask`.
+    pub transformer: Transformer<B>,
+    /// Token embeddings, `[vocab_size, width]`.
+    pub token_embedding: Embedding<B>,
+    /// Text positional embeddings, `[context_length, width]`.
+    pub positional_embedding: Param<Tensor<B, 2>>,
+    /// Final LayerNorm of the text tower.
+    pub ln_final: LayerNorm<B>,
+    /// Text projection (absent with `proj_type: "none"`).
+    pub text_projection: Option<TextProjection<B>>,
+    /// The log logit scale, shape `[1]` (open_clip stores `[]` unless `nonscalar_logit_scale`).
+    pub logit_scale: Param<Tensor<B, 1>>,
+    /// The logit bias, shape `[1]` (only with `init_logit_bias`).
+    pub logit_bias: Option<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    config: ClipConfig,
+}
+
+impl ClipConfig {
+    /// Builds a model with open_clip's initialisation: the ViT at PyTorch's module defaults
+    /// (`class_embedding`, `positional_embedding`, `proj` ~ `width^-0.5 * randn`); the text
+    /// tower as `TextTransformer.init_parameters` (token embedding std 0.02, positions 0.01,
+    /// attention `width^-0.5`, projections `width^-0.5 * (2 layers)^-0.5`, MLP input
+    /// `(2 width)^-0.5`, text projection `width^-0.5`); the ModifiedResNet as
+    /// `ModifiedResNet.init_parameters` (zero `bn3` weights, attention pool normal
+    /// `width^-0.5`); `logit_scale = init_logit_scale` (default ln(1/0.07)). Parameters are
+    /// created lazily, so building a model only to load weights into it is cheap.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Clip<B>, ModelError> {
+        self.validate()?;
+        let visual = match &self.vision {
+            VisionConfig::Vit(v) => VisionTower::Vit(VisionTransformer::new(
+                v,
+                self.embed_dim,
+                self.activation,
+                device,
+            )),
+            VisionConfig::ModifiedResNet(r) => {
+                VisionTower::ModifiedResNet(ModifiedResNet::new(r, self.embed_dim, device))
+            }
+        };
+        let t = &self.text;
+        let width = t.width as f64;
+        let spec = TransformerSpec {
+            width: t.width,
+            layers: t.layers,
+            heads: t.heads,
+            mlp_width: t.mlp_width(),
+            ls_init_value: t.ls_init_value,
+            activation: MlpActivation::resolve(self.activation, t.gelu_approximate),
+            norm_eps: t.norm_eps,
+            init: BlockInit::Normal {
+                attn_std: width.powf(-0.5),
+                proj_std: width.powf(-0.5) * ((2 * t.layers.max(1)) as f64).powf(-0.5),
+                fc_std: (2.0 * width).powf(-0.5),
+            },
+        };
+        let text_projection = match (t.proj_type, t.proj_bias) {
+            (TextProjType::None, _) => None,
+            (TextProjType::Linear, false) => Some(TextProjection::Matrix(
+                normal(width.powf(-0.5)).init([t.width, self.embed_dim], device),
+            )),
+            (TextProjType::Linear, true) => Some(TextProjection::Linear(linear(
+                t.width,
+                self.embed_dim,
+                normal(width.powf(-0.5)),
+                Some(Initializer::Zeros),
+                device,
+            ))),
+        };
+        Ok(Clip {
+            visual,
+            transformer: Transformer::new(&spec, device),
+            token_embedding: EmbeddingConfig::new(t.vocab_size, t.width)
+                .with_initializer(normal(0.02))
+                .init(device),
+            positional_embedding: normal(0.01).init([t.context_length, t.width], device),
+            ln_final: layer_norm(t.width, t.norm_eps, device),
+            text_projection,
+            logit_scale: Initializer::Constant {
+                value: self.init_logit_scale,
+            }
+            .init([1], device),
+            logit_bias: self
+                .init_logit_bias
+                .map(|value| Initializer::Constant { value }.init([1], device)),
+            config: self.clone(),
+        })
+    }
+}
+
+impl<B: Backend> Clip<B> {
+    /// The config the model was built from.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// Width of the image embedding (and of the text embedding unless `proj_type: "none"`).
+    pub fn embed_dim(&self) -> usize {
+        self.config.embed_dim
+    }
+
+    /// Expected input image size `[height, width]`.
+    pub fn image_size(&self) -> [usize; 2] {
+        self.config.image_size()
+    }
+
+    /// Text context length (maximum token positions).
+    pub fn context_length(&self) -> usize {
+        self.config.context_length()
+    }
+
+    /// Whether the vision tower is a ViT.
+    pub fn is_vit(&self) -> bool {
+        matches!(self.visual, VisionTower::Vit(_))
+    }
+
+    /// Raw (unnormalized) image embeddings.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]` (normalized pixels at [`Clip::image_size`]) -> `[N, embed_dim]`
+    pub fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.visual.forward(images)
+    }
+
+    /// L2-normalized image embeddings.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
+    pub fn encode_image_normalized(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        l2_normalize(self.encode_image(images))
+    }
+
+    /// Raw image embeddings of a randomly masked view (CLIP-KD's MFD): per image,
+    /// `int(L * (1 - mask_ratio))` of the `L` patches are kept (MAE-style: uniform noise,
+    /// argsort, keep the first), after their positional embeddings are added; the class token
+    /// is kept. Random draws use the backend RNG, reproducible with `B::seed`.
+    ///
+    /// Errors with [`ModelError::MaskedForwardUnsupported`] for a ModifiedResNet tower and
+    /// [`ModelError::InvalidMaskRatio`] outside `[0, 1)`.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
+    pub fn encode_image_masked(
+        &self,
+        images: Tensor<B, 4>,
+        mask_ratio: f64,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        self.visual.as_vit()?.forward_masked(images, mask_ratio)
+    }
+
+    /// Raw image embeddings from the given patches only (the deterministic form of
+    /// [`Clip::encode_image_masked`]); `keep[i]` lists the kept patch indices (row-major over
+    /// the patch grid) of image `i`.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]`, `keep`: `[N, K]` -> `[N, embed_dim]`
+    pub fn encode_image_masked_with_indices(
+        &self,
+        images: Tensor<B, 4>,
+        keep: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        self.visual
+            .as_vit()?
+            .forward_with_keep_indices(images, keep)
+    }
+
+    /// Number of patch tokens of a ViT tower (`None` for a ModifiedResNet).
+    pub fn num_patches(&self) -> Option<usize> {
+        match &self.visual {
+            VisionTower::Vit(vit) => Some(vit.num_patches()),
+            VisionTower::ModifiedResNet(_) => None,
+        }
+    }
+
+    /// Raw (unnormalized) text embeddings: token + positional embeddings, the transformer
+    /// (causal unless `no_causal_mask`), pooling (the end-of-text token, i.e. the highest id, by
+    /// default), `ln_final`, projection. Token sequences shorter than the context length use
+    /// the first positional embeddings (open_clip itself requires exactly `context_length`).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[N, L]`, `L <= context_length` -> `[N, embed_dim]`
+    ///
+    /// # Panics
+    /// If `L > context_length`.
+    pub fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [n, l] = tokens.dims();
+        let t = &self.config.text;
+        assert!(
+            l <= t.context_length,
+            "encode_text: {l} tokens per sequence, but the context length is {}",
+            t.context_length
+        );
+        let pos = self.positional_embedding.val().narrow(0, 0, l);
+        let x = self.token_embedding.forward(tokens.clone()) + pos.unsqueeze::<3>();
+        let x = self.transformer.forward(x, !t.no_causal_mask);
+        let [_, _, w] = x.dims();
+        // LayerNorm acts per token, so pooling before `ln_final` equals open_clip's
+        // normalise-everything-then-pool, on N instead of N x L tokens.
+        let pooled = match t.pool_type {
+            TextPool::First => x.narrow(1, 0, 1).reshape([n, w]),
+            TextPool::Last => x.narrow(1, l - 1, 1).reshape([n, w]),
+            TextPool::Argmax => take_positions(x, tokens.argmax(1)),
+            TextPool::Eos => take_positions(x, tokens.equal_elem(t.eos_id).int().argmax(1)),
+        };
+        let pooled = self.ln_final.forward(pooled);
+        match &self.text_projection {
+            Some(p) => p.forward(pooled),
+            None => pooled,
+        }
+    }
+
+    /// L2-normalized text embeddings.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[N, L]` -> `[N, embed_dim]`
+    pub fn encode_text_normalized(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        l2_normalize(self.encode_text(tokens))
+    }
+
+    /// The log logit scale as stored, shape `[1]` (the temperature is `exp` of it).
+    pub fn logit_scale(&self) -> Tensor<B, 1> {
+        self.logit_scale.val()
+    }
+
+    /// The logit bias, shape `[1]`, if the config has `init_logit_bias`.
+    pub fn logit_bias(&self) -> Option<Tensor<B, 1>> {
+        self.logit_bias.as_ref().map(Param::val)
+    }
+
+    /// Both towers. The embeddings in the output are RAW (see [`ClipOutput`]).
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]`, `tokens`: `[M, L]` -> embeddings `[N, E]` and `[M, E]`
+    pub fn forward(&self, images: Tensor<B, 4>, tokens: Tensor<B, 2, Int>) -> ClipOutput<B> {
+        ClipOutput {
+            image_embeds: self.encode_image(images),
+            text_embeds: self.encode_text(tokens),
+            logit_scale: self.logit_scale(),
+            logit_bias: self.logit_bias(),
+        }
+    }
+}
+
+/// `x[i, positions[i], :]` for every `i`, as one index-select on the flattened batch.
+///
+/// # Shapes
+/// - `x`: `[N, L, W]`, `positions`: `[N, 1]` -> `[N, W]`
+fn take_positions<B: Backend>(x: Tensor<B, 3>, positions: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [n, l, w] = x.dims();
+    let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, &x.device()).mul_scalar(l as i64);
+    let idx = positions.reshape([n]) + offsets;
+    x.reshape([n * l, w]).select(0, idx)
+}

@@ -1,0 +1,203 @@
+//! The error type of this crate.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One tensor whose shape in a checkpoint differs from what the model expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// The open_clip state-dict key.
+    pub key: String,
+    /// The shape the model expects (open_clip layout).
+    pub expected: Vec<usize>,
+    /// The shape stored in the file.
+    pub found: Vec<usize>,
+}
+
+impl fmt::Display for ShapeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: expected {:?}, found {:?}",
+            self.key, self.expected, self.found
+        )
+    }
+}
+
+/// Everything that is wrong with the keys of a checkpoint, all at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyReport {
+    /// Keys the model needs that the file lacks.
+    pub missing: Vec<String>,
+    /// Keys in the file that the model does not have (and that open_clip would reject).
+    pub unexpected: Vec<String>,
+    /// Keys present on both sides with different shapes.
+    pub mismatched: Vec<ShapeMismatch>,
+    /// Keys whose stored element type cannot be read as a float tensor (`key: dtype`).
+    pub bad_dtype: Vec<String>,
+    /// Hints on how to fix the config (not problems by themselves).
+    pub notes: Vec<String>,
+}
+
+impl KeyReport {
+    /// Whether nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty()
+            && self.unexpected.is_empty()
+            && self.mismatched.is_empty()
+            && self.bad_dtype.is_empty()
+    }
+}
+
+impl fmt::Display for KeyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut section = |f: &mut fmt::Formatter<'_>, title: &str, items: Vec<String>| {
+            if items.is_empty() {
+                return Ok(());
+            }
+            if !first {
+                write!(f, "; ")?;
+            }
+            first = false;
+            write!(f, "{} {title}: {}", items.len(), items.join(", "))
+        };
+        section(f, "missing", self.missing.clone())?;
+        section(f, "unexpected", self.unexpected.clone())?;
+        section(
+            f,
+            "with wrong shape",
+            self.mismatched.iter().map(|m| m.to_string()).collect(),
+        )?;
+        section(f, "with a non-float dtype", self.bad_dtype.clone())?;
+        for note in &self.notes {
+            write!(f, " ({note})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors of `clipkd-models`: configs, checkpoints, and forward passes given unsupported input.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "writing", ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A config is not valid JSON or a field has the wrong JSON type.
+    #[error("invalid open_clip config JSON{}: {source}", origin_suffix(.origin))]
+    Json {
+        /// The file, if the JSON came from one.
+        origin: Option<PathBuf>,
+        /// The parser's error (it carries line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A config field has a value that open_clip itself would reject.
+    #[error("config field `{field}` = {value}: {reason}")]
+    InvalidConfig {
+        /// Dotted path of the field, e.g. `vision_cfg.width`.
+        field: String,
+        /// The offending value, as JSON.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A config field asks for a feature open_clip has but clipkd does not implement.
+    #[error("config field `{field}` = {value} is not supported by clipkd-models: {reason}")]
+    UnsupportedConfig {
+        /// Dotted path of the field, e.g. `vision_cfg.timm_model_name`.
+        field: String,
+        /// The offending value, as JSON.
+        value: String,
+        /// What is missing, and what to do instead.
+        reason: String,
+    },
+
+    /// `ClipConfig::preset` was given a name it does not know.
+    #[error("unknown model preset `{name}` (known: {})", known.join(", "))]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        known: Vec<String>,
+    },
+
+    /// A checkpoint file could not be parsed (not safetensors, not a PyTorch pickle, ...).
+    #[error("cannot read checkpoint {path}: {message}")]
+    CheckpointFormat {
+        /// The file.
+        path: PathBuf,
+        /// What the reader reported.
+        message: String,
+    },
+
+    /// A checkpoint's keys or shapes do not match the model built from the config.
+    #[error("checkpoint {path} does not match the model config: {report}")]
+    KeyMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Every missing, unexpected and mis-shaped key.
+        report: Box<KeyReport>,
+    },
+
+    /// The data of one tensor could not be read or converted.
+    #[error("tensor `{key}` in {path}: {message}")]
+    TensorData {
+        /// The file.
+        path: PathBuf,
+        /// The open_clip key of the tensor.
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// Writing a safetensors file failed.
+    #[error("cannot write safetensors file {path}: {source}")]
+    SafetensorsWrite {
+        /// The file.
+        path: PathBuf,
+        /// The writer's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    /// The masked forward (MFD) was asked of a vision tower that has no patch tokens.
+    #[error("masked image forward needs a ViT vision tower; this model's vision tower is {tower}")]
+    MaskedForwardUnsupported {
+        /// The kind of vision tower the model has.
+        tower: &'static str,
+    },
+
+    /// A mask ratio outside `[0, 1)`.
+    #[error("mask ratio must be in [0, 1), got {0}")]
+    InvalidMaskRatio(f64),
+
+    /// Explicit keep indices of the wrong shape.
+    #[error("keep indices have shape {found:?}; expected [{batch}, K] with 0 <= K <= {patches}")]
+    InvalidKeepIndices {
+        /// The shape given.
+        found: [usize; 2],
+        /// The batch size of the images.
+        batch: usize,
+        /// The number of patches per image.
+        patches: usize,
+    },
+}
+
+fn origin_suffix(origin: &Option<PathBuf>) -> String {
+    match origin {
+        Some(path) => format!(" in {}", path.display()),
+        None => String::new(),
+    }
+}

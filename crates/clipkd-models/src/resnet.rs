@@ -1,0 +1,292 @@
+//! OpenAI's ModifiedResNet vision tower (open_clip's `modified_resnet.py`).
+//!
+//! BatchNorm is Burn's: it normalises with batch statistics and updates its running statistics
+//! when the backend is an autodiff backend (training), and uses the running statistics
+//! otherwise. So evaluate a student with `model.valid()` (the inner backend), not on the
+//! autodiff backend. One difference from PyTorch: Burn updates `running_var` with the biased
+//! batch variance where PyTorch uses the unbiased one (a factor `n / (n - 1)` on the update, `n`
+//! = batch x height x width elements per channel); forward outputs are unaffected.
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, avg_pool2d};
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::config::ModifiedResNetConfig;
+use crate::transformer::{linear, normal, uniform};
+
+/// `nn.AvgPool2d(k)` (kernel = stride = k, no padding, floor mode).
+fn avg_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+    avg_pool2d(x, [k, k], [k, k], [0, 0], true, false)
+}
+
+/// `nn.Conv2d(c_in, c_out, k, padding=k/2, bias=False)` with PyTorch's default initialisation.
+fn conv<B: Backend>(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    let p = k / 2;
+    Conv2dConfig::new([c_in, c_out], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .init(device)
+}
+
+fn batch_norm<B: Backend>(c: usize, device: &B::Device) -> BatchNorm<B> {
+    BatchNormConfig::new(c).init(device)
+}
+
+/// The anti-aliased shortcut: `AvgPool2d(stride)` then a 1x1 convolution and BatchNorm
+/// (open_clip's `downsample` Sequential `"-1"`, `"0"`, `"1"`).
+#[derive(Module, Debug)]
+pub struct Downsample<B: Backend> {
+    /// 1x1 convolution (`downsample.0`).
+    pub conv: Conv2d<B>,
+    /// BatchNorm (`downsample.1`).
+    pub bn: BatchNorm<B>,
+    /// Average-pool size before the convolution (1: none).
+    pub stride: usize,
+}
+
+/// A bottleneck block with the average pool after `conv2` when strided.
+#[derive(Module, Debug)]
+pub struct Bottleneck<B: Backend> {
+    /// 1x1 reduction.
+    pub conv1: Conv2d<B>,
+    /// BatchNorm after `conv1`.
+    pub bn1: BatchNorm<B>,
+    /// 3x3 convolution.
+    pub conv2: Conv2d<B>,
+    /// BatchNorm after `conv2`.
+    pub bn2: BatchNorm<B>,
+    /// 1x1 expansion (x4).
+    pub conv3: Conv2d<B>,
+    /// BatchNorm after `conv3` (weight initialised to zero, as open_clip).
+    pub bn3: BatchNorm<B>,
+    /// Shortcut projection when the shape changes.
+    pub downsample: Option<Downsample<B>>,
+    /// Spatial stride (done by average pooling).
+    pub stride: usize,
+}
+
+impl<B: Backend> Bottleneck<B> {
+    const EXPANSION: usize = 4;
+
+    fn new(inplanes: usize, planes: usize, stride: usize, device: &B::Device) -> Self {
+        let out = planes * Self::EXPANSION;
+        let mut bn3 = batch_norm(out, device);
+        bn3.gamma = Initializer::Zeros.init([out], device);
+        let downsample = (stride > 1 || inplanes != out).then(|| Downsample {
+            conv: conv(inplanes, out, 1, 1, device),
+            bn: batch_norm(out, device),
+            stride,
+        });
+        Self {
+            conv1: conv(inplanes, planes, 1, 1, device),
+            bn1: batch_norm(planes, device),
+            conv2: conv(planes, planes, 3, 1, device),
+            bn2: batch_norm(planes, device),
+            conv3: conv(planes, out, 1, 1, device),
+            bn3,
+            downsample,
+            stride,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[N, inplanes, H, W]` -> `[N, 4 * planes, H / stride, W / stride]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
+        let out = relu(self.bn2.forward(self.conv2.forward(out)));
+        let out = if self.stride > 1 {
+            avg_pool(out, self.stride)
+        } else {
+            out
+        };
+        let out = self.bn3.forward(self.conv3.forward(out));
+        let identity = match &self.downsample {
+            Some(d) => {
+                let x = if d.stride > 1 {
+                    avg_pool(x, d.stride)
+                } else {
+                    x
+                };
+                d.bn.forward(d.conv.forward(x))
+            }
+            None => x,
+        };
+        relu(out + identity)
+    }
+}
+
+/// QKV attention pooling: the mean token, prepended to the flattened feature map, attends to
+/// all positions; its output, projected by `c_proj`, is the embedding.
+#[derive(Module, Debug)]
+pub struct AttentionPool2d<B: Backend> {
+    /// Positional embeddings, `[grid^2 + 1, feature_width]` (row 0: the mean token).
+    pub positional_embedding: Param<Tensor<B, 2>>,
+    /// Key projection.
+    pub k_proj: Linear<B>,
+    /// Query projection.
+    pub q_proj: Linear<B>,
+    /// Value projection.
+    pub v_proj: Linear<B>,
+    /// Output projection to `embed_dim`.
+    pub c_proj: Linear<B>,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl<B: Backend> AttentionPool2d<B> {
+    fn new(grid: usize, width: usize, heads: usize, out: usize, device: &B::Device) -> Self {
+        // open_clip: positional `randn / sqrt(width)`; the four weights normal(width^-0.5);
+        // biases keep nn.Linear's default uniform(±1/sqrt(width)).
+        let std = (width as f64).powf(-0.5);
+        let bias = Some(uniform(std));
+        Self {
+            positional_embedding: normal(std).init([grid * grid + 1, width], device),
+            k_proj: linear(width, width, normal(std), bias.clone(), device),
+            q_proj: linear(width, width, normal(std), bias.clone(), device),
+            v_proj: linear(width, width, normal(std), bias.clone(), device),
+            c_proj: linear(width, out, normal(std), bias, device),
+            heads,
+        }
+    }
+
+    /// Only the mean token's query is computed: it is the only output open_clip keeps.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, C, H, W]` -> `[N, embed_dim]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [n, c, h, w] = x.dims();
+        let x = x.reshape([n, c, h * w]).swap_dims(1, 2);
+        let mean = x.clone().mean_dim(1);
+        let x = Tensor::cat(vec![mean, x], 1) + self.positional_embedding.val().unsqueeze::<3>();
+        let l = h * w + 1;
+        let heads = self.heads;
+        let hd = c / heads;
+        let q = self
+            .q_proj
+            .forward(x.clone().narrow(1, 0, 1))
+            .reshape([n, 1, heads, hd])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([n, l, heads, hd])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([n, l, heads, hd])
+            .swap_dims(1, 2);
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        self.c_proj.forward(out.reshape([n, c]))
+    }
+}
+
+/// ModifiedResNet: a 3-convolution stem with average pooling, four stages of
+/// [`Bottleneck`]s with anti-aliased (average-pool) downsampling, and [`AttentionPool2d`].
+#[derive(Module, Debug)]
+pub struct ModifiedResNet<B: Backend> {
+    /// Stem convolution 1 (3 -> width/2, stride 2).
+    pub conv1: Conv2d<B>,
+    /// Stem BatchNorm 1.
+    pub bn1: BatchNorm<B>,
+    /// Stem convolution 2 (width/2 -> width/2).
+    pub conv2: Conv2d<B>,
+    /// Stem BatchNorm 2.
+    pub bn2: BatchNorm<B>,
+    /// Stem convolution 3 (width/2 -> width).
+    pub conv3: Conv2d<B>,
+    /// Stem BatchNorm 3.
+    pub bn3: BatchNorm<B>,
+    /// Stage 1 (stride 1).
+    pub layer1: Vec<Bottleneck<B>>,
+    /// Stage 2 (stride 2).
+    pub layer2: Vec<Bottleneck<B>>,
+    /// Stage 3 (stride 2).
+    pub layer3: Vec<Bottleneck<B>>,
+    /// Stage 4 (stride 2).
+    pub layer4: Vec<Bottleneck<B>>,
+    /// The attention-pool head.
+    pub attnpool: AttentionPool2d<B>,
+}
+
+impl<B: Backend> ModifiedResNet<B> {
+    pub(crate) fn new(config: &ModifiedResNetConfig, embed_dim: usize, device: &B::Device) -> Self {
+        let width = config.width;
+        let mut inplanes = width;
+        let mut stage = |planes: usize, blocks: usize, stride: usize| {
+            let mut layer = vec![Bottleneck::new(inplanes, planes, stride, device)];
+            inplanes = planes * Bottleneck::<B>::EXPANSION;
+            layer.extend((1..blocks).map(|_| Bottleneck::new(inplanes, planes, 1, device)));
+            layer
+        };
+        let layer1 = stage(width, config.layers[0], 1);
+        let layer2 = stage(width * 2, config.layers[1], 2);
+        let layer3 = stage(width * 4, config.layers[2], 2);
+        let layer4 = stage(width * 8, config.layers[3], 2);
+        Self {
+            conv1: conv(3, width / 2, 3, 2, device),
+            bn1: batch_norm(width / 2, device),
+            conv2: conv(width / 2, width / 2, 3, 1, device),
+            bn2: batch_norm(width / 2, device),
+            conv3: conv(width / 2, width, 3, 1, device),
+            bn3: batch_norm(width, device),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            attnpool: AttentionPool2d::new(
+                config.grid_size(),
+                config.feature_width(),
+                config.heads(),
+                embed_dim,
+                device,
+            ),
+        }
+    }
+
+    /// Image embeddings.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, S, S]` (S = `image_size`) -> `[N, embed_dim]`
+    ///
+    /// # Panics
+    /// If the final feature map does not match the attention pool's positional embedding
+    /// (images of the wrong size).
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = relu(self.bn1.forward(self.conv1.forward(images)));
+        let x = relu(self.bn2.forward(self.conv2.forward(x)));
+        let x = relu(self.bn3.forward(self.conv3.forward(x)));
+        let mut x = avg_pool(x, 2);
+        for block in self
+            .layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+        {
+            x = block.forward(x);
+        }
+        let [_, _, h, w] = x.dims();
+        let [positions, _] = self.attnpool.positional_embedding.lazy_shape().dims();
+        assert_eq!(
+            h * w + 1,
+            positions,
+            "ModifiedResNet: the images give a {h}x{w} final feature map, the attention pool was \
+             built for {} positions (check the image size against vision_cfg.image_size)",
+            positions - 1
+        );
+        self.attnpool.forward(x)
+    }
+}
