@@ -25,6 +25,8 @@ pub enum PilMode {
     /// `"L"`: 8-bit grayscale.
     L,
     /// `"LA"`: grayscale + alpha. Resized premultiplied; `convert("RGB")` drops the alpha.
+    /// 16-bit gray + alpha PNGs, which PIL opens as `"RGBA"` with three equal colour channels,
+    /// are reported as `La`: their pixels and results are the same.
     La,
     /// `"RGB"`.
     Rgb,
