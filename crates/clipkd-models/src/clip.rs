@@ -374,7 +374,9 @@ impl<B: Backend> Clip<B> {
 /// - `x`: `[N, L, W]`, `positions`: `[N, 1]` -> `[N, W]`
 fn take_positions<B: Backend>(x: Tensor<B, 3>, positions: Tensor<B, 2, Int>) -> Tensor<B, 2> {
     let [n, l, w] = x.dims();
-    let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, &x.device()).mul_scalar(l as i64);
+    // Same integer type as the positions (token tensors may be i32 or i64).
+    let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, (&x.device(), positions.dtype()))
+        .mul_scalar(l as i64);
     let idx = positions.reshape([n]) + offsets;
     x.reshape([n * l, w]).select(0, idx)
 }

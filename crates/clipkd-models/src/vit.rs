@@ -249,7 +249,7 @@ fn take_tokens<B: Backend>(tokens: Tensor<B, 3>, keep: Tensor<B, 2, Int>) -> Ten
     let [n, l, w] = tokens.dims();
     let [_, k] = keep.dims();
     let device = tokens.device();
-    let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, &device)
+    let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, (&device, keep.dtype()))
         .mul_scalar(l as i64)
         .unsqueeze_dim::<2>(1);
     let flat = (keep + offsets).reshape([n * k]);
