@@ -293,3 +293,71 @@ fn snapshot(set: &LossSet<Inner>) -> Vec<Vec<f32>> {
     set.visit(&mut c);
     c.0
 }
+
+/// The parameter paths a checkpoint of the set uses (Burn's module paths).
+fn paths(set: &LossSet<Inner>) -> Vec<String> {
+    struct Paths {
+        stack: Vec<String>,
+        out: Vec<String>,
+    }
+    impl burn::module::ModuleVisitor<Inner> for Paths {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<Inner, D>>) {
+            self.out.push(self.stack.join("."));
+        }
+    }
+    let mut p = Paths {
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
+    set.visit(&mut p);
+    p.out
+}
+
+#[test]
+fn checkpoint_paths_name_every_loss_parameter() {
+    let set = LossSetConfig::preset(LossPreset::ClipKd, 4, 8)
+        .add(1.0, LossConfig::Afd(AfdLossConfig::new(8)))
+        .init::<Inner>(&Default::default())
+        .unwrap();
+    assert_eq!(
+        paths(&set),
+        [
+            "projector.image.weight",
+            "projector.image.bias",
+            "projector.text.weight",
+            "projector.text.bias",
+            "losses.2.Icl.scale.value",
+            "losses.4.Afd.image_fusion.weight",
+            "losses.4.Afd.image_fusion.bias",
+            "losses.4.Afd.text_fusion.weight",
+            "losses.4.Afd.text_fusion.bias",
+            "losses.4.Afd.scale.value",
+        ]
+    );
+}
+
+/// The JSON example in `docs/losses.md` parses, and is the recipe with an `exp` ICL scale.
+#[test]
+fn json_example_in_the_docs_parses() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/losses.md"))
+        .unwrap();
+    let start = doc
+        .find("```json\n")
+        .expect("a json block in docs/losses.md")
+        + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let config: LossSetConfig = serde_json::from_str(&doc[start..end]).unwrap();
+    let names: Vec<&str> = config.losses.iter().map(|l| l.entry_name()).collect();
+    assert_eq!(names, ["task", "crd", "icl", "fd"]);
+    match &config.losses[2].loss {
+        LossConfig::Icl(icl) => assert_eq!(icl.scale.mode, clipkd_losses::ScaleMode::Exp),
+        other => panic!("{other:?}"),
+    }
+    config.init::<Inner>(&Default::default()).unwrap();
+}
