@@ -1,1 +1,14 @@
-//! clipkd-train: placeholder module root, filled by its issue.
+//! The clipkd learner: distill a CLIP student from a frozen teacher (or train it alone).
+//!
+//! - [`optim`]: AdamW with CLIP-KD's parameter groups;
+//! - [`step`]: one distillation step (teacher forward without autodiff, student forward,
+//!   losses, backward, optimizer, `logit_scale` clamp).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod optim;
+pub mod step;
+
+pub use error::TrainError;
+pub use optim::{AdamWParams, GroupKind, GroupedAdamW, excluded_from_weight_decay};
+pub use step::{DistillModel, distill_optimizer, distill_terms, train_step};

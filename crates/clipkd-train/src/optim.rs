@@ -1,0 +1,228 @@
+//! AdamW with parameter groups, as CLIP-KD builds its optimizer.
+//!
+//! CLIP-KD (and open_clip) split the parameters into groups that differ only in weight decay:
+//!
+//! | group | members | weight decay |
+//! |---|---|---|
+//! | `decay` | every other parameter of the student | 0.1 |
+//! | `no_decay` | rank < 2, or a path containing `bn`, `ln`, `bias` or `logit_scale` | 0 |
+//! | `loss` | the loss module's own parameters (projectors, ICL/AFD scales) | 0.01 (PyTorch's AdamW default, which CLIP-KD's third group inherits) |
+//!
+//! Burn's optimizers take one weight decay, so [`GroupedAdamW`] keeps one AdamW per group and
+//! hands each the gradients of its own parameters only.
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+/// Which parameters a group takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Student parameters that get weight decay.
+    Decay,
+    /// Student parameters excluded from weight decay (CLIP-KD's rule).
+    NoDecay,
+    /// Parameters of the loss module.
+    Loss,
+}
+
+impl GroupKind {
+    /// The group's name, as it appears in logs and checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupKind::Decay => "decay",
+            GroupKind::NoDecay => "no_decay",
+            GroupKind::Loss => "loss",
+        }
+    }
+}
+
+/// CLIP-KD's exclusion rule: `p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or
+/// "logit_scale" in n` (the name is the dotted module path, open_clip's state-dict key).
+pub fn excluded_from_weight_decay(path: &str, rank: usize) -> bool {
+    rank < 2
+        || path.contains("bn")
+        || path.contains("ln")
+        || path.contains("bias")
+        || path.contains("logit_scale")
+}
+
+/// Collects `(dotted path, rank, id)` of every float parameter of a module.
+#[derive(Default)]
+pub struct ParamPaths {
+    /// The parameters in visiting order.
+    pub params: Vec<(String, usize, ParamId)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamPaths {
+    fn visit_float_with_path<const D: usize>(
+        &mut self,
+        path: &[String],
+        id: ParamId,
+        _tensor: &Tensor<B, D>,
+    ) {
+        self.params.push((path.join("."), D, id));
+    }
+}
+
+/// The hyper-parameters of AdamW that the groups share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    /// β₁.
+    pub beta_1: f32,
+    /// β₂.
+    pub beta_2: f32,
+    /// ε.
+    pub epsilon: f32,
+    /// Weight decay of the `decay` group.
+    pub weight_decay: f32,
+    /// Weight decay of the `loss` group.
+    pub loss_weight_decay: f32,
+}
+
+impl AdamWParams {
+    /// CLIP-KD's settings for a ViT student: betas (0.9, 0.98), eps 1e-6, wd 0.1 (loss group 0.01).
+    pub fn vit() -> Self {
+        Self {
+            beta_1: 0.9,
+            beta_2: 0.98,
+            epsilon: 1e-6,
+            weight_decay: 0.1,
+            loss_weight_decay: 0.01,
+        }
+    }
+
+    /// CLIP-KD's settings for other students (ResNets...): betas (0.9, 0.999), eps 1e-8, wd 0.1.
+    pub fn resnet() -> Self {
+        Self {
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            ..Self::vit()
+        }
+    }
+
+    fn config(&self, weight_decay: f32) -> AdamWConfig {
+        AdamWConfig::new()
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_epsilon(self.epsilon)
+            .with_weight_decay(weight_decay)
+    }
+}
+
+/// One AdamW per parameter group over a module `M`.
+#[derive(Clone)]
+pub struct GroupedAdamW<B: AutodiffBackend, M: AutodiffModule<B>> {
+    groups: Vec<Group<B, M>>,
+}
+
+#[derive(Clone)]
+struct Group<B: AutodiffBackend, M: AutodiffModule<B>> {
+    kind: GroupKind,
+    ids: Vec<ParamId>,
+    optim: OptimizerAdaptor<AdamW, M, B>,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
+    /// Splits the parameters of `module` into groups with `classify(path, rank)` and builds
+    /// one AdamW per non-empty group.
+    pub fn new(
+        module: &M,
+        params: AdamWParams,
+        classify: impl Fn(&str, usize) -> GroupKind,
+    ) -> Self {
+        let mut paths = ParamPaths::default();
+        module.visit(&mut paths);
+        let groups = [GroupKind::Decay, GroupKind::NoDecay, GroupKind::Loss]
+            .into_iter()
+            .filter_map(|kind| {
+                let ids: Vec<ParamId> = paths
+                    .params
+                    .iter()
+                    .filter(|(path, rank, _)| classify(path, *rank) == kind)
+                    .map(|(_, _, id)| *id)
+                    .collect();
+                let weight_decay = match kind {
+                    GroupKind::Decay => params.weight_decay,
+                    GroupKind::NoDecay => 0.0,
+                    GroupKind::Loss => params.loss_weight_decay,
+                };
+                (!ids.is_empty()).then(|| Group {
+                    kind,
+                    ids,
+                    optim: params.config(weight_decay).init(),
+                })
+            })
+            .collect();
+        Self { groups }
+    }
+
+    /// The groups: kind and number of parameter tensors.
+    pub fn groups(&self) -> impl Iterator<Item = (GroupKind, usize)> + '_ {
+        self.groups.iter().map(|g| (g.kind, g.ids.len()))
+    }
+
+    /// One AdamW step of every group at learning rate `lr`, with the gradients in `grads`
+    /// (consumed: each group takes its own).
+    pub fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        let mut split = GradSplitter {
+            from: grads,
+            group_of: self
+                .groups
+                .iter()
+                .enumerate()
+                .flat_map(|(i, g)| g.ids.iter().map(move |id| (*id, i)))
+                .collect(),
+            to: self.groups.iter().map(|_| GradientsParams::new()).collect(),
+        };
+        module.visit(&mut split);
+        let mut module = module;
+        for (group, grads) in self.groups.iter_mut().zip(split.to) {
+            module = group.optim.step(lr, module, grads);
+        }
+        module
+    }
+
+    /// The state of every group, in group order (for checkpoints).
+    pub fn to_records(&self) -> Vec<<OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record> {
+        self.groups.iter().map(|g| g.optim.to_record()).collect()
+    }
+
+    /// Restores the state saved by [`GroupedAdamW::to_records`].
+    pub fn load_records(
+        mut self,
+        records: Vec<<OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record>,
+    ) -> Self {
+        self.groups = self
+            .groups
+            .into_iter()
+            .zip(records)
+            .map(|(mut g, r)| {
+                g.optim = g.optim.load_record(r);
+                g
+            })
+            .collect();
+        self
+    }
+}
+
+/// Moves each parameter's gradient into the gradients of its group, in one pass.
+struct GradSplitter {
+    from: GradientsParams,
+    group_of: HashMap<ParamId, usize>,
+    to: Vec<GradientsParams>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradSplitter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(&group) = self.group_of.get(&param.id)
+            && let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id)
+        {
+            self.to[group].register::<B::InnerBackend, D>(param.id, grad);
+        }
+    }
+}

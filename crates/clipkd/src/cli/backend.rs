@@ -1,0 +1,159 @@
+//! Choosing a backend at run time: `--device cpu|cuda[:N]|wgpu[:N]` and `--precision`.
+//!
+//! Burn picks the backend by type, so a command is written once as a [`BackendTask`], generic
+//! over the autodiff backend, and [`dispatch`] instantiates it for the device the user named.
+//! Only the backends compiled in (cargo features `flex`, `cuda`, `wgpu`) are offered.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::AutodiffBackend;
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU (Flex backend, SIMD + rayon).
+    Cpu,
+    /// An NVIDIA GPU by index.
+    Cuda(usize),
+    /// A GPU through wgpu (Vulkan, Metal, DX12): the default adapter, or the N-th discrete GPU.
+    Wgpu(Option<usize>),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, index) = match s.split_once(':') {
+            Some((kind, index)) => {
+                let index = index
+                    .parse::<usize>()
+                    .map_err(|_| format!("device `{s}`: `{index}` is not a device index"))?;
+                (kind, Some(index))
+            }
+            None => (s, None),
+        };
+        match (kind, index) {
+            ("cpu", None) => Ok(DeviceSpec::Cpu),
+            ("cuda", index) => Ok(DeviceSpec::Cuda(index.unwrap_or(0))),
+            ("wgpu", index) => Ok(DeviceSpec::Wgpu(index)),
+            _ => Err(format!(
+                "unknown device `{s}`: expected `cpu`, `cuda`, `cuda:N`, `wgpu` or `wgpu:N`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+        }
+    }
+}
+
+/// The floating-point type of every tensor of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats (every backend).
+    #[default]
+    F32,
+    /// bfloat16 (CUDA).
+    Bf16,
+    /// IEEE half precision (CUDA).
+    F16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+/// A command written once for any autodiff backend.
+pub trait BackendTask {
+    /// What the command returns.
+    type Output;
+
+    /// Runs the command on backend `B` (its inner backend runs inference without autodiff).
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+}
+
+/// Runs `task` on the backend and precision the user chose, or explains why it cannot.
+pub fn dispatch<T: BackendTask>(
+    device: DeviceSpec,
+    precision: Precision,
+    task: T,
+) -> anyhow::Result<T::Output> {
+    match (device, precision) {
+        #[cfg(feature = "flex")]
+        (DeviceSpec::Cpu, Precision::F32) => {
+            task.run::<burn::backend::Autodiff<burn_flex::Flex>>(Default::default())
+        }
+        #[cfg(feature = "cuda")]
+        (DeviceSpec::Cuda(index), precision) => {
+            use burn::backend::Cuda;
+            use burn::backend::cuda::CudaDevice;
+            use burn::tensor::{bf16, f16};
+            let device = CudaDevice::new(index);
+            match precision {
+                Precision::F32 => task.run::<burn::backend::Autodiff<Cuda<f32, i32>>>(device),
+                Precision::Bf16 => task.run::<burn::backend::Autodiff<Cuda<bf16, i32>>>(device),
+                Precision::F16 => task.run::<burn::backend::Autodiff<Cuda<f16, i32>>>(device),
+            }
+        }
+        #[cfg(feature = "wgpu")]
+        (DeviceSpec::Wgpu(index), Precision::F32) => {
+            use burn::backend::wgpu::WgpuDevice;
+            let device = match index {
+                Some(i) => WgpuDevice::DiscreteGpu(i),
+                None => WgpuDevice::DefaultDevice,
+            };
+            task.run::<burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>>(device)
+        }
+        (device, precision) => anyhow::bail!(
+            "device `{device}` with precision `{precision}` is not available in this build \
+             (compiled backends: {}); rebuild with the matching cargo feature \
+             (`flex` for cpu, `cuda`, `wgpu`); on the CPU only f32 is supported",
+            compiled_backends().join(", ")
+        ),
+    }
+}
+
+/// The backends compiled into this binary.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if cfg!(feature = "flex") {
+        out.push("cpu (f32)");
+    }
+    if cfg!(feature = "cuda") {
+        out.push("cuda (f32, bf16, f16)");
+    }
+    if cfg!(feature = "wgpu") {
+        out.push("wgpu (f32)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!("wgpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
+        assert_eq!("wgpu:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(Some(1))));
+        assert!("cuda:x".parse::<DeviceSpec>().unwrap_err().contains("not a device index"));
+        assert!("tpu".parse::<DeviceSpec>().unwrap_err().contains("unknown device"));
+    }
+}

@@ -1,0 +1,29 @@
+//! The `clipkd` command line.
+
+pub mod backend;
+pub mod bench;
+
+use clap::{Parser, Subcommand};
+
+/// Distill small CLIP models from large teachers (CLIP-KD), in pure Rust.
+#[derive(Debug, Parser)]
+#[command(name = "clipkd", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bench(args) => bench::run(args),
+    }
+}
