@@ -9,10 +9,11 @@ The Rust tokenizer must give exactly the token ids of open_clip 3.3.0's `open_cl
     Regenerates the data that the Rust port of ftfy/html needs, straight from the Python modules
     that open_clip runs, so that nothing is retyped by hand:
 
-    * ``crates/clipkd-data/src/tokenizer/ftfy_tables.rs``: ftfy's mojibake heuristic (its
-      ``BADNESS_RE`` translated to Rust regex syntax from Python's own parse tree), the character
-      sets of its UTF-8 detector, the single-byte codecs it tries (Python codec tables), its
-      width map, and Python's ``str.isspace`` set.
+    * ``crates/clipkd-data/src/tokenizer/tables.rs``: open_clip's pre-tokenizer character
+      classes as the Python ``regex`` module defines them, ftfy's mojibake heuristic (its
+      ``BADNESS_RE`` translated to Rust regex syntax from Python's own parse tree), the
+      character sets of its UTF-8 detector, the single-byte codecs it tries (Python codec
+      tables), its width map, and Python's ``str.isspace`` set.
     * ``crates/clipkd-data/assets/html_entities.tsv``: Python's ``html.entities.html5`` table and
       ftfy's extra all-caps entities.
 
@@ -75,7 +76,7 @@ except ImportError:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parents[1]
 CRATE = ROOT / "crates" / "clipkd-data"
-TABLES_RS = CRATE / "src" / "tokenizer" / "ftfy_tables.rs"
+TABLES_RS = CRATE / "src" / "tokenizer" / "tables.rs"
 ENTITIES_TSV = CRATE / "assets" / "html_entities.tsv"
 FIXTURES = ROOT / "tests" / "fixtures" / "tokenizer"
 
@@ -116,13 +117,18 @@ def rust_str(text: str) -> str:
     return "".join(f"\\u{{{ord(ch):X}}}" for ch in text)
 
 
+def rust_class_body(cps: list[int]) -> str:
+    """The inside of a Rust regex character class matching exactly `cps`."""
+    return "".join(class_item(a) if a == b else f"{class_item(a)}-{class_item(b)}" for a, b in to_ranges(cps))
+
+
 def class_item(c: int) -> str:
     return f"\\x{{{c:X}}}"
 
 
 PY_SPACE = [c for c in range(MAX_CP) if chr(c).isspace()]
-# Python's `re` `\w` on str is `[\p{L}\p{N}_]` (checked below for this Python's Unicode version).
-PY_WORD_RUST = r"\p{L}\p{N}_"
+# Python's `re` `\w` on str (Unicode 14 here), spelled out so that Rust's newer tables do not leak in.
+PY_WORD = [c for c in range(MAX_CP) if c not in SURROGATES and re.match(r"\w", chr(c))]
 
 
 def sre_to_rust(items) -> str:
@@ -170,7 +176,7 @@ def sre_class_to_rust(items) -> str:
             if av is sre_c.CATEGORY_SPACE:
                 parts.extend(f"{class_item(a)}-{class_item(b)}" for a, b in to_ranges(PY_SPACE))
             elif av is sre_c.CATEGORY_WORD:
-                parts.append(PY_WORD_RUST)
+                parts.append(rust_class_body(PY_WORD))
             else:
                 raise ValueError(f"unsupported category {av}")
         else:
@@ -186,12 +192,6 @@ def codec_table(encoding: str) -> list[int]:
 
 
 def gen_tables() -> None:
-    # Python's `\w` must equal [\p{L}\p{N}_] for PY_WORD_RUST to be exact.
-    w = chars_matching(r"\w")
-    ln = [c for c in range(MAX_CP) if c not in SURROGATES
-          and (unicodedata.category(chr(c))[0] in "LN" or c == 0x5F)]
-    assert w == ln, "Python's \\w is no longer [\\p{L}\\p{N}_]"
-
     badness = sre_to_rust(sre_parse.parse(ftfy.badness.BADNESS_RE.pattern, re.VERBOSE))
     clues = ftfy.chardata.UTF8_CLUES
     sets = {k: chars_matching("[" + v + "]") for k, v in clues.items()}
@@ -212,8 +212,29 @@ def gen_tables() -> None:
     for cp, rep in sorted(ftfy.chardata.WIDTH_MAP.items()):
         width.append((cp, rep))
 
+    # open_clip's pre-tokenizer classes as the `regex` module (with IGNORECASE) has them, so
+    # that characters of newer Unicode versions split exactly as in Python.
+    import regex as mrab_regex
+    pre = {}
+    for name, pat in [("letter", r"[\p{L}]"), ("number", r"[\p{N}]"), ("other", r"[^\s\p{L}\p{N}]")]:
+        rx = mrab_regex.compile(pat, mrab_regex.IGNORECASE)
+        pre[name] = [c for c in range(MAX_CP) if c not in SURROGATES and rx.match(chr(c))]
+    not_other = sorted(set(range(MAX_CP)) - set(SURROGATES) - set(pre["other"]))
+
+    # Python's `str.lower()`: which code points it changes, and (for U+03A3's Final_Sigma rule)
+    # which are skipped as case-ignorable and which count as cased. Probed through `lower()`
+    # itself: "xΣ" ends in "ς" iff x is cased and not ignorable; "AxΣ" iff x is ignorable or
+    # cased. (Whether an ignorable character is also cased never matters to the rule.)
+    lower_changes = [c for c in range(MAX_CP) if c not in SURROGATES and chr(c).lower() != chr(c)]
+    p1 = [c for c in range(MAX_CP) if c not in SURROGATES and (chr(c) + "\u03a3").lower()[-1] == "\u03c2"]
+    p2 = {c for c in range(MAX_CP) if c not in SURROGATES and ("A" + chr(c) + "\u03a3").lower()[-1] == "\u03c2"}
+    cased = p1
+    unassigned = [c for c in range(MAX_CP) if c not in SURROGATES and unicodedata.category(chr(c)) == "Cn"]
+    ignorable = sorted(p2 - set(p1))
+
     lines = [
-        "//! Tables for the ftfy port, GENERATED by `tools/make_tokenizer_fixtures.py tables` from",
+        "//! Tables for the tokenizer and its ftfy port, GENERATED by",
+        "//! `tools/make_tokenizer_fixtures.py tables` from",
         f"//! ftfy {ftfy.__version__} and Python {sys.version.split()[0]} (Unicode "
         f"{unicodedata.unidata_version}). Do not edit by hand.",
         "//!",
@@ -221,10 +242,23 @@ def gen_tables() -> None:
         "//! from it.",
         "",
         "/// ftfy's `badness.BADNESS_RE`, translated from Python's parse tree to Rust regex syntax.",
-        "/// Python's `\\s` is spelled out as `str.isspace`'s set, `\\w` as `[\\p{L}\\p{N}_]`.",
+        "/// Python's `\\s` and `\\w` are spelled out as the sets Python 3.11 (Unicode 14) has.",
         f"pub(super) const BADNESS_PATTERN: &str = r\"{badness}\";",
         "",
         rust_ranges("PY_SPACE", "Code points for which Python's `str.isspace()` is true.", PY_SPACE),
+        f"/// open_clip's pre-tokenizer `[\\p{{L}}]` (Python `regex` {mrab_regex.__version__}, IGNORECASE).",
+        f"pub(super) const PRE_LETTER: &str = r\"{rust_class_body(pre['letter'])}\";",
+        f"/// open_clip's pre-tokenizer `[\\p{{N}}]` (Python `regex` {mrab_regex.__version__}, IGNORECASE).",
+        f"pub(super) const PRE_NUMBER: &str = r\"{rust_class_body(pre['number'])}\";",
+        rust_ranges("PY_UNASSIGNED", "Code points unassigned in Python's Unicode version (`unicodedata` "
+                    "category Cn); NFC leaves them alone there.", unassigned),
+        rust_ranges("PY_LOWER_CHANGES", "Code points that Python's `str.lower()` changes.", lower_changes),
+        rust_ranges("PY_CASED", "Cased, not case-ignorable code points (Python's Final_Sigma rule).", cased),
+        rust_ranges("PY_CASE_IGNORABLE", "Case-ignorable code points (Python's Final_Sigma rule).", ignorable),
+        "/// The complement of open_clip's pre-tokenizer `[^\\s\\p{L}\\p{N}]` (with IGNORECASE, U+0345",
+        "/// case-folds into `\\p{L}` and so is excluded too).",
+        f"pub(super) const PRE_NOT_OTHER: &str = r\"{rust_class_body(not_other)}\";",
+        "",
     ]
     for key, const in [
         ("utf8_first_of_2", "UTF8_FIRST_OF_2"),
@@ -417,6 +451,12 @@ HARD_CASES = [
     # special-token look-alikes
     "<start_of_text>", "<end_of_text> hello", "<START_OF_TEXT>", "<\u017ftart_of_text>", "</w>", "a</w>b",
     "<start_of_text><end_of_text>", "x<end_of_text>y",
+    # characters newer than Python 3.11's Unicode 14: letters only the `regex` module knows
+    # (Unicode 17), case pairs and canonical compositions added in Unicode 16
+    "a\u0558b \u0558", "\U000323b0\U000323b1 \U0002b73a", "\u1c89 \ua7cb \ua7cc \U00010d50",
+    "\U00011382\U000113c9 \U00016d67\U00016d67 e\u0301",
+    # Greek final sigma contexts (case-ignorable characters between letters)
+    "\u039f\u0394\u039f\u03a3' \u0391\u03a3'\u0391 \u0391\u03a3\u0301 \u0391\u03a3\u00ad\u0391 \u03a3\u03a3\u03a3",
     # long texts (truncation)
     LONG_CAPTION, LONG_CAPTION.upper(), "word " * 100, "a" * 300, "supercalifragilisticexpialidocious" * 5,
     " ".join(str(i) for i in range(200)), "\U0001f600" * 80, "\u732b" * 100, "&amp;" * 100,

@@ -19,7 +19,7 @@
 //! | NFC | Unicode canonical composition |
 //!
 //! The data (ftfy's regexes, character classes and codec tables) is generated from the Python
-//! modules themselves by `tools/make_tokenizer_fixtures.py tables` (see `ftfy_tables.rs`).
+//! modules themselves by `tools/make_tokenizer_fixtures.py tables` (see `tables.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -29,11 +29,12 @@ use regex::Regex;
 use regex::bytes::Regex as BytesRegex;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
-use super::ftfy_tables::{
-    BADNESS_PATTERN, CHARMAPS, Charmap, UTF8_CONTINUATION, UTF8_CONTINUATION_STRICT,
+use super::clean::in_ranges;
+use super::html::{ENTITIES, html_unescape};
+use super::tables::{
+    BADNESS_PATTERN, CHARMAPS, Charmap, PY_UNASSIGNED, UTF8_CONTINUATION, UTF8_CONTINUATION_STRICT,
     UTF8_FIRST_OF_2, UTF8_FIRST_OF_3, UTF8_FIRST_OF_4, WIDTH_MAP,
 };
-use super::html::{ENTITIES, html_unescape};
 
 /// ftfy's `max_decode_length`: the longest segment (in characters) fixed at once.
 const MAX_DECODE_LENGTH: usize = 1_000_000;
@@ -57,10 +58,10 @@ pub fn fix_text(text: &str) -> String {
     let mut rest = text;
     while !rest.is_empty() {
         let mut end = rest.find('\n').map_or(rest.len(), |i| i + 1);
-        if end > MAX_DECODE_LENGTH {
-            if let Some((i, _)) = rest[..end].char_indices().nth(MAX_DECODE_LENGTH) {
-                end = i;
-            }
+        if end > MAX_DECODE_LENGTH
+            && let Some((i, _)) = rest[..end].char_indices().nth(MAX_DECODE_LENGTH)
+        {
+            end = i;
         }
         let segment = &rest[..end];
         // ftfy's "auto" HTML mode: a `<` means real HTML; from then on entities are kept.
@@ -95,13 +96,38 @@ fn fix_segment(segment: &str, unescape: bool) -> String {
         text = fix_line_breaks(&text);
         text = remove_terminal_escapes(&text).into_owned();
         text.retain(|c| !is_removed_control(u32::from(c)));
-        if is_nfc_quick(text.chars()) != IsNormalized::Yes {
-            text = text.nfc().collect();
-        }
+        text = nfc(text);
         if text == orig {
             return text;
         }
     }
+}
+
+/// NFC as Python 3.11's `unicodedata` (Unicode 14) computes it. Characters unassigned in
+/// Unicode 14 are starters without decomposition there, so they split the text into runs that
+/// normalize independently and are themselves kept unchanged; for assigned characters the
+/// crate's newer tables agree with Unicode 14 (decompositions and combining classes are
+/// stable).
+fn nfc(text: String) -> String {
+    let new_char = |c: char| !c.is_ascii() && in_ranges(PY_UNASSIGNED, c);
+    if !text.chars().any(new_char) {
+        return if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+            text
+        } else {
+            text.nfc().collect()
+        };
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if new_char(c) {
+            out.extend(text[start..i].nfc());
+            out.push(c);
+            start = i + c.len_utf8();
+        }
+    }
+    out.extend(text[start..].nfc());
+    out
 }
 
 /// ftfy's `unescape_html`: decodes `&name;` entities (HTML5 names and all-caps variants of
@@ -194,10 +220,10 @@ fn fix_encoding_step(text: &str) -> Option<String> {
             return Some(fixed);
         }
     }
-    if let Some(fixed) = decode_inconsistent_utf8(text) {
-        if fixed != text {
-            return Some(fixed);
-        }
+    if let Some(fixed) = decode_inconsistent_utf8(text)
+        && fixed != text
+    {
+        return Some(fixed);
     }
     // Latin-1 text with C1 controls that Windows-1252 (strict) can decode.
     if latin1_possible {
@@ -423,22 +449,6 @@ fn decode_utf8_variants(input: &[u8]) -> Option<String> {
     Some(out)
 }
 
-/// Membership in a sorted table of inclusive code point ranges.
-fn in_ranges(table: &[(u32, u32)], c: char) -> bool {
-    let cp = u32::from(c);
-    table
-        .binary_search_by(|&(lo, hi)| {
-            if hi < cp {
-                std::cmp::Ordering::Less
-            } else if lo > cp {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        })
-        .is_ok()
-}
-
 /// ftfy's `UTF8_DETECTOR_RE` at char index `i`: the end (exclusive) of the match, if any.
 fn utf8_detector_at(chars: &[(usize, char)], i: usize) -> Option<usize> {
     if i > 0 && in_ranges(UTF8_CONTINUATION_STRICT, chars[i - 1].1) {
@@ -639,6 +649,18 @@ mod tests {
             Some("한국어")
         );
         assert_eq!(decode_utf8_variants(b"\xc0"), None);
+    }
+
+    #[test]
+    fn nfc_is_python_unicode_14() {
+        assert_eq!(nfc("e\u{301} A\u{30A}".to_string()), "é Å");
+        // A Unicode 16 composition (Tulu-Tigalari) that Python 3.11 does not know.
+        assert_eq!(nfc("\u{11382}\u{113C9}".to_string()), "\u{11382}\u{113C9}");
+        // Unassigned-in-14 characters split runs; the runs around them still compose.
+        assert_eq!(
+            nfc("e\u{301}\u{11382}\u{301}o\u{308}".to_string()),
+            "é\u{11382}\u{301}ö"
+        );
     }
 
     #[test]
