@@ -34,7 +34,7 @@
 //! `\p{N}` as the `regex` module (2026.11.19) defines them, `str.isspace`, `str.lower` (with
 //! its Final_Sigma rule) and NFC as Python 3.11 (Unicode 14) computes them, ftfy's character
 //! classes, codecs and width map. Besides the committed fixtures, the port was checked against
-//! Python on every code point and on ~800 000 random strings (mojibake, entities, Greek
+//! Python on every code point and on ~720 000 random strings (mojibake, entities, Greek
 //! sigma contexts, raw byte soup) without a difference.
 //!
 //! What is not covered:
