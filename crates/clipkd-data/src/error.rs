@@ -51,4 +51,76 @@ pub enum DataError {
         /// Why it is invalid.
         reason: String,
     },
+    /// A CSV file is unusable: unreadable, empty (no header or no rows), or a line that cannot
+    /// be parsed at all.
+    #[error("CSV {path}: {what}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with the line number where there is one).
+        what: String,
+    },
+    /// A column named in the configuration is not in a CSV file's header.
+    #[error("CSV {path}: no column `{column}` in the header (it has: {found})")]
+    CsvColumn {
+        /// The file.
+        path: PathBuf,
+        /// The missing column.
+        column: String,
+        /// The header's columns, comma-separated.
+        found: String,
+    },
+    /// A dataset specification (file and root lists, dataset kind) is inconsistent.
+    #[error("dataset specification: {what}")]
+    DatasetSpec {
+        /// What is wrong.
+        what: String,
+    },
+    /// A webdataset shard pattern is malformed or matches no shard.
+    #[error("webdataset shards `{pattern}`: {what}")]
+    Shards {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// An image folder (ImageNet layout) is unusable.
+    #[error("image folder {path}: {what}")]
+    ImageFolder {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A retrieval annotation file (JSON or CSV) is malformed.
+    #[error("retrieval annotations {path}: {what}")]
+    Annotations {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where (entry index, line).
+        what: String,
+    },
+    /// A data loader setting is out of range.
+    #[error("data loader: invalid {field}: {reason}")]
+    InvalidLoader {
+        /// The setting (`batch_size`, `context_length`, ...).
+        field: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A saved data position does not fit the dataset or loader it is resumed with.
+    #[error("cannot resume the data loader at {position}: {what}")]
+    Position {
+        /// The position, as text.
+        position: String,
+        /// Why it does not fit.
+        what: String,
+    },
+    /// A data loader thread stopped unexpectedly (a bug: per-sample failures are skipped, not
+    /// raised).
+    #[error("data loader failed: {what}")]
+    LoaderFailed {
+        /// What happened (the panic message where there is one).
+        what: String,
+    },
 }

@@ -1,0 +1,740 @@
+//! Webdataset tar shards (`img2dataset` layout), streamed.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use super::order::{self, Order, Purpose};
+use super::{ImageSource, SampleRef, SkipReason, Skipped};
+use crate::DataError;
+
+/// Image members of a sample, in order of preference when a sample has several (open_clip's
+/// `rename(image="jpg;png;jpeg;webp")`).
+pub const WEBDATASET_IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "png", "jpeg", "webp"];
+
+/// Caption members, in order of preference: `txt` (the caption as UTF-8 text), then `json`
+/// (its string field `caption`, as `img2dataset` writes it).
+pub const CAPTION_EXTENSIONS: [&str; 2] = ["txt", "json"];
+
+/// Webdataset tar shards, as written by `img2dataset` (`--output_format webdataset`).
+///
+/// # Layout
+/// A shard is a tar file whose members are grouped into samples by *key*, webdataset's
+/// `base_plus_ext`: the member's path up to the first dot of its file name is the key, the
+/// rest is the extension (lower-cased), so `dir/000123.seg.png` is key `dir/000123`, extension
+/// `seg.png`. Consecutive members with the same key form a sample; a repeated extension
+/// starts a new sample (open_clip's `group_by_keys_nothrow`). Members that are not regular
+/// files, have no dot, or are top-level `__*__` metadata are ignored. A sample's image is its
+/// first member among [`WEBDATASET_IMAGE_EXTENSIONS`]; its caption is the `txt` member, or
+/// else the `caption` string of the `json` member ([`CAPTION_EXTENSIONS`]).
+///
+/// # What is skipped (and counted, never fatal)
+/// - a sample without image ([`SkipReason::NoImage`]) or caption ([`SkipReason::NoCaption`]);
+/// - a shard without any sample: a warning and one [`SkipReason::EmptyShard`];
+/// - a shard that cannot be opened or is not a tar file: one
+///   [`SkipReason::UnreadableShard`];
+/// - a shard that ends inside a header or a member (a partial download): the sample being
+///   read is lost and the shard ends there, counted once as [`SkipReason::TruncatedShard`].
+///   (A cut exactly between two members cannot be told from the end of the archive, and a cut
+///   inside a member that is not read, such as a `.parquet`, shows as the archive's end.)
+///
+/// # Order and shuffling
+/// Per epoch the shard order is a permutation seeded by `(seed, epoch)`. Samples are then
+/// read in that order and cut into consecutive *shuffle blocks* of `shuffle_buffer` samples
+/// (a block may span shards); each block is permuted with a seed from `(seed, epoch, block)`.
+/// The block is the bounded in-memory shuffle buffer: memory is about two blocks of encoded
+/// samples (the block being read and the one being handed out). Unlike webdataset's
+/// sliding buffer, which depends on all earlier samples, a block can be rebuilt from where it
+/// starts, so a [`StreamCursor`] (block, its first shard and sample, offset in the block)
+/// resumes exactly, reading only that block again. Without shuffling, blocks keep the
+/// stream's order.
+#[derive(Debug, Clone)]
+pub struct WebDataset {
+    shards: Vec<PathBuf>,
+}
+
+impl WebDataset {
+    /// A dataset of these shards (at least one), read in this order when not shuffled.
+    pub fn new(shards: Vec<PathBuf>) -> Result<Self, DataError> {
+        if shards.is_empty() {
+            return Err(DataError::Shards {
+                pattern: String::new(),
+                what: "no shard".into(),
+            });
+        }
+        Ok(WebDataset { shards })
+    }
+
+    /// The shards of a pattern (see [`expand_shards`]).
+    pub fn from_pattern(pattern: &str) -> Result<Self, DataError> {
+        Self::new(expand_shards(pattern)?)
+    }
+
+    /// The shard files.
+    pub fn shards(&self) -> &[PathBuf] {
+        &self.shards
+    }
+}
+
+/// Where the reader of a webdataset epoch is: the next sample is number `offset` of shuffle
+/// block `block`, which starts at sample `sample` (counting every key group, skipped ones
+/// included) of shard `shard` of the epoch's shard order. The end of the epoch is
+/// `shard == number of shards`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct StreamCursor {
+    /// The shuffle block.
+    pub block: u64,
+    /// Position, in the epoch's shard order, of the shard where the block starts.
+    pub shard: usize,
+    /// The key group of that shard where the block starts.
+    pub sample: u64,
+    /// Samples of the block already handed out.
+    pub offset: u64,
+}
+
+/// Expands a shard specification into shard files:
+/// - several specifications separated by `::` (open_clip's multi-source syntax), concatenated;
+/// - brace patterns as Python's `braceexpand` (webdataset's): `{000000..000123}` (zero padded
+///   to the wider bound when a bound has a leading zero), `{0..10..2}` with a step,
+///   `{a..e}` letters, `{x,y,z}` alternatives, nested braces, `\{` for a literal brace;
+/// - a directory: every `*.tar` in it, sorted;
+/// - a glob (`*`, `?`, `[..]`): the matching files, sorted.
+///
+/// A concrete path is kept whether or not it exists (a missing shard is skipped and counted
+/// when read) but a warning is logged. Errors: an unbalanced brace, a glob or directory that
+/// matches nothing, or an empty result.
+pub fn expand_shards(spec: &str) -> Result<Vec<PathBuf>, DataError> {
+    let err = |what: String| DataError::Shards {
+        pattern: spec.to_string(),
+        what,
+    };
+    let mut out = Vec::new();
+    for part in spec.split("::").map(str::trim).filter(|p| !p.is_empty()) {
+        for item in expand_braces(part)? {
+            let path = PathBuf::from(&item);
+            if path.is_dir() {
+                let mut tars: Vec<PathBuf> = std::fs::read_dir(&path)
+                    .map_err(|source| DataError::Io {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("tar"))
+                    })
+                    .collect();
+                if tars.is_empty() {
+                    return Err(err(format!("no .tar file in the directory {item}")));
+                }
+                tars.sort();
+                out.extend(tars);
+            } else if item.contains(['*', '?', '[']) {
+                let paths =
+                    glob::glob(&item).map_err(|e| err(format!("invalid glob `{item}`: {e}")))?;
+                let mut matched: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+                if matched.is_empty() {
+                    return Err(err(format!("the glob `{item}` matches no file")));
+                }
+                matched.sort();
+                out.extend(matched);
+            } else {
+                if !path.exists() {
+                    log::warn!("webdataset shard {item} does not exist (it will be skipped)");
+                }
+                out.push(path);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(err("no shard".into()));
+    }
+    Ok(out)
+}
+
+/// Python `braceexpand` of one pattern (see [`expand_shards`]).
+pub fn expand_braces(pattern: &str) -> Result<Vec<String>, DataError> {
+    let chars: Vec<char> = pattern.chars().collect();
+    expand_chars(&chars, pattern)
+}
+
+fn expand_chars(chars: &[char], whole: &str) -> Result<Vec<String>, DataError> {
+    let err = |what: String| DataError::Shards {
+        pattern: whole.to_string(),
+        what,
+    };
+    // The first unescaped `{` and its matching `}`.
+    let mut open = None;
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut close = None;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 1,
+            '{' => {
+                if depth == 0 {
+                    open = Some(i);
+                }
+                depth += 1;
+            }
+            '}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            '}' => return Err(err(format!("unbalanced `}}` at character {i}"))),
+            _ => {}
+        }
+        i += 1;
+    }
+    let (Some(open), Some(close)) = (open, close) else {
+        if open.is_some() {
+            return Err(err("unbalanced `{`".into()));
+        }
+        return Ok(vec![unescape(chars)]);
+    };
+    let prefix = unescape(&chars[..open]);
+    let inner = &chars[open + 1..close];
+    let alternatives: Vec<String> = match split_top_level(inner) {
+        parts if parts.len() > 1 => {
+            let mut v = Vec::new();
+            for p in parts {
+                v.extend(expand_chars(p, whole)?);
+            }
+            v
+        }
+        _ => {
+            let text: String = inner.iter().collect();
+            match sequence(&text) {
+                Some(seq) => seq,
+                // `{x}` without a comma or a range stays literal, as braceexpand.
+                None => expand_chars(inner, whole)?
+                    .into_iter()
+                    .map(|s| format!("{{{s}}}"))
+                    .collect(),
+            }
+        }
+    };
+    let suffixes = expand_chars(&chars[close + 1..], whole)?;
+    let mut out = Vec::with_capacity(alternatives.len() * suffixes.len());
+    for a in &alternatives {
+        for s in &suffixes {
+            out.push(format!("{prefix}{a}{s}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits brace contents at top-level commas.
+fn split_top_level(chars: &[char]) -> Vec<&[char]> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start, mut i) = (0usize, 0usize, 0usize);
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 1,
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&chars[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&chars[start..]);
+    parts
+}
+
+/// `a..b` or `a..b..step` over integers (zero padded when a bound has a leading zero) or
+/// single letters, both directions; `None` when `text` is not a sequence.
+fn sequence(text: &str) -> Option<Vec<String>> {
+    let parts: Vec<&str> = text.split("..").collect();
+    if parts.len() != 2 && parts.len() != 3 {
+        return None;
+    }
+    let step: i64 = match parts.get(2) {
+        Some(s) => s.parse::<i64>().ok()?.abs().max(1),
+        None => 1,
+    };
+    let (a, b) = (parts[0], parts[1]);
+    if let (Ok(x), Ok(y)) = (a.parse::<i64>(), b.parse::<i64>()) {
+        let padded = |s: &str| {
+            let digits = s.trim_start_matches('-');
+            digits.len() > 1 && digits.starts_with('0')
+        };
+        let width = if padded(a) || padded(b) {
+            a.len().max(b.len())
+        } else {
+            0
+        };
+        let values: Vec<i64> = if x <= y {
+            (x..=y).step_by(step as usize).collect()
+        } else {
+            (y..=x).rev().step_by(step as usize).collect()
+        };
+        return Some(
+            values
+                .into_iter()
+                .map(|v| {
+                    if v < 0 {
+                        format!("-{:0w$}", -v, w = width.saturating_sub(1))
+                    } else {
+                        format!("{v:0width$}")
+                    }
+                })
+                .collect(),
+        );
+    }
+    let (mut ca, mut cb) = (a.chars(), b.chars());
+    let (Some(x), None, Some(y), None) = (ca.next(), ca.next(), cb.next(), cb.next()) else {
+        return None;
+    };
+    if !(x.is_ascii_alphabetic() && y.is_ascii_alphabetic()) {
+        return None;
+    }
+    let (x, y) = (x as u8, y as u8);
+    let values: Vec<u8> = if x <= y {
+        (x..=y).step_by(step as usize).collect()
+    } else {
+        (y..=x).rev().step_by(step as usize).collect()
+    };
+    Some(
+        values
+            .into_iter()
+            .map(|c| (c as char).to_string())
+            .collect(),
+    )
+}
+
+/// Removes the backslash of escaped characters.
+fn unescape(chars: &[char]) -> String {
+    let mut s = String::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '\\' && i + 1 < chars.len() {
+            i += 1;
+        }
+        s.push(chars[i]);
+        i += 1;
+    }
+    s
+}
+
+/// webdataset's `base_plus_ext`: `(key, extension)` of a member path, `None` without a dot in
+/// the file name.
+fn split_key(name: &str) -> Option<(&str, &str)> {
+    let base_start = name.rfind('/').map_or(0, |i| i + 1);
+    let dot = name[base_start..].find('.')? + base_start;
+    if dot == base_start {
+        // A file name starting with a dot has an empty key: `[^.]+` does not match.
+        return None;
+    }
+    Some((&name[..dot], &name[dot + 1..]))
+}
+
+/// One key group being read.
+struct Group {
+    key: String,
+    index: u64,
+    extensions: Vec<String>,
+    members: Vec<(String, Vec<u8>)>,
+}
+
+/// Whether the data of a member with this extension is needed.
+fn wanted(ext: &str) -> bool {
+    WEBDATASET_IMAGE_EXTENSIONS.contains(&ext) || CAPTION_EXTENSIONS.contains(&ext)
+}
+
+/// The sample of a finished group.
+fn finish(group: Group, shard: &Path, shard_id: usize) -> Result<SampleRef, Skipped> {
+    let key = format!("{}:{}", shard.display(), group.key);
+    let member = |ext: &str| {
+        group
+            .members
+            .iter()
+            .find(|(e, _)| e == ext)
+            .map(|(_, d)| d.as_slice())
+    };
+    let image_ext = WEBDATASET_IMAGE_EXTENSIONS
+        .iter()
+        .find(|e| member(e).is_some());
+    let Some(image_ext) = image_ext else {
+        return Err(Skipped {
+            reason: SkipReason::NoImage,
+            key,
+            message: format!(
+                "no image member ({}); members: {}",
+                WEBDATASET_IMAGE_EXTENSIONS.join(", "),
+                group.extensions.join(", ")
+            ),
+        });
+    };
+    let caption = if let Some(txt) = member("txt") {
+        Some(String::from_utf8_lossy(txt).into_owned())
+    } else if let Some(json) = member("json") {
+        serde_json::from_slice::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| {
+                v.get("caption")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            })
+    } else {
+        None
+    };
+    let Some(caption) = caption else {
+        return Err(Skipped {
+            reason: SkipReason::NoCaption,
+            key,
+            message: format!(
+                "no caption (a txt member, or a json member with a string \"caption\"); members: {}",
+                group.extensions.join(", ")
+            ),
+        });
+    };
+    let bytes = group
+        .members
+        .into_iter()
+        .find(|(e, _)| e == image_ext)
+        .map(|(_, d)| d)
+        .unwrap_or_default();
+    Ok(SampleRef {
+        id: ((shard_id as u64) << 32) | (group.index & 0xffff_ffff),
+        key: key.clone(),
+        image: ImageSource::Encoded {
+            bytes,
+            name: format!("{key}.{image_ext}"),
+        },
+        captions: vec![caption],
+        label: None,
+    })
+}
+
+/// Reads the samples of one shard, from key group `skip` on (earlier groups are passed over
+/// without reading their data), calling `emit(group index, sample)` for each; `emit` returns
+/// `false` to stop. Shard-level problems are emitted as skipped samples (see [`WebDataset`]).
+fn read_shard(
+    path: &Path,
+    shard_id: usize,
+    skip: u64,
+    stop: &AtomicBool,
+    emit: &mut dyn FnMut(u64, Result<SampleRef, Skipped>) -> bool,
+) {
+    let shard_skip = |reason, message: String| Skipped {
+        reason,
+        key: path.display().to_string(),
+        message,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            emit(
+                0,
+                Err(shard_skip(
+                    SkipReason::UnreadableShard,
+                    format!("cannot open: {e}"),
+                )),
+            );
+            return;
+        }
+    };
+    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    let entries = match archive.entries_with_seek() {
+        Ok(e) => e,
+        Err(e) => {
+            emit(
+                0,
+                Err(shard_skip(
+                    SkipReason::UnreadableShard,
+                    format!("not a tar archive: {e}"),
+                )),
+            );
+            return;
+        }
+    };
+    let mut group: Option<Group> = None;
+    let mut next_index = 0u64;
+    // A problem that ends the shard: (group index, skipped).
+    let mut failure: Option<(u64, Skipped)> = None;
+    for entry in entries {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                failure = Some(if next_index == 0 {
+                    (
+                        0,
+                        shard_skip(
+                            SkipReason::UnreadableShard,
+                            format!("not a tar archive: {e}"),
+                        ),
+                    )
+                } else {
+                    let at = group.as_ref().map_or(next_index, |g| g.index);
+                    (
+                        at,
+                        shard_skip(
+                            SkipReason::TruncatedShard,
+                            format!("cut inside a header after {next_index} key groups: {e}"),
+                        ),
+                    )
+                });
+                break;
+            }
+        };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if !name.contains('/') && name.starts_with("__") && name.ends_with("__") {
+            continue;
+        }
+        let Some((key, ext)) = split_key(&name) else {
+            continue;
+        };
+        let ext = ext.to_lowercase();
+        let starts_group = match &group {
+            None => true,
+            Some(g) => g.key != key || g.extensions.contains(&ext),
+        };
+        if starts_group {
+            if let Some(g) = group.take()
+                && g.index >= skip
+                && !emit(g.index, finish(g, path, shard_id))
+            {
+                return;
+            }
+            group = Some(Group {
+                key: key.to_string(),
+                index: next_index,
+                extensions: Vec::new(),
+                members: Vec::new(),
+            });
+            next_index += 1;
+        }
+        let g = group.as_mut().expect("a group was just started");
+        g.extensions.push(ext.clone());
+        if g.index < skip || !wanted(&ext) {
+            continue;
+        }
+        let size = entry.size();
+        let mut data = Vec::with_capacity(size.min(1 << 30) as usize);
+        let read = entry.read_to_end(&mut data);
+        if read.is_err() || data.len() as u64 != size {
+            let why = match read {
+                Err(e) => e.to_string(),
+                Ok(_) => format!("{} of {size} bytes", data.len()),
+            };
+            failure = Some((
+                g.index,
+                shard_skip(
+                    SkipReason::TruncatedShard,
+                    format!("cut inside member {name} (key group {}): {why}", g.index),
+                ),
+            ));
+            group = None;
+            break;
+        }
+        g.members.push((ext, data));
+    }
+    if let Some(g) = group
+        && g.index >= skip
+        && !emit(g.index, finish(g, path, shard_id))
+    {
+        return;
+    }
+    if let Some((at, skipped)) = failure {
+        if at >= skip {
+            emit(at, Err(skipped));
+        }
+    } else if next_index == 0 {
+        emit(
+            0,
+            Err(shard_skip(
+                SkipReason::EmptyShard,
+                "no sample in the shard".into(),
+            )),
+        );
+    }
+}
+
+/// What the reader thread sends.
+#[derive(Debug)]
+pub(crate) enum ReaderMsg {
+    /// The next sample of the epoch, with the cursor that resumes at it.
+    Item {
+        cursor: StreamCursor,
+        sample: Result<SampleRef, Skipped>,
+    },
+    /// The epoch is over; `cursor` resumes at its end.
+    End { cursor: StreamCursor },
+}
+
+/// Settings of one epoch's reader.
+#[derive(Debug, Clone)]
+pub(crate) struct ReaderConfig {
+    pub epoch: u64,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub block_size: usize,
+    pub start: StreamCursor,
+}
+
+/// Starts the thread that reads an epoch of `dataset` from `config.start` and sends its
+/// samples in epoch order (blocks permuted when shuffling). It stops at the end, when `stop`
+/// is set, or when the receiver is dropped.
+pub(crate) fn spawn_reader(
+    dataset: Arc<WebDataset>,
+    config: ReaderConfig,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<(Receiver<ReaderMsg>, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(config.block_size.max(16));
+    let handle = std::thread::Builder::new()
+        .name("clipkd-wds-reader".into())
+        .spawn(move || run_reader(&dataset, &config, &stop, &tx))?;
+    Ok((rx, handle))
+}
+
+fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sender<ReaderMsg>) {
+    let n = ds.shards.len();
+    let order = Order::new(
+        n as u64,
+        cfg.shuffle,
+        cfg.seed,
+        Purpose::ShardOrder,
+        cfg.epoch,
+    );
+    let block_size = cfg.block_size.max(1);
+    let mut block: Vec<Result<SampleRef, Skipped>> = Vec::with_capacity(block_size);
+    let mut block_no = cfg.start.block;
+    let mut block_start = (cfg.start.shard, cfg.start.sample);
+    let mut skip_in_block = cfg.start.offset;
+    // Permutes and sends a block; false when the receiver is gone.
+    let flush = |block: &mut Vec<Result<SampleRef, Skipped>>,
+                 block_no: u64,
+                 start: (usize, u64),
+                 skip: u64|
+     -> bool {
+        if cfg.shuffle {
+            let mut rng = order::rng_for(cfg.seed, Purpose::ShuffleBlock, cfg.epoch, block_no);
+            order::shuffle(block, &mut rng);
+        }
+        for (offset, sample) in block.drain(..).enumerate() {
+            let offset = offset as u64;
+            if offset < skip {
+                continue;
+            }
+            let cursor = StreamCursor {
+                block: block_no,
+                shard: start.0,
+                sample: start.1,
+                offset,
+            };
+            if tx.send(ReaderMsg::Item { cursor, sample }).is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    for pos in cfg.start.shard..n {
+        let shard_id = order.get(pos as u64) as usize;
+        let skip = if pos == cfg.start.shard {
+            cfg.start.sample
+        } else {
+            0
+        };
+        let mut alive = true;
+        read_shard(
+            &ds.shards[shard_id],
+            shard_id,
+            skip,
+            stop,
+            &mut |index, sample| {
+                if let Err(s) = &sample
+                    && matches!(
+                        s.reason,
+                        SkipReason::EmptyShard
+                            | SkipReason::TruncatedShard
+                            | SkipReason::UnreadableShard
+                    )
+                {
+                    log::warn!("webdataset: {s}");
+                }
+                if block.is_empty() {
+                    block_start = (pos, index);
+                }
+                block.push(sample);
+                if block.len() == block_size {
+                    alive = flush(&mut block, block_no, block_start, skip_in_block);
+                    block_no += 1;
+                    skip_in_block = 0;
+                }
+                alive
+            },
+        );
+        if !alive || stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+    if !block.is_empty() {
+        if !flush(&mut block, block_no, block_start, skip_in_block) {
+            return;
+        }
+        block_no += 1;
+    }
+    let _ = tx.send(ReaderMsg::End {
+        cursor: StreamCursor {
+            block: block_no,
+            shard: n,
+            sample: 0,
+            offset: 0,
+        },
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn braces_as_braceexpand() {
+        assert_eq!(
+            expand_braces("s-{000..003}.tar").unwrap(),
+            ["s-000.tar", "s-001.tar", "s-002.tar", "s-003.tar"]
+        );
+        assert_eq!(expand_braces("{1..3}").unwrap(), ["1", "2", "3"]);
+        assert_eq!(expand_braces("{3..1}").unwrap(), ["3", "2", "1"]);
+        assert_eq!(expand_braces("{0..10..5}").unwrap(), ["0", "5", "10"]);
+        assert_eq!(expand_braces("{8..10}").unwrap(), ["8", "9", "10"]);
+        assert_eq!(expand_braces("{08..10}").unwrap(), ["08", "09", "10"]);
+        assert_eq!(expand_braces("{a..c}").unwrap(), ["a", "b", "c"]);
+        assert_eq!(expand_braces("{a,b{1..2}}x").unwrap(), ["ax", "b1x", "b2x"]);
+        assert_eq!(expand_braces("{x}").unwrap(), ["{x}"]);
+        assert_eq!(expand_braces(r"\{1..2\}").unwrap(), ["{1..2}"]);
+        assert_eq!(
+            expand_braces("{a,b}/{0..1}").unwrap(),
+            ["a/0", "a/1", "b/0", "b/1"]
+        );
+        assert!(expand_braces("{1..2").is_err());
+        assert!(expand_braces("1..2}").is_err());
+    }
+
+    #[test]
+    fn keys_as_base_plus_ext() {
+        assert_eq!(split_key("000123.jpg"), Some(("000123", "jpg")));
+        assert_eq!(split_key("d/000123.seg.png"), Some(("d/000123", "seg.png")));
+        assert_eq!(split_key("a.b/c.txt"), Some(("a.b/c", "txt")));
+        assert_eq!(split_key("noext"), None);
+        assert_eq!(split_key(".hidden"), None);
+    }
+}

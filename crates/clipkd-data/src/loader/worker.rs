@@ -1,0 +1,195 @@
+//! Loader workers: read, decode, transform and tokenize one sample at a time.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::Mode;
+use super::buffer::SharedImages;
+use crate::DataError;
+use crate::dataset::order::{Purpose, rng_for};
+use crate::dataset::{ImageSource, SampleRef, SkipReason, Skipped};
+use crate::image::{DecodedImage, ImageTransform};
+use crate::tokenizer::Tokenizer;
+
+/// What every worker of an epoch shares.
+pub(crate) struct WorkerContext {
+    pub transform: ImageTransform,
+    pub tokenizer: Tokenizer,
+    pub mode: Mode,
+    pub seed: u64,
+    pub epoch: u64,
+    pub context_length: usize,
+}
+
+/// Where a job writes its image.
+pub(crate) enum Dest {
+    /// A slot of a batch buffer (in place).
+    Slot(Arc<SharedImages>, usize),
+    /// A buffer of its own, handed back with the result.
+    Scratch(Vec<f32>),
+}
+
+/// One sample to prepare.
+pub(crate) struct Job {
+    pub ordinal: u64,
+    pub sample: SampleRef,
+    pub dest: Dest,
+}
+
+/// A prepared sample, without its pixels (they are in the job's destination).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub id: u64,
+    pub key: String,
+    pub label: Option<usize>,
+    /// `texts * context_length` token ids.
+    pub tokens: Vec<u32>,
+    pub texts: usize,
+}
+
+/// A job's result.
+pub(crate) struct Done {
+    pub ordinal: u64,
+    pub outcome: Result<Prepared, Skipped>,
+    /// The scratch buffer, for [`Dest::Scratch`] jobs.
+    pub scratch: Option<Vec<f32>>,
+}
+
+/// The worker loop, until the job channel closes. Once `stop` is set, jobs are answered
+/// without being done.
+pub(crate) fn run(
+    ctx: &WorkerContext,
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    stop: &AtomicBool,
+) {
+    while let Ok(job) = jobs.recv() {
+        let Job {
+            ordinal,
+            sample,
+            dest,
+        } = job;
+        let key = sample.key.clone();
+        // Every job is answered, even when stopping (the coordinator may be waiting for it).
+        let (outcome, scratch) = match dest {
+            _ if stop.load(Ordering::Relaxed) => {
+                let outcome = Err(Skipped {
+                    reason: SkipReason::UnreadableFile,
+                    key,
+                    message: "not read: the loader is stopping".into(),
+                });
+                let scratch = match dest {
+                    Dest::Scratch(v) => Some(v),
+                    Dest::Slot(..) => None,
+                };
+                (outcome, scratch)
+            }
+            Dest::Slot(buf, slot) => {
+                let outcome = guarded(&key, || {
+                    // SAFETY: the coordinator gave this slot to this job only, and reads it
+                    // only after the `Done` below.
+                    unsafe { buf.with_slot(slot, |out| prepare(ctx, sample, out)) }
+                });
+                // Release the buffer before reporting, so that the coordinator can take sole
+                // ownership of a finished batch.
+                drop(buf);
+                (outcome, None)
+            }
+            Dest::Scratch(mut v) => {
+                let outcome = guarded(&key, || prepare(ctx, sample, &mut v));
+                (outcome, Some(v))
+            }
+        };
+        if done
+            .send(Done {
+                ordinal,
+                outcome,
+                scratch,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into a skipped sample.
+fn guarded(key: &str, f: impl FnOnce() -> Result<Prepared, Skipped>) -> Result<Prepared, Skipped> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Err(Skipped {
+            reason: SkipReason::Panic,
+            key: key.to_string(),
+            message,
+        })
+    })
+}
+
+/// Reads and decodes the image, writes its transform into `out`, tokenizes the captions.
+pub(crate) fn prepare(
+    ctx: &WorkerContext,
+    sample: SampleRef,
+    out: &mut [f32],
+) -> Result<Prepared, Skipped> {
+    let SampleRef {
+        id,
+        key,
+        image,
+        captions,
+        label,
+    } = sample;
+    let skip = |reason, message: String| Skipped {
+        reason,
+        key: key.clone(),
+        message,
+    };
+    let decoded;
+    let img: &DecodedImage = match &image {
+        ImageSource::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                    SkipReason::MissingFile
+                } else {
+                    SkipReason::UnreadableFile
+                };
+                skip(reason, e.to_string())
+            })?;
+            decoded = DecodedImage::from_bytes(&bytes, path).map_err(|e| corrupt(&skip, e))?;
+            &decoded
+        }
+        ImageSource::Encoded { bytes, name } => {
+            decoded = DecodedImage::from_bytes(bytes, name).map_err(|e| corrupt(&skip, e))?;
+            &decoded
+        }
+        ImageSource::Decoded(img) => img,
+    };
+    match ctx.mode {
+        Mode::Train => {
+            let mut rng = rng_for(ctx.seed, Purpose::Augment, ctx.epoch, id);
+            ctx.transform.train_into(img, &mut rng, out);
+        }
+        Mode::Eval => ctx.transform.eval_into(img, out),
+    }
+    let mut tokens = Vec::with_capacity(captions.len() * ctx.context_length);
+    for c in &captions {
+        tokens.extend_from_slice(&ctx.tokenizer.tokenize(c, ctx.context_length));
+    }
+    Ok(Prepared {
+        id,
+        key,
+        label,
+        tokens,
+        texts: captions.len(),
+    })
+}
+
+fn corrupt(skip: &impl Fn(SkipReason, String) -> Skipped, e: DataError) -> Skipped {
+    skip(SkipReason::CorruptImage, e.to_string())
+}
