@@ -660,16 +660,6 @@ fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sende
             skip,
             stop,
             &mut |index, sample| {
-                if let Err(s) = &sample
-                    && matches!(
-                        s.reason,
-                        SkipReason::EmptyShard
-                            | SkipReason::TruncatedShard
-                            | SkipReason::UnreadableShard
-                    )
-                {
-                    log::warn!("webdataset: {s}");
-                }
                 if block.is_empty() {
                     block_start = (pos, index);
                 }
