@@ -46,10 +46,12 @@ TINY_CONFIGS = {
 }
 
 
-def create(name):
-    if name in TINY_CONFIGS:
-        return open_clip.model.CLIP(**TINY_CONFIGS[name])
-    return open_clip.create_model(name, pretrained=None)
+def create(name, device):
+    # Parameters are created on the device directly (random init of ViT-L on the CPU is slow).
+    with torch.device(device):
+        if name in TINY_CONFIGS:
+            return open_clip.model.CLIP(**TINY_CONFIGS[name])
+        return open_clip.create_model(name, pretrained=None)
 
 
 class KdLoss(torch.nn.Module):
@@ -174,10 +176,10 @@ def run(args, mode, precision, device):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     teacher = student = loss = opt = None
     if mode in ("kd", "teacher"):
-        teacher = create(args.teacher).to(device=device, dtype=dtype).eval()
+        teacher = create(args.teacher, device).to(device=device, dtype=dtype).eval()
         teacher.requires_grad_(False)
     if mode in ("kd", "student"):
-        student = create(args.student).to(device=device, dtype=dtype).train()
+        student = create(args.student, device).to(device=device, dtype=dtype).train()
     if mode == "kd":
         d_s = student.text_projection.shape[1]
         d_t = teacher.text_projection.shape[1]

@@ -99,6 +99,7 @@ pub fn dispatch<T: BackendTask>(
         }
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(index), precision) => {
+            configure_gpu_runtime();
             use burn::backend::Cuda;
             use burn::backend::cuda::CudaDevice;
             use burn::tensor::{bf16, f16};
@@ -111,6 +112,7 @@ pub fn dispatch<T: BackendTask>(
         }
         #[cfg(feature = "wgpu")]
         (DeviceSpec::Wgpu(index), Precision::F32) => {
+            configure_gpu_runtime();
             use burn::backend::wgpu::WgpuDevice;
             let device = match index {
                 Some(i) => WgpuDevice::DiscreteGpu(i),
@@ -125,6 +127,16 @@ pub fn dispatch<T: BackendTask>(
             compiled_backends().join(", ")
         ),
     }
+}
+
+/// Sets up the GPU runtime's caches once per process (see [`super::kernel_cache`]).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn configure_gpu_runtime() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| match super::kernel_cache::configure() {
+        Some(dir) => eprintln!("kernel and autotune cache: {}", dir.display()),
+        None => eprintln!("GPU runtime settings: from the cubecl.toml / burn.toml found here"),
+    });
 }
 
 /// The backends compiled into this binary.

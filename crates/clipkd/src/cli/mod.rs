@@ -2,6 +2,9 @@
 
 pub mod backend;
 pub mod bench;
+pub mod embed;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod kernel_cache;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Embed images and captions with a CLIP model (open_clip checkpoint) into a safetensors file.
+    Embed(embed::EmbedArgs),
     /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
     Bench(bench::BenchArgs),
 }
@@ -24,6 +29,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

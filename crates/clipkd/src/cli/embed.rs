@@ -1,0 +1,163 @@
+//! `clipkd embed`: image and text embeddings of a CLIP model, written as safetensors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use clipkd_data::image::ImageTransform;
+use clipkd_data::tokenizer::Tokenizer;
+use clipkd_models::{ClipConfig, load_open_clip};
+use clipkd_train::embed::{HostEmbeddings, embed_image_files, embed_texts, eval_transform_config};
+use safetensors::tensor::{Dtype, TensorView};
+
+use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
+
+/// Options of `clipkd embed`.
+#[derive(Debug, Clone, Args)]
+pub struct EmbedArgs {
+    /// The model: an open_clip config name (e.g. ViT-B-32, RN50; see `clipkd models`) or an
+    /// open_clip model-config JSON file.
+    #[arg(long, value_name = "CONFIG_JSON_OR_PRESET")]
+    pub model: String,
+    /// The weights: an open_clip / CLIP-KD checkpoint (.safetensors, .pt, .pth, .bin).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// An image to embed (JPEG, PNG, WebP...); repeat for several. Rows follow argument order.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+    /// A UTF-8 text file: one caption per line, each line embedded (empty lines included).
+    #[arg(long, value_name = "PATH")]
+    pub text_file: Option<PathBuf>,
+    /// Where to write the embeddings: a safetensors file with `image_embeds` [images, dim] and
+    /// `text_embeds` [lines, dim], f32, L2-normalized.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    /// Device: cpu, cuda[:N], wgpu[:N] (among those compiled in).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Floating-point precision (bf16/f16 on CUDA only).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Images or captions per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// Runs `clipkd embed`.
+pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.images.is_empty() || args.text_file.is_some(),
+        "nothing to embed: give at least one --image or a --text-file"
+    );
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    // Check every input before any work, so a typo fails fast and names the file.
+    for path in &args.images {
+        anyhow::ensure!(path.is_file(), "image file not found: {}", path.display());
+    }
+    anyhow::ensure!(
+        args.weights.is_file(),
+        "weights file not found: {}",
+        args.weights.display()
+    );
+    let texts = match &args.text_file {
+        Some(path) => read_lines(path)?,
+        None => Vec::new(),
+    };
+    let config = ClipConfig::resolve(&args.model).with_context(|| format!("model `{}`", args.model))?;
+    let preprocess_cfg = preprocess_cfg_of(&args.model)?;
+    let transform = ImageTransform::new(eval_transform_config(&config, preprocess_cfg.as_ref())?)
+        .context("image preprocessing settings")?;
+    let task = EmbedTask {
+        args: args.clone(),
+        config,
+        transform,
+        texts,
+    };
+    let (images, texts) = dispatch(args.device, args.precision, task)?;
+    write_embeddings(&args.output, &images, &texts)?;
+    eprintln!(
+        "wrote {} image and {} text embeddings (dim {}) to {}",
+        images.rows,
+        texts.rows,
+        images.dim,
+        args.output.display()
+    );
+    Ok(())
+}
+
+struct EmbedTask {
+    args: EmbedArgs,
+    config: ClipConfig,
+    transform: ImageTransform,
+    texts: Vec<String>,
+}
+
+impl BackendTask for EmbedTask {
+    type Output = (HostEmbeddings, HostEmbeddings);
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        // Inference only: the inner backend builds no autodiff graph.
+        let model = load_open_clip::<B::InnerBackend>(&self.args.weights, &self.config, &device)
+            .with_context(|| format!("loading weights {}", self.args.weights.display()))?;
+        let images = embed_image_files(
+            &model,
+            &self.transform,
+            &self.args.images,
+            self.args.batch_size,
+            &device,
+        )?;
+        let texts = embed_texts(
+            &model,
+            &Tokenizer::new(),
+            &self.texts,
+            self.args.batch_size,
+            &device,
+        )?;
+        Ok((images, texts))
+    }
+}
+
+/// The lines of a text file; `a\n\nb\n` has three (the empty one included), `\r\n` is accepted.
+fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading text file {}", path.display()))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// The `preprocess_cfg` object of a model-config JSON file, when `--model` is one.
+fn preprocess_cfg_of(model: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = Path::new(model);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading model config {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing model config {}", path.display()))?;
+    Ok(value.get("preprocess_cfg").cloned())
+}
+
+/// Writes `image_embeds` and `text_embeds` as f32 tensors.
+fn write_embeddings(
+    path: &Path,
+    images: &HostEmbeddings,
+    texts: &HostEmbeddings,
+) -> anyhow::Result<()> {
+    let bytes = |e: &HostEmbeddings| -> Vec<u8> { e.data.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let (image_bytes, text_bytes) = (bytes(images), bytes(texts));
+    let views = [
+        ("image_embeds", images, &image_bytes),
+        ("text_embeds", texts, &text_bytes),
+    ]
+    .into_iter()
+    .map(|(name, e, b)| {
+        TensorView::new(Dtype::F32, vec![e.rows, e.dim], b)
+            .map(|view| (name.to_string(), view))
+            .map_err(|err| anyhow::anyhow!("building tensor {name}: {err}"))
+    })
+    .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .with_context(|| format!("writing {}", path.display()))
+}
