@@ -457,7 +457,27 @@ fn webdataset_shuffle_is_deterministic_complete_and_resumable() {
             fp[stop_after + 1..].to_vec(),
             "resumed after batch {stop_after} at {pos}"
         );
+        let positions: Vec<&DataPosition> = rest.iter().map(|b| &b.position).collect();
+        let expected: Vec<&DataPosition> =
+            e0[stop_after + 1..].iter().map(|b| &b.position).collect();
+        assert_eq!(positions, expected);
     }
+    // The skipped shard-level samples are counted once per epoch, resumed or not.
+    let mut it = l(2).resume(&e0[2].position).unwrap();
+    while it.next().is_some() {}
+    assert_eq!(
+        it.skipped().count(SkipReason::EmptyShard),
+        1,
+        "{}",
+        it.skipped()
+    );
+    assert_eq!(
+        it.skipped().count(SkipReason::TruncatedShard),
+        1,
+        "{}",
+        it.skipped()
+    );
+    assert_eq!(it.position(), &DataPosition::start(1));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -385,3 +385,58 @@ fn synthetic_and_source_helpers() {
     assert!(b[0].skipped.is_empty());
     assert_eq!(CsvSource::from_lists("x.csv", None).unwrap()[0].root, None);
 }
+
+#[test]
+fn long_runs_of_skipped_samples_keep_batches_full_and_deterministic() {
+    // 60 rows, 26 of them missing (a run of 12 longer than two batches, and scattered ones):
+    // replacements come from far beyond the open batches and through scratch buffers.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write_dataset(dir.path(), 60);
+    let missing: Vec<usize> = (20..32)
+        .chain((0..60).filter(|i| i % 4 == 1 && !(20..32).contains(i)))
+        .collect();
+    for &m in &missing {
+        std::fs::remove_file(dir.path().join(format!("img{m}.jpg"))).unwrap();
+    }
+    let usable = 60 - missing.len();
+    for shuffle in [false, true] {
+        let run = |workers: usize, pos: Option<&DataPosition>| -> Vec<Batch> {
+            let config = LoaderConfig::train(4)
+                .with_workers(workers)
+                .with_shuffle(shuffle)
+                .with_seed(9);
+            let l = loader(&csv, dir.path(), config);
+            let it = match pos {
+                Some(p) => l.resume(p).unwrap(),
+                None => l.epoch(0).unwrap(),
+            };
+            collect(it)
+        };
+        let reference = run(1, None);
+        assert_eq!(reference.len(), usable / 4);
+        let mut ids: Vec<u64> = reference.iter().flat_map(|b| b.ids.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), reference.len() * 4, "no sample twice");
+        assert!(ids.iter().all(|i| !missing.contains(&(*i as usize))));
+        let fp: Vec<_> = reference.iter().map(fingerprint).collect();
+        for workers in [2, 5] {
+            assert_eq!(
+                run(workers, None)
+                    .iter()
+                    .map(fingerprint)
+                    .collect::<Vec<_>>(),
+                fp
+            );
+        }
+        for (i, b) in reference.iter().enumerate() {
+            let rest = run(3, Some(&b.position));
+            assert_eq!(
+                rest.iter().map(fingerprint).collect::<Vec<_>>(),
+                fp[i + 1..].to_vec()
+            );
+        }
+        let skipped: u64 = reference.iter().map(|b| b.skipped.total()).sum();
+        assert!(skipped <= missing.len() as u64);
+    }
+}

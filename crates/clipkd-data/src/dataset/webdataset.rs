@@ -84,8 +84,8 @@ impl WebDataset {
 
 /// Where the reader of a webdataset epoch is: the next sample is number `offset` of shuffle
 /// block `block`, which starts at sample `sample` (counting every key group, skipped ones
-/// included) of shard `shard` of the epoch's shard order. The end of the epoch is
-/// `shard == number of shards`.
+/// included) of shard `shard` of the epoch's shard order (a block that starts past a shard's
+/// last group goes on with the next shard; past the last shard, the epoch is over).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct StreamCursor {
     /// The shuffle block.
@@ -571,13 +571,13 @@ fn read_shard(
 /// What the reader thread sends.
 #[derive(Debug)]
 pub(crate) enum ReaderMsg {
-    /// The next sample of the epoch, with the cursor that resumes at it.
+    /// The next sample of the epoch, with the cursor that resumes *after* it.
     Item {
         cursor: StreamCursor,
         sample: Result<SampleRef, Skipped>,
     },
-    /// The epoch is over; `cursor` resumes at its end.
-    End { cursor: StreamCursor },
+    /// The epoch is over.
+    End,
 }
 
 /// Settings of one epoch's reader.
@@ -605,6 +605,57 @@ pub(crate) fn spawn_reader(
     Ok((rx, handle))
 }
 
+/// A shuffle block being filled: its samples, where it starts, and the reader position after
+/// its last sample.
+struct Block {
+    number: u64,
+    samples: Vec<Result<SampleRef, Skipped>>,
+    start: (usize, u64),
+    after: (usize, u64),
+    /// Samples already handed out before a resume.
+    skip: u64,
+}
+
+impl Block {
+    /// Permutes (when shuffling) and sends the block; each sample carries the cursor after it:
+    /// the next offset of this block, or for the last one the start of the next block
+    /// (`after`). False when the receiver is gone.
+    fn flush(&mut self, cfg: &ReaderConfig, tx: &Sender<ReaderMsg>) -> bool {
+        if cfg.shuffle {
+            let mut rng = order::rng_for(cfg.seed, Purpose::ShuffleBlock, cfg.epoch, self.number);
+            order::shuffle(&mut self.samples, &mut rng);
+        }
+        let len = self.samples.len() as u64;
+        for (offset, sample) in self.samples.drain(..).enumerate() {
+            let offset = offset as u64;
+            if offset < self.skip {
+                continue;
+            }
+            let cursor = if offset + 1 < len {
+                StreamCursor {
+                    block: self.number,
+                    shard: self.start.0,
+                    sample: self.start.1,
+                    offset: offset + 1,
+                }
+            } else {
+                StreamCursor {
+                    block: self.number + 1,
+                    shard: self.after.0,
+                    sample: self.after.1,
+                    offset: 0,
+                }
+            };
+            if tx.send(ReaderMsg::Item { cursor, sample }).is_err() {
+                return false;
+            }
+        }
+        self.number += 1;
+        self.skip = 0;
+        true
+    }
+}
+
 fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sender<ReaderMsg>) {
     let n = ds.shards.len();
     let order = Order::new(
@@ -615,36 +666,12 @@ fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sende
         cfg.epoch,
     );
     let block_size = cfg.block_size.max(1);
-    let mut block: Vec<Result<SampleRef, Skipped>> = Vec::with_capacity(block_size);
-    let mut block_no = cfg.start.block;
-    let mut block_start = (cfg.start.shard, cfg.start.sample);
-    let mut skip_in_block = cfg.start.offset;
-    // Permutes and sends a block; false when the receiver is gone.
-    let flush = |block: &mut Vec<Result<SampleRef, Skipped>>,
-                 block_no: u64,
-                 start: (usize, u64),
-                 skip: u64|
-     -> bool {
-        if cfg.shuffle {
-            let mut rng = order::rng_for(cfg.seed, Purpose::ShuffleBlock, cfg.epoch, block_no);
-            order::shuffle(block, &mut rng);
-        }
-        for (offset, sample) in block.drain(..).enumerate() {
-            let offset = offset as u64;
-            if offset < skip {
-                continue;
-            }
-            let cursor = StreamCursor {
-                block: block_no,
-                shard: start.0,
-                sample: start.1,
-                offset,
-            };
-            if tx.send(ReaderMsg::Item { cursor, sample }).is_err() {
-                return false;
-            }
-        }
-        true
+    let mut block = Block {
+        number: cfg.start.block,
+        samples: Vec::with_capacity(block_size),
+        start: (cfg.start.shard, cfg.start.sample),
+        after: (cfg.start.shard, cfg.start.sample),
+        skip: cfg.start.offset,
     };
     for pos in cfg.start.shard..n {
         let shard_id = order.get(pos as u64) as usize;
@@ -660,14 +687,24 @@ fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sende
             skip,
             stop,
             &mut |index, sample| {
-                if block.is_empty() {
-                    block_start = (pos, index);
+                if block.samples.is_empty() {
+                    block.start = (pos, index);
                 }
-                block.push(sample);
-                if block.len() == block_size {
-                    alive = flush(&mut block, block_no, block_start, skip_in_block);
-                    block_no += 1;
-                    skip_in_block = 0;
+                // Where reading resumes after this sample: the next key group of this shard
+                // (past its end, that reads nothing more from it), or the next shard after a
+                // shard-level problem reported at group 0.
+                let shard_level = matches!(
+                    &sample,
+                    Err(s) if matches!(s.reason, SkipReason::EmptyShard | SkipReason::UnreadableShard)
+                );
+                block.after = if shard_level {
+                    (pos + 1, 0)
+                } else {
+                    (pos, index + 1)
+                };
+                block.samples.push(sample);
+                if block.samples.len() == block_size {
+                    alive = block.flush(cfg, tx);
                 }
                 alive
             },
@@ -676,20 +713,10 @@ fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sende
             return;
         }
     }
-    if !block.is_empty() {
-        if !flush(&mut block, block_no, block_start, skip_in_block) {
-            return;
-        }
-        block_no += 1;
+    if !block.samples.is_empty() && !block.flush(cfg, tx) {
+        return;
     }
-    let _ = tx.send(ReaderMsg::End {
-        cursor: StreamCursor {
-            block: block_no,
-            shard: n,
-            sample: 0,
-            offset: 0,
-        },
-    });
+    let _ = tx.send(ReaderMsg::End);
 }
 
 #[cfg(test)]

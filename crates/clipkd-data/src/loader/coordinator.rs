@@ -71,11 +71,7 @@ pub(super) fn start(
             )
             .map_err(spawn_err)?;
             reader = Some(handle);
-            Source::Stream {
-                rx,
-                peeked: None,
-                end: None,
-            }
+            Source::Stream { rx, ended: false }
         }
     };
     let workers = cfg.resolved_workers();
@@ -135,6 +131,7 @@ pub(super) fn start(
         epoch_skips: SkipReport::from_counts(position.skipped.clone()),
         source_done: false,
         scratch_pool: Vec::new(),
+        last_cursor: position.stream,
     };
     coord.open_batch(position.batch, position.anchor);
     coord.open_batch(position.batch + 1, position.sample + n as u64);
@@ -172,22 +169,24 @@ enum Source {
     /// A webdataset reader thread.
     Stream {
         rx: Receiver<ReaderMsg>,
-        peeked: Option<ReaderMsg>,
-        /// The end cursor, once the reader has said so.
-        end: Option<StreamCursor>,
+        ended: bool,
     },
 }
 
 /// The next sample of a [`Source`].
 enum Next {
+    /// A sample (or a skipped one) and, for streams, the cursor after it.
     Item(Result<SampleRef, Skipped>, Option<StreamCursor>),
     End,
+    /// Nothing yet (the reader is reading).
+    NotYet,
     /// The reader thread stopped without finishing the epoch.
     Broken,
 }
 
 impl Source {
-    fn next(&mut self) -> Next {
+    /// The next sample without waiting for the reader.
+    fn try_next(&mut self) -> Next {
         match self {
             Source::Indexed {
                 dataset,
@@ -201,44 +200,36 @@ impl Source {
                 *next += 1;
                 Next::Item(Ok(sample), None)
             }
-            Source::Stream { rx, peeked, end } => {
-                if end.is_some() {
+            Source::Stream { rx, ended } => {
+                if *ended {
                     return Next::End;
                 }
-                let msg = match peeked.take() {
-                    Some(m) => m,
-                    None => match rx.recv() {
-                        Ok(m) => m,
-                        Err(_) => return Next::Broken,
-                    },
-                };
-                match msg {
-                    ReaderMsg::Item { cursor, sample } => Next::Item(sample, Some(cursor)),
-                    ReaderMsg::End { cursor } => {
-                        *end = Some(cursor);
-                        Next::End
-                    }
+                match rx.try_recv() {
+                    Ok(msg) => Self::accept(ended, Ok(msg)),
+                    Err(crossbeam_channel::TryRecvError::Empty) => Next::NotYet,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => Next::Broken,
                 }
             }
         }
     }
 
-    /// The cursor of the next sample (webdataset only; waits for the reader).
-    fn next_cursor(&mut self) -> Option<StreamCursor> {
+    /// The reader's channel, for waiting on it (streams that have not ended).
+    fn waitable(&self) -> Option<Receiver<ReaderMsg>> {
         match self {
-            Source::Indexed { .. } => None,
-            Source::Stream { rx, peeked, end } => {
-                if let Some(c) = end {
-                    return Some(*c);
-                }
-                if peeked.is_none() {
-                    *peeked = rx.recv().ok();
-                }
-                match peeked.as_ref()? {
-                    ReaderMsg::Item { cursor, .. } => Some(*cursor),
-                    ReaderMsg::End { cursor } => Some(*cursor),
-                }
+            Source::Stream { rx, ended: false } => Some(rx.clone()),
+            _ => None,
+        }
+    }
+
+    /// A message received from the reader.
+    fn accept(ended: &mut bool, msg: Result<ReaderMsg, crossbeam_channel::RecvError>) -> Next {
+        match msg {
+            Ok(ReaderMsg::Item { cursor, sample }) => Next::Item(sample, Some(cursor)),
+            Ok(ReaderMsg::End) => {
+                *ended = true;
+                Next::End
             }
+            Err(_) => Next::Broken,
         }
     }
 }
@@ -257,6 +248,7 @@ enum Storage {
 /// A sample handed out and not yet resolved.
 struct Pending {
     storage: Storage,
+    /// Webdataset: the reader cursor after this sample.
     cursor: Option<StreamCursor>,
     outcome: Option<Result<Prepared, Skipped>>,
     scratch: Option<Vec<f32>>,
@@ -270,6 +262,12 @@ struct OpenBatch {
     rows: Vec<Option<Prepared>>,
     filled: usize,
     skipped: SkipReport,
+}
+
+/// What the coordinator waited for.
+enum Event {
+    Done(Result<Done, crossbeam_channel::RecvError>),
+    Source(Result<ReaderMsg, crossbeam_channel::RecvError>),
 }
 
 /// Why the coordinator stops early.
@@ -306,6 +304,8 @@ struct Coordinator {
     epoch_skips: SkipReport,
     source_done: bool,
     scratch_pool: Vec<Vec<f32>>,
+    /// Webdataset: the reader cursor after the last resolved sample.
+    last_cursor: Option<StreamCursor>,
 }
 
 impl Coordinator {
@@ -327,23 +327,43 @@ impl Coordinator {
             }
             self.hand_out()?;
             self.resolve_ready()?;
-            if self.resolved == self.frontier {
-                if self.source_done {
-                    return self.finish();
+            if self.resolved == self.frontier && self.source_done {
+                return self.finish();
+            }
+            // Wait for a worker's result and, when more samples may be handed out, for the
+            // reader: a batch can complete while the reader is busy with a shuffle block.
+            let waiting_results = self.frontier > self.resolved;
+            let reader = if self.can_hand_out() {
+                self.source.waitable()
+            } else {
+                None
+            };
+            let event = match (waiting_results, &reader) {
+                (true, None) => Event::Done(self.done_rx.recv()),
+                (false, Some(rx)) => Event::Source(rx.recv()),
+                (true, Some(rx)) => crossbeam_channel::select! {
+                    recv(self.done_rx) -> d => Event::Done(d),
+                    recv(rx) -> m => Event::Source(m),
+                },
+                (false, None) => continue,
+            };
+            match event {
+                Event::Done(done) => {
+                    let done =
+                        done.map_err(|_| Halt::Failed("every loader worker stopped".into()))?;
+                    self.store(done);
+                    // Take whatever else has arrived without blocking.
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.store(done);
+                    }
                 }
-                continue;
-            }
-            if self.pending.front().is_some_and(|p| p.outcome.is_some()) {
-                continue;
-            }
-            let done = self
-                .done_rx
-                .recv()
-                .map_err(|_| Halt::Failed("every loader worker stopped".into()))?;
-            self.store(done);
-            // Take whatever else has arrived without blocking.
-            while let Ok(done) = self.done_rx.try_recv() {
-                self.store(done);
+                Event::Source(msg) => {
+                    let Source::Stream { ended, .. } = &mut self.source else {
+                        unreachable!("only streams are waited on");
+                    };
+                    let next = Source::accept(ended, msg);
+                    self.take(next)?;
+                }
             }
         }
     }
@@ -368,22 +388,37 @@ impl Coordinator {
             || self.frontier - self.resolved < self.min_in_flight
     }
 
+    /// Hands out samples while allowed and available without waiting.
     fn hand_out(&mut self) -> Result<(), Halt> {
         while self.can_hand_out() {
-            match self.source.next() {
-                Next::Item(sample, cursor) => self.hand_out_one(sample, cursor)?,
-                Next::End => self.source_done = true,
-                Next::Broken => {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return Err(Halt::Stopped);
-                    }
-                    return Err(Halt::Failed(
+            let next = self.source.try_next();
+            if matches!(next, Next::NotYet) {
+                break;
+            }
+            self.take(next)?;
+        }
+        Ok(())
+    }
+
+    /// Acts on the source's next sample.
+    fn take(&mut self, next: Next) -> Result<(), Halt> {
+        match next {
+            Next::Item(sample, cursor) => self.hand_out_one(sample, cursor),
+            Next::End => {
+                self.source_done = true;
+                Ok(())
+            }
+            Next::NotYet => Ok(()),
+            Next::Broken => {
+                if self.stop.load(Ordering::Relaxed) {
+                    Err(Halt::Stopped)
+                } else {
+                    Err(Halt::Failed(
                         "the webdataset reader thread stopped before the end of the epoch".into(),
-                    ));
+                    ))
                 }
             }
         }
-        Ok(())
     }
 
     fn hand_out_one(
@@ -462,6 +497,9 @@ impl Coordinator {
     }
 
     fn resolve(&mut self, k: u64, mut p: Pending) -> Result<(), Halt> {
+        if p.cursor.is_some() {
+            self.last_cursor = p.cursor;
+        }
         let outcome = p.outcome.take().expect("resolved samples have an outcome");
         let prepared = match outcome {
             Ok(prep) => prep,
@@ -527,16 +565,12 @@ impl Coordinator {
     fn complete(&mut self, next: u64) -> Result<(), Halt> {
         let batch = self.open.pop_front().expect("a current batch");
         let following = self.open.front().expect("the next batch is open");
-        let cursor = match self.pending.front() {
-            Some(p) => p.cursor,
-            None => self.source.next_cursor(),
-        };
         let position = DataPosition {
             epoch: self.epoch,
             batch: batch.index + 1,
             sample: next,
             anchor: following.anchor,
-            stream: cursor,
+            stream: self.last_cursor,
             skipped: self.epoch_skips.counts.clone(),
         };
         let new_index = following.index + 1;
@@ -588,7 +622,7 @@ impl Coordinator {
             batch: batch.index + 1,
             sample: self.frontier,
             anchor: self.frontier,
-            stream: self.source.next_cursor(),
+            stream: self.last_cursor,
             skipped: self.epoch_skips.counts.clone(),
         };
         let msg = self.assemble(batch, filled, position);
