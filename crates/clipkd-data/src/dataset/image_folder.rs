@@ -43,8 +43,7 @@ impl ImageFolder {
         let mut classes = Vec::new();
         for entry in std::fs::read_dir(root).map_err(|e| io(root, e))? {
             let entry = entry.map_err(|e| io(root, e))?;
-            // `is_dir` through the link, as Python's `DirEntry.is_dir()`.
-            if entry.path().is_dir() {
+            if is_dir(&entry) {
                 classes.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -66,7 +65,7 @@ impl ImageFolder {
                 for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
                     let entry = entry.map_err(|e| io(&dir, e))?;
                     let path = entry.path();
-                    if !path.is_dir() && has_image_extension(&path) {
+                    if has_image_extension(&path) && !is_dir(&entry) {
                         files.push(path);
                     }
                 }
@@ -111,6 +110,16 @@ impl ImageFolder {
     }
 }
 
+/// Whether an entry is a folder, through symbolic links (Python's `DirEntry.is_dir()`); no
+/// extra `stat` for plain entries, which matters for ImageNet's 1.3 million files.
+fn is_dir(entry: &std::fs::DirEntry) -> bool {
+    match entry.file_type() {
+        Ok(t) if t.is_symlink() => entry.path().is_dir(),
+        Ok(t) => t.is_dir(),
+        Err(_) => entry.path().is_dir(),
+    }
+}
+
 /// Whether `path`'s extension is an image extension (case-insensitive).
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
@@ -138,9 +147,8 @@ fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), Dat
             path: dir.to_path_buf(),
             source,
         })?;
-        let path = entry.path();
-        if path.is_dir() {
-            walk_dirs(&path, out, depth + 1)?;
+        if is_dir(&entry) {
+            walk_dirs(&entry.path(), out, depth + 1)?;
         }
     }
     Ok(())
