@@ -8,6 +8,7 @@
 
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod optim;
 pub mod step;
 

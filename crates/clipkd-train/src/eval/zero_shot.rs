@@ -1,0 +1,706 @@
+//! Zero-shot classification, as open_clip's `build_zero_shot_classifier` and `zero_shot_eval`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use clipkd_data::DataError;
+use clipkd_data::dataset::{DataSource, ImageFolder, IndexedDataset, SkipReport};
+use clipkd_data::image::ImageTransform;
+use clipkd_data::loader::{DataLoader, LoaderConfig};
+use clipkd_data::tokenizer::Tokenizer;
+use clipkd_models::Clip;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{Positives, rank_rows, read_scores, recall_at_k};
+use super::{EvalProgress, EvalTask, LoaderSettings};
+use crate::embed::{HostEmbeddings, embed_texts};
+use crate::error::TrainError;
+
+/// open_clip 3.3.0's `IMAGENET_CLASSNAMES` (MIT; `assets/imagenet_classnames.txt`), one per
+/// line in label order (sorted WordNet ids).
+pub const IMAGENET_CLASSNAMES_TXT: &str = include_str!("../../assets/imagenet_classnames.txt");
+
+/// open_clip 3.3.0's `OPENAI_IMAGENET_TEMPLATES` (MIT; `assets/openai_imagenet_templates.txt`),
+/// one per line, `{}` where the class name goes.
+pub const OPENAI_IMAGENET_TEMPLATES_TXT: &str =
+    include_str!("../../assets/openai_imagenet_templates.txt");
+
+/// The 1000 ImageNet class names of open_clip, in label order. (As there, two names occur
+/// twice: `missile` and `sunglasses`.)
+pub fn imagenet_classnames() -> Vec<String> {
+    IMAGENET_CLASSNAMES_TXT.lines().map(str::to_owned).collect()
+}
+
+/// The 80 templates of OpenAI's ImageNet zero-shot evaluation.
+pub fn openai_imagenet_templates() -> Vec<Template> {
+    OPENAI_IMAGENET_TEMPLATES_TXT
+        .lines()
+        .map(|t| Template::parse(t).expect("the bundled templates are valid"))
+        .collect()
+}
+
+/// Where the class names of a zero-shot evaluation come from.
+///
+/// Serde form: `"imagenet"`, `"folders"`, or `{"file": "classnames.txt"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassNames {
+    /// The 1000 bundled ImageNet names ([`imagenet_classnames`]); the folder must have exactly
+    /// 1000 class folders (the WordNet-id folders of ImageNet, whose sorted order is the label
+    /// order).
+    #[default]
+    Imagenet,
+    /// The class folders' own names.
+    Folders,
+    /// A UTF-8 text file: either one name per line, in the sorted order of the class folders
+    /// (as many names as folders), or one `folder<TAB>name` per line for every class folder
+    /// (extra folders in the file are ignored). Blank lines are skipped and names trimmed.
+    File(PathBuf),
+}
+
+impl ClassNames {
+    /// The class names of `folder`'s classes, in label order. Errors name the file and line.
+    pub fn resolve(&self, folder: &ImageFolder) -> Result<Vec<String>, DataError> {
+        let classes = folder.classes();
+        let bad = |what: String| DataError::ImageFolder {
+            path: folder.root().to_path_buf(),
+            what,
+        };
+        match self {
+            ClassNames::Folders => Ok(classes.to_vec()),
+            ClassNames::Imagenet => {
+                let names = imagenet_classnames();
+                if names.len() != classes.len() {
+                    return Err(bad(format!(
+                        "{} class folders, but the bundled ImageNet class names are for 1000 \
+                         (give a class-name file, or use the folder names)",
+                        classes.len()
+                    )));
+                }
+                Ok(names)
+            }
+            ClassNames::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_classnames(&text, classes)
+                    .map_err(|what| bad(format!("class names {}: {what}", path.display())))
+            }
+        }
+    }
+
+    /// A short description for reports (`imagenet`, `folders`, the file path).
+    pub fn describe(&self) -> String {
+        match self {
+            ClassNames::Imagenet => "imagenet".into(),
+            ClassNames::Folders => "folders".into(),
+            ClassNames::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Parses a class-name file's text against the sorted class folders (see
+/// [`ClassNames::File`]). The error says what and on which line.
+pub fn parse_classnames(text: &str, folders: &[String]) -> Result<Vec<String>, String> {
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let mapping = lines.iter().any(|(_, l)| l.contains('\t'));
+    if !mapping {
+        if lines.len() != folders.len() {
+            return Err(format!(
+                "{} names for {} class folders (one name per line, in the sorted order of the \
+                 folders, or `folder<TAB>name` lines)",
+                lines.len(),
+                folders.len()
+            ));
+        }
+        return Ok(lines.iter().map(|(_, l)| l.trim().to_string()).collect());
+    }
+    let mut map = std::collections::HashMap::new();
+    for (n, line) in &lines {
+        let (folder, name) = line.split_once('\t').ok_or_else(|| {
+            format!("line {n}: no tab (the file maps folders to names: `folder<TAB>name`)")
+        })?;
+        let (folder, name) = (folder.trim(), name.trim());
+        if folder.is_empty() || name.is_empty() {
+            return Err(format!("line {n}: empty folder or name in `{line}`"));
+        }
+        if map.insert(folder, name).is_some() {
+            return Err(format!("line {n}: folder `{folder}` is mapped twice"));
+        }
+    }
+    let missing: Vec<&str> = folders
+        .iter()
+        .filter(|f| !map.contains_key(f.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        let shown = missing.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        return Err(format!(
+            "no name for {} class folder(s): {shown}{}",
+            missing.len(),
+            if missing.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    Ok(folders.iter().map(|f| map[f.as_str()].to_string()).collect())
+}
+
+/// A prompt template in Python `str.format` syntax with the class name as its only argument:
+/// `{}` or `{0}` where the name goes, `{{` and `}}` for literal braces. As in Python, `{}` may
+/// appear once (`{0}` any number of times) and the two may not be mixed; unlike Python, a
+/// template must use the name at least once (one that does not gives every class the same
+/// text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// The text between placeholders (one more piece than placeholders).
+    pieces: Vec<String>,
+    source: String,
+}
+
+impl Template {
+    /// Parses a template; the error says what is wrong.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut pieces = vec![String::new()];
+        let (mut auto, mut manual) = (0usize, 0usize);
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    pieces.last_mut().expect("never empty").push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    pieces.last_mut().expect("never empty").push('}');
+                }
+                '{' => {
+                    let mut field = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(ch) => field.push(ch),
+                            None => return Err(format!("`{template}`: unclosed `{{`")),
+                        }
+                    }
+                    match field.as_str() {
+                        "" => auto += 1,
+                        "0" => manual += 1,
+                        other => {
+                            return Err(format!(
+                                "`{template}`: unsupported field `{{{other}}}` (use `{{}}` for \
+                                 the class name, `{{{{` and `}}}}` for braces)"
+                            ));
+                        }
+                    }
+                    pieces.push(String::new());
+                }
+                '}' => {
+                    return Err(format!(
+                        "`{template}`: single `}}` (write `}}}}` for a brace)"
+                    ));
+                }
+                c => pieces.last_mut().expect("never empty").push(c),
+            }
+        }
+        if auto > 1 {
+            return Err(format!(
+                "`{template}`: {auto} `{{}}` fields but one class name (use `{{0}}` to repeat it)"
+            ));
+        }
+        if auto > 0 && manual > 0 {
+            return Err(format!("`{template}`: mixes `{{}}` and `{{0}}` fields"));
+        }
+        if auto + manual == 0 {
+            return Err(format!(
+                "`{template}`: no `{{}}` where the class name goes"
+            ));
+        }
+        Ok(Template {
+            pieces,
+            source: template.to_string(),
+        })
+    }
+
+    /// The prompt for a class name (`template.format(name)`).
+    pub fn format(&self, class_name: &str) -> String {
+        self.pieces.join(class_name)
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+/// Where the templates of a zero-shot evaluation come from.
+///
+/// Serde form: `"openai_imagenet"`, `{"file": "templates.txt"}` or `{"list": ["a photo of a {}."]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Templates {
+    /// The 80 OpenAI ImageNet templates ([`openai_imagenet_templates`]).
+    #[default]
+    OpenaiImagenet,
+    /// A UTF-8 text file, one [`Template`] per line (blank lines skipped).
+    File(PathBuf),
+    /// Templates given inline.
+    List(Vec<String>),
+}
+
+impl Templates {
+    /// The parsed templates. Errors name the file and line (or list entry).
+    pub fn resolve(&self) -> Result<Vec<Template>, DataError> {
+        let bad = |what: String| DataError::DatasetSpec {
+            what: format!("zero-shot templates {what}"),
+        };
+        let (origin, entries): (String, Vec<(String, &str)>) = match self {
+            Templates::OpenaiImagenet => return Ok(openai_imagenet_templates()),
+            Templates::List(list) => (
+                "list".into(),
+                list.iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("entry {i}"), t.as_str()))
+                    .collect(),
+            ),
+            Templates::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let entries = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(|(i, l)| (format!("line {}", i + 1), l.to_owned()))
+                    .collect::<Vec<_>>();
+                return parse_templates(&path.display().to_string(), &entries, bad);
+            }
+        };
+        let owned: Vec<(String, String)> = entries
+            .into_iter()
+            .map(|(w, t)| (w, t.to_owned()))
+            .collect();
+        parse_templates(&origin, &owned, bad)
+    }
+
+    /// A short description for reports (`openai_imagenet`, the file path, `list`).
+    pub fn describe(&self) -> String {
+        match self {
+            Templates::OpenaiImagenet => "openai_imagenet".into(),
+            Templates::File(p) => p.display().to_string(),
+            Templates::List(_) => "list".into(),
+        }
+    }
+}
+
+/// Parses `(where, template)` entries from `origin`; an empty list is an error.
+fn parse_templates(
+    origin: &str,
+    entries: &[(String, String)],
+    bad: impl Fn(String) -> DataError,
+) -> Result<Vec<Template>, DataError> {
+    if entries.is_empty() {
+        return Err(bad(format!("{origin}: no template")));
+    }
+    entries
+        .iter()
+        .map(|(at, t)| Template::parse(t).map_err(|e| bad(format!("{origin}, {at}: {e}"))))
+        .collect()
+}
+
+/// The zero-shot classifier from text embeddings laid out class after class
+/// (`[classes * templates, dim]`, the templates of class 0 first): each template embedding is
+/// L2-normalized, a class's are averaged, and the mean is L2-normalized again (both with
+/// PyTorch's `F.normalize` floor of 1e-12 on the norm). Returns `[classes, dim]` rows (open_clip
+/// returns the transpose).
+///
+/// # Panics
+/// If `templates` is 0 or the rows are not a multiple of it.
+pub fn classifier_from_template_embeddings(
+    embeddings: &HostEmbeddings,
+    templates: usize,
+) -> HostEmbeddings {
+    assert!(
+        templates > 0 && embeddings.rows % templates == 0,
+        "classifier_from_template_embeddings: {} rows is not a multiple of {templates} templates",
+        embeddings.rows
+    );
+    let (classes, dim) = (embeddings.rows / templates, embeddings.dim);
+    let mut data = Vec::with_capacity(classes * dim);
+    let mut mean = vec![0f64; dim];
+    for c in 0..classes {
+        mean.iter_mut().for_each(|m| *m = 0.0);
+        for t in 0..templates {
+            let row = embeddings.row(c * templates + t);
+            let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let inv = 1.0 / norm.max(1e-12);
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += v as f64 * inv;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= templates as f64);
+        let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt().max(1e-12);
+        data.extend(mean.iter().map(|m| (m / norm) as f32));
+    }
+    HostEmbeddings {
+        data,
+        rows: classes,
+        dim,
+    }
+}
+
+/// How many classes' prompts are embedded together (open_clip's `num_classes_per_batch` is
+/// 10); the prompts are still encoded `batch_size` at a time.
+const CLASSES_PER_CHUNK: usize = 10;
+
+/// Builds the zero-shot classifier of `model` (`[classes, dim]`, unit rows): every template
+/// filled with every class name, tokenized, encoded, then reduced by
+/// [`classifier_from_template_embeddings`], ten classes at a time.
+pub fn build_classifier<B: Backend>(
+    model: &Clip<B>,
+    tokenizer: &Tokenizer,
+    classnames: &[String],
+    templates: &[Template],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<HostEmbeddings, TrainError> {
+    assert!(
+        !templates.is_empty(),
+        "build_classifier: at least one template is needed"
+    );
+    let mut classifier = HostEmbeddings {
+        data: Vec::with_capacity(classnames.len() * model.embed_dim()),
+        rows: 0,
+        dim: model.embed_dim(),
+    };
+    for chunk in classnames.chunks(CLASSES_PER_CHUNK) {
+        let prompts: Vec<String> = chunk
+            .iter()
+            .flat_map(|c| templates.iter().map(move |t| t.format(c)))
+            .collect();
+        let embeddings = embed_texts(model, tokenizer, &prompts, batch_size, device)?;
+        let part = classifier_from_template_embeddings(&embeddings, templates.len());
+        classifier.data.extend(part.data);
+        classifier.rows += part.rows;
+    }
+    Ok(classifier)
+}
+
+/// Top-1 and top-5 accuracy of image embeddings against a classifier, from the ranks of the
+/// true classes (see [`super::metrics`] for ties; with fewer than 5 classes top-5 counts every
+/// image as correct, as top-`classes` would).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TopK {
+    /// Fraction of images whose true class scores highest.
+    pub top1: f64,
+    /// Fraction of images whose true class is among the 5 highest.
+    pub top5: f64,
+}
+
+impl TopK {
+    /// From the 0-based ranks of the true classes.
+    pub fn from_ranks(ranks: &[usize]) -> Self {
+        TopK {
+            top1: recall_at_k(ranks, 1),
+            top5: recall_at_k(ranks, 5),
+        }
+    }
+}
+
+/// The 0-based rank of each image's true class (`labels[i]`) among the classes: logits
+/// `100 · image · classifierᵀ` (open_clip's scale; it does not change the order) on `device`,
+/// ranked on the host (see [`super::metrics`] for ties). Both inputs are `[rows, dim]`;
+/// the pipeline passes unit rows.
+///
+/// # Panics
+/// If the sizes differ or a label is not a classifier row.
+pub fn zero_shot_ranks<B: Backend>(
+    images: &HostEmbeddings,
+    classifier: &HostEmbeddings,
+    labels: &[usize],
+    device: &B::Device,
+) -> Result<Vec<usize>, TrainError> {
+    assert_eq!(
+        images.dim, classifier.dim,
+        "zero_shot_ranks: images have dim {} but the classifier {}",
+        images.dim, classifier.dim
+    );
+    let features = Tensor::<B, 2>::from_data(
+        TensorData::new(images.data.clone(), [images.rows, images.dim]),
+        device,
+    );
+    let mut ranks = Vec::with_capacity(images.rows);
+    rank_batch(
+        features,
+        classifier_tensor::<B>(classifier, device),
+        labels,
+        &mut ranks,
+    )?;
+    Ok(ranks)
+}
+
+/// The classifier as a `[dim, classes]` device tensor.
+fn classifier_tensor<B: Backend>(classifier: &HostEmbeddings, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::<B, 2>::from_data(
+        TensorData::new(classifier.data.clone(), [classifier.rows, classifier.dim]),
+        device,
+    )
+    .transpose()
+}
+
+/// Appends the ranks of one batch of image embeddings (`[n, dim]`) against the transposed
+/// classifier (`[dim, classes]`).
+fn rank_batch<B: Backend>(
+    features: Tensor<B, 2>,
+    classifier_t: Tensor<B, 2>,
+    labels: &[usize],
+    out: &mut Vec<usize>,
+) -> Result<(), TrainError> {
+    let [n, _] = features.dims();
+    let [_, classes] = classifier_t.dims();
+    assert_eq!(
+        n,
+        labels.len(),
+        "zero-shot ranks: {n} images but {} labels",
+        labels.len()
+    );
+    assert!(
+        labels.iter().all(|&l| l < classes),
+        "zero-shot ranks: a label is not below the {classes} classes"
+    );
+    let logits = features.matmul(classifier_t).mul_scalar(100.0);
+    rank_rows(
+        &read_scores(logits)?,
+        classes,
+        0,
+        &Positives::one_each(labels),
+        out,
+    );
+    Ok(())
+}
+
+/// A zero-shot classification evaluation, ready to run: the image folder is listed, the class
+/// names and templates are read and checked.
+#[derive(Debug, Clone)]
+pub struct ZeroShotEval {
+    folder: Arc<ImageFolder>,
+    classnames: Vec<String>,
+    templates: Vec<Template>,
+    classnames_source: String,
+    templates_source: String,
+}
+
+impl ZeroShotEval {
+    /// Lists the image folder (ImageNet layout) and resolves class names and templates.
+    /// Errors name the folder or file (and line) before any model work.
+    pub fn open(
+        root: impl AsRef<Path>,
+        classnames: &ClassNames,
+        templates: &Templates,
+    ) -> Result<Self, DataError> {
+        let folder = ImageFolder::open(root)?;
+        Self::new(folder, classnames, templates)
+    }
+
+    /// From an already listed folder.
+    pub fn new(
+        folder: ImageFolder,
+        classnames: &ClassNames,
+        templates: &Templates,
+    ) -> Result<Self, DataError> {
+        let names = classnames.resolve(&folder)?;
+        let parsed = templates.resolve()?;
+        Ok(ZeroShotEval {
+            folder: Arc::new(folder),
+            classnames: names,
+            templates: parsed,
+            classnames_source: classnames.describe(),
+            templates_source: templates.describe(),
+        })
+    }
+
+    /// The image folder.
+    pub fn folder(&self) -> &ImageFolder {
+        &self.folder
+    }
+
+    /// The class names, in label order.
+    pub fn classnames(&self) -> &[String] {
+        &self.classnames
+    }
+
+    /// The templates.
+    pub fn templates(&self) -> &[Template] {
+        &self.templates
+    }
+
+    /// Runs the evaluation: builds the classifier, then classifies every image (decoded in
+    /// parallel by the loader in eval mode with `transform`; unreadable images are skipped and
+    /// counted).
+    pub(crate) fn run<B: Backend>(
+        &self,
+        model: &Clip<B>,
+        transform: &ImageTransform,
+        settings: &LoaderSettings,
+        device: &B::Device,
+        progress: &mut dyn FnMut(EvalProgress),
+    ) -> Result<ZeroShotReport, TrainError> {
+        let started = Instant::now();
+        let tokenizer = Tokenizer::new();
+        let classifier = build_classifier(
+            model,
+            &tokenizer,
+            &self.classnames,
+            &self.templates,
+            settings.batch_size,
+            device,
+        )?;
+        let classifier_t = classifier_tensor::<B>(&classifier, device);
+        let total = self.folder.len();
+        progress(EvalProgress {
+            task: EvalTask::ZeroShot,
+            done: 0,
+            total,
+        });
+        let loader = DataLoader::new(
+            DataSource::Indexed(self.folder.clone()),
+            transform.clone(),
+            tokenizer,
+            LoaderConfig::eval(settings.batch_size)
+                .with_workers(settings.workers)
+                .with_context_length(model.context_length()),
+        )?;
+        let mut batches = loader.epoch(0)?;
+        let mut ranks = Vec::with_capacity(total);
+        let mut done = 0;
+        for batch in &mut batches {
+            let batch = batch?;
+            let labels = batch
+                .labels
+                .as_ref()
+                .expect("ImageFolder batches carry labels");
+            let images = Tensor::<B, 4>::from_data(
+                TensorData::new(batch.images.clone(), batch.images_shape()),
+                device,
+            );
+            let features = model.encode_image_normalized(images);
+            rank_batch(features, classifier_t.clone(), labels, &mut ranks)?;
+            done += batch.len() + batch.skipped.total() as usize;
+            progress(EvalProgress {
+                task: EvalTask::ZeroShot,
+                done,
+                total,
+            });
+        }
+        let skipped = batches.skipped().clone();
+        if ranks.is_empty() {
+            return Err(DataError::ImageFolder {
+                path: self.folder.root().to_path_buf(),
+                what: format!("no image could be read: {skipped}"),
+            }
+            .into());
+        }
+        let topk = TopK::from_ranks(&ranks);
+        Ok(ZeroShotReport {
+            root: self.folder.root().to_path_buf(),
+            classnames: self.classnames_source.clone(),
+            templates: self.templates_source.clone(),
+            top1: topk.top1,
+            top5: topk.top5,
+            images: ranks.len(),
+            classes: self.classnames.len(),
+            num_templates: self.templates.len(),
+            skipped,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The result of a zero-shot evaluation. Accuracies are fractions (0.5 = 50%).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZeroShotReport {
+    /// The image folder.
+    pub root: PathBuf,
+    /// Where the class names came from (`imagenet`, `folders`, a file).
+    pub classnames: String,
+    /// Where the templates came from (`openai_imagenet`, a file, `list`).
+    pub templates: String,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// Top-5 accuracy (every image counts as correct with fewer than 5 classes).
+    pub top5: f64,
+    /// Images classified (skipped ones excluded).
+    pub images: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// Number of templates.
+    pub num_templates: usize,
+    /// Images that could not be read or decoded, by reason, with examples.
+    pub skipped: SkipReport,
+    /// Wall-clock seconds (classifier and images).
+    pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_metadata_is_open_clips() {
+        let names = imagenet_classnames();
+        assert_eq!(names.len(), 1000);
+        assert_eq!(names[0], "tench");
+        assert_eq!(names[999], "toilet paper");
+        let templates = openai_imagenet_templates();
+        assert_eq!(templates.len(), 80);
+        assert_eq!(templates[0].format("dog"), "a bad photo of a dog.");
+        assert_eq!(templates[79].format("dog"), "a tattoo of the dog.");
+    }
+
+    #[test]
+    fn templates_follow_str_format() {
+        let t = Template::parse("{{a}} {0} and {0}").unwrap();
+        assert_eq!(t.format("cat"), "{a} cat and cat");
+        assert_eq!(Template::parse("itap of a {}.").unwrap().format("x y"), "itap of a x y.");
+        for (bad, msg) in [
+            ("a photo", "no `{}`"),
+            ("{} and {}", "2 `{}` fields"),
+            ("{} {0}", "mixes"),
+            ("{name}", "unsupported field"),
+            ("a {", "unclosed"),
+            ("a } {}", "single `}`"),
+        ] {
+            let e = Template::parse(bad).unwrap_err();
+            assert!(e.contains(msg), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn classnames_files_in_both_layouts() {
+        let folders = vec!["n01".to_string(), "n02".into(), "n03".into()];
+        assert_eq!(
+            parse_classnames("cat\n\n dog \r\nfish\n", &folders).unwrap(),
+            ["cat", "dog", "fish"]
+        );
+        let e = parse_classnames("cat\ndog\n", &folders).unwrap_err();
+        assert!(e.contains("2 names for 3 class folders"), "{e}");
+        assert_eq!(
+            parse_classnames("n03\tfish\nn99\tx\nn01\tcat\nn02\tdog\n", &folders).unwrap(),
+            ["cat", "dog", "fish"]
+        );
+        let e = parse_classnames("n01\tcat\nn03\tfish\n", &folders).unwrap_err();
+        assert!(e.contains("no name for 1 class folder(s): n02"), "{e}");
+        let e = parse_classnames("n01\tcat\nn01\tdog\n", &folders).unwrap_err();
+        assert!(e.contains("line 2: folder `n01` is mapped twice"), "{e}");
+        let e = parse_classnames("n01\tcat\ndog\n", &folders).unwrap_err();
+        assert!(e.contains("line 2: no tab"), "{e}");
+    }
+}
