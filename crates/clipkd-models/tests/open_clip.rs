@@ -639,3 +639,32 @@ fn fresh_models_have_open_clip_initial_statistics() {
         (2.0f64 / 3072.0).sqrt(),
     );
 }
+
+#[test]
+fn gradients_reach_every_trainable_parameter() {
+    use burn::optim::GradientsParams;
+    let device = Default::default();
+    for case in ["vit_sincos", "rn"] {
+        let (_, model) = load_case::<AD>(case, &device);
+        let io = read_safetensors(&fixtures().join(format!("{case}_io.safetensors")));
+        let images = pixels::<AD>(&io, &device);
+        let tokens = int2::<AD>(&io, "tokens", &device);
+        let mut loss = model.encode_image(images.clone()).sum()
+            + model.encode_text(tokens).sum()
+            + model.logit_scale().sum();
+        if model.is_vit() {
+            loss = loss + model.encode_image_masked(images, 0.5).unwrap().sum();
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let spec = open_clip_state_dict_spec(&model);
+        // Trainable: every float tensor except BatchNorm running statistics and the fixed
+        // sin-cos positional table.
+        let trainable = spec
+            .iter()
+            .filter(|s| s.dtype == StoredDType::F32)
+            .filter(|s| !s.key.ends_with("running_mean") && !s.key.ends_with("running_var"))
+            .filter(|s| !(case == "vit_sincos" && s.key == "visual.positional_embedding"))
+            .count();
+        assert_eq!(grads.len(), trainable, "{case}: parameters with a gradient");
+    }
+}
