@@ -1,5 +1,7 @@
 //! The error type of `clipkd-train`.
 
+use std::path::PathBuf;
+
 use clipkd_data::DataError;
 use clipkd_losses::LossError;
 use clipkd_models::ModelError;
@@ -30,4 +32,101 @@ pub enum TrainError {
         /// The tokenizer's vocabulary size.
         tokenizer_vocab: usize,
     },
+    /// A run-config field has a bad value (or a required one is missing). `field` is the dotted
+    /// path in the config file, e.g. `optim.lr` or `loss.terms[2].weight`.
+    #[error("config field `{field}`: {reason}")]
+    Config {
+        /// The dotted path of the field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A run-config file (TOML or JSON) cannot be parsed.
+    #[error("config file {path}{}: {message}", location.map(|(l, c)| format!(", line {l} column {c}")).unwrap_or_default())]
+    ConfigParse {
+        /// The file (or `<command line>` for a `--set` value).
+        path: PathBuf,
+        /// 1-based line and column, where the parser gives one.
+        location: Option<(usize, usize)>,
+        /// The parser's message.
+        message: String,
+    },
+    /// A file or directory could not be read, written, renamed or removed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done (`reading`, `writing`, `renaming`, ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint is missing, incomplete or does not fit this run.
+    #[error("checkpoint {path}: {what}")]
+    Checkpoint {
+        /// The checkpoint directory (or the folder searched).
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A Burn record (model or optimizer state) could not be written or read.
+    #[error("record {path}: {message}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// The recorder's message.
+        message: String,
+    },
+    /// A metrics file could not be written or parsed.
+    #[error("metrics file {path}: {what}")]
+    Metrics {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with the line number where there is one).
+        what: String,
+    },
+    /// A plot could not be drawn or saved.
+    #[error("plot {path}: {what}")]
+    Plot {
+        /// The PNG file.
+        path: PathBuf,
+        /// The plotting library's message.
+        what: String,
+    },
+    /// Evaluation failed (names the dataset or file where it can).
+    #[error("evaluation: {what}")]
+    Eval {
+        /// What failed.
+        what: String,
+    },
+    /// Training diverged: a loss became NaN or infinite.
+    #[error(
+        "the loss is not finite at step {step} (terms: {terms}); lower optim.lr or set optim.grad_clip_norm"
+    )]
+    NonFiniteLoss {
+        /// The optimizer step.
+        step: u64,
+        /// The terms, `name=value` comma-separated.
+        terms: String,
+    },
+}
+
+impl TrainError {
+    /// A [`TrainError::Config`] for `field`.
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        TrainError::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`TrainError::Io`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
 }

@@ -1,17 +1,36 @@
 //! The clipkd learner: distill a CLIP student from a frozen teacher (or train it alone).
 //!
+//! - [`config`]: the run config (TOML/JSON, the paper's recipe as defaults, presets, CLI
+//!   overrides);
+//! - [`trainer`]: validation of a run before any work, then the training loop
+//!   ([`PreparedRun`]);
+//! - [`step`]: one optimizer step (teacher forward without autodiff, student forward, losses,
+//!   backward with gradient accumulation, global-norm clipping, AdamW, `logit_scale` clamp);
 //! - [`optim`]: AdamW with CLIP-KD's parameter groups;
-//! - [`embed`]: batched inference from image files and texts to embeddings;
-//! - [`step`]: one distillation step (teacher forward without autodiff, student forward,
-//!   losses, backward, optimizer, `logit_scale` clamp).
+//! - [`schedule`]: linear warmup and cosine decay (open_clip's `cosine_lr`);
+//! - [`checkpoint`]: atomic checkpoints, exact resume, export of the student;
+//! - [`metrics`], [`plot`], [`progress`]: JSONL/CSV metrics, PNG plots, the progress bar;
+//! - [`eval`]: zero-shot classification and retrieval;
+//! - [`embed`]: batched inference from image files and texts to embeddings.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+pub mod config;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod metrics;
 pub mod optim;
+pub mod plot;
+pub mod progress;
+pub mod schedule;
 pub mod step;
+pub mod trainer;
 
+pub use config::{Override, RunConfig, TrainMode};
 pub use error::TrainError;
 pub use optim::{AdamWParams, GroupKind, GroupedAdamW, excluded_from_weight_decay};
-pub use step::{DistillModel, distill_optimizer, distill_terms, train_step};
+pub use step::{
+    DistillModel, MicroBatch, StepOptions, StepOutput, distill_optimizer, distill_terms, train_step,
+};
+pub use trainer::{PreparedRun, RunSummary};

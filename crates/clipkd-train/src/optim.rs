@@ -51,21 +51,31 @@ pub fn excluded_from_weight_decay(path: &str, rank: usize) -> bool {
         || path.contains("logit_scale")
 }
 
-/// Collects `(dotted path, rank, id)` of every float parameter of a module.
+/// Collects `(dotted path, rank, id)` of every float parameter of a module, in visiting
+/// order. The path is Burn's module path (field names, `Vec` indices; enum variant names
+/// skipped), e.g. `student.visual.transformer.resblocks.0.ln_1.gamma`.
 #[derive(Default)]
 pub struct ParamPaths {
     /// The parameters in visiting order.
     pub params: Vec<(String, usize, ParamId)>,
+    path: Vec<String>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for ParamPaths {
-    fn visit_float_with_path<const D: usize>(
-        &mut self,
-        path: &[String],
-        id: ParamId,
-        _tensor: &Tensor<B, D>,
-    ) {
-        self.params.push((path.join("."), D, id));
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.params.push((self.path.join("."), D, param.id));
     }
 }
 
@@ -114,6 +124,9 @@ impl AdamWParams {
     }
 }
 
+/// The saved state of one parameter group (Burn's AdamW record, keyed by parameter id).
+pub type GroupRecord<B, M> = <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record;
+
 /// One AdamW per parameter group over a module `M`.
 #[derive(Clone)]
 pub struct GroupedAdamW<B: AutodiffBackend, M: AutodiffModule<B>> {
@@ -128,8 +141,8 @@ struct Group<B: AutodiffBackend, M: AutodiffModule<B>> {
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
-    /// Splits the parameters of `module` into groups with `classify(path, rank)` and builds
-    /// one AdamW per non-empty group.
+    /// Splits the parameters of `module` into groups with `classify(path, rank)` (Burn module
+    /// paths, see [`ParamPaths`]) and builds one AdamW per non-empty group.
     pub fn new(
         module: &M,
         params: AdamWParams,
@@ -137,14 +150,23 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
     ) -> Self {
         let mut paths = ParamPaths::default();
         module.visit(&mut paths);
+        let kinds = paths
+            .params
+            .iter()
+            .map(|(path, rank, id)| (*id, classify(path, *rank)))
+            .collect::<Vec<_>>();
+        Self::from_kinds(&kinds, params)
+    }
+
+    /// Builds one AdamW per non-empty group from the group of every parameter.
+    pub fn from_kinds(kinds: &[(ParamId, GroupKind)], params: AdamWParams) -> Self {
         let groups = [GroupKind::Decay, GroupKind::NoDecay, GroupKind::Loss]
             .into_iter()
             .filter_map(|kind| {
-                let ids: Vec<ParamId> = paths
-                    .params
+                let ids: Vec<ParamId> = kinds
                     .iter()
-                    .filter(|(path, rank, _)| classify(path, *rank) == kind)
-                    .map(|(_, _, id)| *id)
+                    .filter(|(_, k)| *k == kind)
+                    .map(|(id, _)| *id)
                     .collect();
                 let weight_decay = match kind {
                     GroupKind::Decay => params.weight_decay,
@@ -159,6 +181,14 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
             })
             .collect();
         Self { groups }
+    }
+
+    /// The group of every parameter.
+    pub fn kinds(&self) -> Vec<(ParamId, GroupKind)> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.ids.iter().map(move |id| (*id, g.kind)))
+            .collect()
     }
 
     /// The groups: kind and number of parameter tensors.
@@ -188,15 +218,21 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
     }
 
     /// The state of every group, in group order (for checkpoints).
-    pub fn to_records(&self) -> Vec<<OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record> {
+    pub fn to_records(&self) -> Vec<GroupRecord<B, M>> {
         self.groups.iter().map(|g| g.optim.to_record()).collect()
     }
 
     /// Restores the state saved by [`GroupedAdamW::to_records`].
-    pub fn load_records(
-        mut self,
-        records: Vec<<OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record>,
-    ) -> Self {
+    ///
+    /// # Panics
+    /// If the number of records is not the number of groups (check it against
+    /// [`GroupedAdamW::groups`] first when the records come from a file).
+    pub fn load_records(mut self, records: Vec<GroupRecord<B, M>>) -> Self {
+        assert_eq!(
+            records.len(),
+            self.groups.len(),
+            "one optimizer record per parameter group"
+        );
         self.groups = self
             .groups
             .into_iter()
@@ -223,6 +259,82 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradSplitter {
             && let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id)
         {
             self.to[group].register::<B::InnerBackend, D>(param.id, grad);
+        }
+    }
+}
+
+/// The global L2 norm of the gradients of every parameter of `module` (all groups together),
+/// shape `[1]`, computed on the device (nothing is read back). `None` when no parameter has a
+/// gradient.
+pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<B::InnerBackend, 1>> {
+    let mut visitor = SquaredNorm::<B> { grads, sum: None };
+    module.visit(&mut visitor);
+    visitor.sum.map(Tensor::sqrt)
+}
+
+/// Multiplies every gradient of `module`'s parameters by `factor` (shape `[1]`, on the device).
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+) -> GradientsParams {
+    let mut visitor = GradScaler::<B> { grads, factor };
+    module.visit(&mut visitor);
+    visitor.grads
+}
+
+/// PyTorch's `clip_grad_norm_` over every parameter of `module` (one global norm across all
+/// groups, not Burn's per-tensor clipping): gradients are multiplied by
+/// `min(1, max_norm / (norm + 1e-6))`. Returns the clipped gradients and the norm before
+/// clipping, shape `[1]` (no host sync).
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: f64,
+) -> (GradientsParams, Option<Tensor<B::InnerBackend, 1>>) {
+    let Some(norm) = global_grad_norm::<B, M>(module, &grads) else {
+        return (grads, None);
+    };
+    let coef = norm
+        .clone()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
+    (scale_grads::<B, M>(module, grads, coef), Some(norm))
+}
+
+struct SquaredNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let sq = grad.powi_scalar(2).sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + sq,
+                None => sq,
+            });
+        }
+    }
+}
+
+struct GradScaler<B: AutodiffBackend> {
+    grads: GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradScaler<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let factor = self.factor.clone().reshape([1; D]);
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, grad * factor);
         }
     }
 }

@@ -1,15 +1,18 @@
 //! One distillation step: teacher forward (no autodiff), student forward, losses, backward,
 //! AdamW with CLIP-KD's parameter groups, `logit_scale` clamp.
 
-use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::module::{Module, ParamId};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use clipkd_losses::{DistillInput, Embeddings, LossSet, LossTerms};
-use clipkd_models::Clip;
+use clipkd_models::{Clip, StoredDType, open_clip_state_dict_spec};
 
 use crate::error::TrainError;
-use crate::optim::{AdamWParams, GroupKind, GroupedAdamW, excluded_from_weight_decay};
+use crate::optim::{
+    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_grad_norm, excluded_from_weight_decay,
+    global_grad_norm,
+};
 
 /// Upper bound of the student's log logit scale after each step: ln 100 (CLIP, CLIP-KD).
 pub const MAX_LOG_LOGIT_SCALE: f64 = 4.605_170_185_988_092;
@@ -26,22 +29,62 @@ pub struct DistillModel<B: Backend> {
     pub losses: LossSet<B>,
 }
 
-/// CLIP-KD's parameter groups for a [`DistillModel`]: loss parameters in their own group,
-/// student parameters split by [`excluded_from_weight_decay`].
-pub fn distill_param_group(path: &str, rank: usize) -> GroupKind {
-    match path.strip_prefix("student.") {
-        Some(student_path) if excluded_from_weight_decay(student_path, rank) => GroupKind::NoDecay,
-        Some(_) => GroupKind::Decay,
-        None => GroupKind::Loss,
-    }
+/// CLIP-KD's parameter groups for a [`DistillModel`]: the loss module's parameters in their
+/// own group; the student's split by [`excluded_from_weight_decay`] applied to their open_clip
+/// state-dict names (`visual.transformer.resblocks.0.ln_1.weight`, `logit_scale`, ...), as
+/// CLIP-KD names them, rather than Burn's paths. Returns `(open_clip key or loss path, rank,
+/// id, group)` for every parameter, in model order.
+pub fn distill_param_groups<B: Backend>(
+    model: &DistillModel<B>,
+) -> Vec<(String, usize, ParamId, GroupKind)> {
+    let mut student = ParamPaths::default();
+    model.student.visit(&mut student);
+    // The spec lists the student's tensors in the same visiting order, plus BatchNorm
+    // `num_batches_tracked` counters (int64), which are not parameters.
+    let keys: Vec<String> = open_clip_state_dict_spec(&model.student)
+        .into_iter()
+        .filter(|spec| spec.dtype != StoredDType::I64)
+        .map(|spec| spec.key)
+        .collect();
+    assert_eq!(
+        keys.len(),
+        student.params.len(),
+        "the open_clip key list follows the student's parameters"
+    );
+    let mut out: Vec<(String, usize, ParamId, GroupKind)> = student
+        .params
+        .into_iter()
+        .zip(keys)
+        .map(|((_, rank, id), key)| {
+            let kind = if excluded_from_weight_decay(&key, rank) {
+                GroupKind::NoDecay
+            } else {
+                GroupKind::Decay
+            };
+            (key, rank, id, kind)
+        })
+        .collect();
+    let mut losses = ParamPaths::default();
+    model.losses.visit(&mut losses);
+    out.extend(
+        losses
+            .params
+            .into_iter()
+            .map(|(path, rank, id)| (format!("losses.{path}"), rank, id, GroupKind::Loss)),
+    );
+    out
 }
 
-/// The AdamW of a [`DistillModel`] with CLIP-KD's groups.
+/// The AdamW of a [`DistillModel`] with CLIP-KD's groups ([`distill_param_groups`]).
 pub fn distill_optimizer<B: AutodiffBackend>(
     model: &DistillModel<B>,
     params: AdamWParams,
 ) -> GroupedAdamW<B, DistillModel<B>> {
-    GroupedAdamW::new(model, params, distill_param_group)
+    let kinds: Vec<(ParamId, GroupKind)> = distill_param_groups(model)
+        .into_iter()
+        .map(|(_, _, id, kind)| (id, kind))
+        .collect();
+    GroupedAdamW::from_kinds(&kinds, params)
 }
 
 /// Runs the teacher (if any) and the student on the same pixels and tokens and returns the
@@ -70,11 +113,9 @@ pub fn distill_terms<B: AutodiffBackend>(
     });
     let images = Tensor::<B, 4>::from_inner(images);
     let masked = match mask_ratio {
-        Some(ratio) if model.losses.requires_masked_view() => Some(
-            model
-                .student
-                .encode_image_masked(images.clone(), ratio)?,
-        ),
+        Some(ratio) if model.losses.requires_masked_view() => {
+            Some(model.student.encode_image_masked(images.clone(), ratio)?)
+        }
         _ => None,
     };
     let out = model.student.forward(images, Tensor::from_inner(tokens));
@@ -99,23 +140,137 @@ pub fn clamp_logit_scale<B: Backend>(mut model: DistillModel<B>) -> DistillModel
     model
 }
 
-/// One full optimizer step: forward, backward, AdamW (all groups) at `lr`, clamp.
-/// Returns the updated model and the terms (detached values, for logging).
+/// One micro-batch on the device: normalized images and their captions' tokens.
+#[derive(Debug, Clone)]
+pub struct MicroBatch<B: Backend> {
+    /// `[N, 3, H, W]` normalized pixels.
+    pub images: Tensor<B, 4>,
+    /// `[N, C]` token ids.
+    pub tokens: Tensor<B, 2, Int>,
+}
+
+/// Settings of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOptions {
+    /// The learning rate of this step (from the schedule).
+    pub lr: f64,
+    /// MFD's mask ratio (used only when the loss set reads a masked view).
+    pub mask_ratio: Option<f64>,
+    /// Clip the global gradient norm (all groups) to this value.
+    pub grad_clip_norm: Option<f64>,
+    /// Compute the global gradient norm even without clipping (for logging).
+    pub compute_grad_norm: bool,
+}
+
+impl StepOptions {
+    /// A plain step at `lr`: no mask, no clipping, no norm.
+    pub fn new(lr: f64) -> Self {
+        StepOptions {
+            lr,
+            mask_ratio: None,
+            grad_clip_norm: None,
+            compute_grad_norm: false,
+        }
+    }
+}
+
+/// What [`train_step`] returns.
+#[derive(Debug)]
+pub struct StepOutput<B: AutodiffBackend> {
+    /// The updated student and loss module.
+    pub model: DistillModel<B>,
+    /// The loss terms, averaged over the micro-batches (detached, on the device).
+    pub terms: LossTerms<B::InnerBackend>,
+    /// The global gradient norm before clipping, when clipping or `compute_grad_norm` asked
+    /// for it (on the device).
+    pub grad_norm: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+/// One full optimizer step over `k >= 1` micro-batches (gradient accumulation): for each,
+/// teacher and student forward and backward of `total / k`, gradients summed, so the step uses
+/// their mean; then optional global-norm clipping, AdamW (all groups) at `options.lr`, and the
+/// `logit_scale` clamp.
+///
+/// CLIP-KD's losses are batch-level (contrastive over the micro-batch), so `k` micro-batches of
+/// `N` are not the same as one batch of `k N`: each sample's negatives are the `N - 1` others
+/// of its micro-batch.
+///
+/// Nothing is read back from the device: the terms and the norm stay tensors.
 pub fn train_step<B: AutodiffBackend>(
     teacher: Option<&Clip<B::InnerBackend>>,
     model: DistillModel<B>,
     optimizer: &mut GroupedAdamW<B, DistillModel<B>>,
-    images: Tensor<B::InnerBackend, 4>,
-    tokens: Tensor<B::InnerBackend, 2, Int>,
-    lr: f64,
-    mask_ratio: Option<f64>,
-) -> Result<(DistillModel<B>, LossTerms<B::InnerBackend>), TrainError> {
-    let terms = distill_terms(teacher, &model, images, tokens, mask_ratio)?;
-    let grads = terms.total().backward();
-    let grads = GradientsParams::from_grads(grads, &model);
-    let logged = terms.valid();
-    let model = optimizer.step(lr, model, grads);
-    Ok((clamp_logit_scale(model), logged))
+    micro_batches: impl IntoIterator<Item = MicroBatch<B::InnerBackend>>,
+    options: &StepOptions,
+) -> Result<StepOutput<B>, TrainError> {
+    let micro_batches: Vec<MicroBatch<B::InnerBackend>> = micro_batches.into_iter().collect();
+    let k = micro_batches.len();
+    if k == 0 {
+        return Err(TrainError::config(
+            "optim.grad_accum",
+            "a step needs at least one micro-batch",
+        ));
+    }
+    let mut accumulator = GradientsAccumulator::<DistillModel<B>>::new();
+    let mut sums: Option<LossTerms<B::InnerBackend>> = None;
+    for batch in micro_batches {
+        let terms = distill_terms(
+            teacher,
+            &model,
+            batch.images,
+            batch.tokens,
+            options.mask_ratio,
+        )?;
+        let total = if k == 1 {
+            terms.total()
+        } else {
+            terms.total().div_scalar(k as f64)
+        };
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        accumulator.accumulate(&model, grads);
+        let logged = terms.valid();
+        sums = Some(match sums {
+            None => logged,
+            Some(acc) => add_terms(acc, logged),
+        });
+    }
+    let grads = accumulator.grads();
+    let (grads, grad_norm) = match options.grad_clip_norm {
+        Some(max_norm) => clip_grad_norm::<B, _>(&model, grads, max_norm),
+        None if options.compute_grad_norm => {
+            let norm = global_grad_norm::<B, _>(&model, &grads);
+            (grads, norm)
+        }
+        None => (grads, None),
+    };
+    let model = optimizer.step(options.lr, model, grads);
+    let mut terms = sums.expect("at least one micro-batch");
+    if k > 1 {
+        terms = scale_terms(terms, 1.0 / k as f64);
+    }
+    Ok(StepOutput {
+        model: clamp_logit_scale(model),
+        terms,
+        grad_norm,
+    })
+}
+
+/// Term-by-term sum of two lists with the same names.
+fn add_terms<B: Backend>(a: LossTerms<B>, b: LossTerms<B>) -> LossTerms<B> {
+    let mut out = LossTerms::new();
+    for (x, y) in a.into_iter().zip(b) {
+        out.push(x.name, x.weight, x.value + y.value);
+    }
+    out
+}
+
+/// Every term multiplied by `factor`.
+fn scale_terms<B: Backend>(terms: LossTerms<B>, factor: f64) -> LossTerms<B> {
+    let mut out = LossTerms::new();
+    for t in terms {
+        out.push(t.name, t.weight, t.value.mul_scalar(factor));
+    }
+    out
 }
 
 /// Detached copies of loss terms on the inner backend.
@@ -130,5 +285,178 @@ impl<B: AutodiffBackend> ValidTerms<B> for LossTerms<B> {
             out.push(term.name.clone(), term.weight, term.value.clone().inner());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+    use burn::tensor::{Distribution, TensorData};
+    use burn_flex::Flex;
+    use clipkd_losses::{LossPreset, LossSetConfig};
+    use clipkd_models::{ClipConfig, TextProjection};
+
+    type B = Autodiff<Flex>;
+
+    const STUDENT: &str = r#"{"embed_dim": 16,
+      "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+      "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}"#;
+
+    fn model(preset: LossPreset, teacher_dim: usize) -> DistillModel<B> {
+        let device = Default::default();
+        let cfg = ClipConfig::from_open_clip_json_str(STUDENT).unwrap();
+        DistillModel {
+            student: cfg.init::<B>(&device).unwrap(),
+            losses: LossSetConfig::preset(preset, 16, teacher_dim)
+                .init::<B>(&device)
+                .unwrap(),
+        }
+    }
+
+    fn batch(n: usize) -> MicroBatch<Flex> {
+        let device = Default::default();
+        let images = Tensor::<Flex, 4>::random([n, 3, 32, 32], Distribution::Default, &device);
+        // Distinct captions: token i+1, end-of-text (the highest id) at position 2.
+        let mut ids = vec![0i64; n * 8];
+        for (i, row) in ids.chunks_mut(8).enumerate() {
+            row[0] = 62;
+            row[1] = 1 + i as i64;
+            row[2] = 63;
+        }
+        let tokens = Tensor::from_data(TensorData::new(ids, [n, 8]), &device);
+        MicroBatch { images, tokens }
+    }
+
+    #[test]
+    fn groups_follow_clip_kd_by_open_clip_name() {
+        let m = model(LossPreset::ClipKd, 24);
+        let groups = distill_param_groups(&m);
+        let kind = |key: &str| {
+            groups
+                .iter()
+                .find(|g| g.0 == key)
+                .unwrap_or_else(|| panic!("no parameter {key}"))
+                .3
+        };
+        for key in [
+            "visual.conv1.weight",
+            "visual.proj",
+            "visual.positional_embedding",
+            "visual.transformer.resblocks.0.attn.in_proj_weight",
+            "visual.transformer.resblocks.0.mlp.c_fc.weight",
+            "token_embedding.weight",
+            "positional_embedding",
+            "text_projection",
+        ] {
+            assert_eq!(kind(key), GroupKind::Decay, "{key}");
+        }
+        for key in [
+            "logit_scale",
+            "visual.class_embedding",
+            "visual.ln_pre.weight",
+            "visual.ln_post.bias",
+            "visual.transformer.resblocks.0.attn.in_proj_bias",
+            "visual.transformer.resblocks.0.mlp.c_fc.bias",
+            "ln_final.weight",
+        ] {
+            assert_eq!(kind(key), GroupKind::NoDecay, "{key}");
+        }
+        let loss: Vec<&str> = groups
+            .iter()
+            .filter(|g| g.3 == GroupKind::Loss)
+            .map(|g| g.0.as_str())
+            .collect();
+        // The two projectors (weight + bias each) and ICL's scale.
+        assert_eq!(loss.len(), 5, "{loss:?}");
+        assert!(loss.iter().all(|p| p.starts_with("losses.")));
+        let optim = distill_optimizer(&m, AdamWParams::vit());
+        let counts: Vec<(GroupKind, usize)> = optim.groups().collect();
+        assert_eq!(counts.len(), 3);
+        assert_eq!(counts.iter().map(|c| c.1).sum::<usize>(), groups.len());
+    }
+
+    #[test]
+    fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
+        let m = model(LossPreset::Baseline, 16);
+        let before_proj = m.student.valid().text_projection.clone();
+        let before_scale: f32 = m.student.valid().logit_scale().into_scalar();
+        let mut optim = distill_optimizer(&m, AdamWParams::vit());
+        let b = batch(6);
+        let mut model = Some(m);
+        let mut totals = Vec::new();
+        for _ in 0..8 {
+            let out = train_step(
+                None,
+                model.take().unwrap(),
+                &mut optim,
+                [b.clone()],
+                &StepOptions::new(5e-3),
+            )
+            .unwrap();
+            totals.push(out.terms.total().into_scalar());
+            model = Some(out.model);
+        }
+        assert!(totals[7] < totals[0] - 0.1, "{totals:?}");
+        let m = model.unwrap().student.valid();
+        let after_scale: f32 = m.logit_scale().into_scalar();
+        assert!(
+            (after_scale - before_scale).abs() > 1e-3,
+            "logit_scale did not move"
+        );
+        let changed = match (before_proj, m.text_projection) {
+            (Some(TextProjection::Matrix(a)), Some(TextProjection::Matrix(b))) => {
+                a.val().into_data() != b.val().into_data()
+            }
+            _ => panic!("a matrix text projection"),
+        };
+        assert!(changed, "text_projection did not move");
+    }
+
+    #[test]
+    fn accumulation_averages_and_clipping_bounds_the_norm() {
+        let m = model(LossPreset::Baseline, 16);
+        let mut optim = distill_optimizer(&m, AdamWParams::vit());
+        let (b1, b2) = (batch(4), batch(4));
+        let one = |b: &MicroBatch<Flex>| -> f32 {
+            distill_terms::<B>(None, &m, b.images.clone(), b.tokens.clone(), None)
+                .unwrap()
+                .total()
+                .into_scalar()
+        };
+        let expected = (one(&b1) + one(&b2)) / 2.0;
+        let out = train_step(
+            None,
+            m.clone(),
+            &mut optim,
+            [b1, b2],
+            &StepOptions {
+                grad_clip_norm: Some(1e-3),
+                ..StepOptions::new(1e-3)
+            },
+        )
+        .unwrap();
+        let total: f32 = out.terms.total().into_scalar();
+        assert!((total - expected).abs() < 1e-5, "{total} vs {expected}");
+        let norm: f32 = out
+            .grad_norm
+            .expect("clipping reports the norm")
+            .into_scalar();
+        assert!(norm > 1e-3, "the unclipped norm {norm} is reported");
+        // After clipping to 1e-3, AdamW's first step moves each weight by about lr whatever
+        // the gradient's size; the clipped gradients' norm is what we check here instead:
+        let mut grads = GradientsParams::from_grads(
+            distill_terms::<B>(None, &m, batch(4).images, batch(4).tokens, None)
+                .unwrap()
+                .total()
+                .backward(),
+            &m,
+        );
+        grads = crate::optim::clip_grad_norm::<B, _>(&m, grads, 1e-3).0;
+        let clipped: f32 = crate::optim::global_grad_norm::<B, _>(&m, &grads)
+            .unwrap()
+            .into_scalar();
+        assert!((clipped - 1e-3).abs() < 1e-5, "clipped norm {clipped}");
     }
 }

@@ -20,7 +20,7 @@ use clap::{Args, ValueEnum};
 use clipkd_losses::{LossPreset, LossSetConfig};
 use clipkd_models::{Clip, ClipConfig};
 use clipkd_train::optim::AdamWParams;
-use clipkd_train::step::{DistillModel, distill_optimizer, train_step};
+use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
@@ -47,7 +47,12 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Workloads to run, in order (comma separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kd,teacher,student")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kd,teacher,student"
+    )]
     pub workloads: Vec<Workload>,
     /// Teacher model: an open_clip config name or JSON file.
     #[arg(long, default_value = "ViT-L-14")]
@@ -177,7 +182,9 @@ impl BackendTask for BenchTask {
             match step.as_mut() {
                 Some(s) => s.step(teacher_model.as_ref(), images.clone(), tokens.clone())?,
                 None => {
-                    let t = teacher_model.as_ref().expect("teacher workload has a teacher");
+                    let t = teacher_model
+                        .as_ref()
+                        .expect("teacher workload has a teacher");
                     let img = t.encode_image(images.clone());
                     let txt = t.encode_text(tokens.clone());
                     // Keep both outputs alive until the sync so no work is skipped.
@@ -235,9 +242,14 @@ impl<B: AutodiffBackend> StudentStep<B> {
         tokens: Tensor<B::InnerBackend, 2, Int>,
     ) -> anyhow::Result<()> {
         let model = self.model.take().context("a previous step failed")?;
-        let (model, _terms) =
-            train_step(teacher, model, &mut self.optimizer, images, tokens, 1e-4, None)?;
-        self.model = Some(model);
+        let out = train_step(
+            teacher,
+            model,
+            &mut self.optimizer,
+            [MicroBatch { images, tokens }],
+            &StepOptions::new(1e-4),
+        )?;
+        self.model = Some(out.model);
         Ok(())
     }
 }

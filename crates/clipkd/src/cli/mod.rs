@@ -2,9 +2,13 @@
 
 pub mod backend;
 pub mod bench;
+pub mod distill;
 pub mod embed;
+pub mod export;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
+pub mod run_options;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +28,14 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
     Bench(bench::BenchArgs),
+    /// Distill a student CLIP from a frozen teacher (CLIP-KD), from a run config.
+    Distill(distill::DistillArgs),
+    /// Train a student CLIP without a teacher (the no-KD baseline), from a run config.
+    Train(train::TrainArgs),
+    /// Export a checkpoint's student as an open_clip state dict (safetensors).
+    Export(export::ExportArgs),
+    /// Draw PNG plots of a run's loss terms, learning rate and evaluation metrics.
+    Plot(run_options::PlotArgs),
 }
 
 /// Runs the parsed command line.
@@ -31,5 +43,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Distill(args) => distill::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Plot(args) => run_options::plot(args),
     }
 }

@@ -1,0 +1,160 @@
+//! Images/s of one training step on the CPU (Flex backend), as the trainer runs it: the same
+//! `clipkd_train::train_step` (teacher forward on the inner backend, student forward and
+//! backward, AdamW with CLIP-KD's groups, `logit_scale` clamp).
+//!
+//! Two workloads:
+//! - `baseline`: a ViT-T-16-shaped student alone (task loss), as `clipkd train`;
+//! - `kd`: the same student distilled from a ViT-B-16-shaped teacher with the CLIP-KD losses
+//!   (task + CRD + ICL + FD), as `clipkd distill`.
+//!
+//! Both models keep their real widths, depths and text towers (context 77, vocabulary 49408);
+//! only the image size is reduced (default 64 px: 16 patches) so a step fits a small CPU.
+//! Inputs are random (data loading is measured by `clipkd-data`'s `pipeline` bench).
+//!
+//! Run: `cargo bench -p clipkd-train --bench train_step`. Settings by environment variable:
+//! `CLIPKD_BENCH_BATCH` (default 32), `CLIPKD_BENCH_IMAGE` (64), `CLIPKD_BENCH_STEPS` (5),
+//! `CLIPKD_BENCH_WARMUP` (1), `CLIPKD_BENCH_WORKLOADS` (`baseline,kd`),
+//! `CLIPKD_BENCH_STUDENT` (`ViT-T-16`), `CLIPKD_BENCH_TEACHER` (`ViT-B-16`).
+
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn_flex::Flex;
+use clipkd_losses::{LossPreset, LossSetConfig};
+use clipkd_models::{ClipConfig, VisionConfig};
+use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
+use clipkd_train::trainer::force_init;
+
+type B = Autodiff<Flex>;
+type Inner = Flex;
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn at_size(mut config: ClipConfig, size: usize) -> ClipConfig {
+    match &mut config.vision {
+        VisionConfig::Vit(v) => v.image_size = [size, size],
+        VisionConfig::ModifiedResNet(r) => r.image_size = size,
+    }
+    config
+}
+
+/// Captions of random length: start token, random ids, end token (the highest id).
+fn tokens(n: usize, context: usize, device: &<Inner as Backend>::Device) -> Tensor<Inner, 2, Int> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut ids = vec![0i64; n * context];
+    for row in ids.chunks_mut(context) {
+        let len = 2 + (next() as usize % (context - 1));
+        row[0] = 49406;
+        for id in &mut row[1..len - 1] {
+            *id = 1 + (next() % 49000) as i64;
+        }
+        row[len - 1] = 49407;
+    }
+    Tensor::from_data(TensorData::new(ids, [n, context]), device)
+}
+
+fn main() {
+    let batch: usize = env("CLIPKD_BENCH_BATCH", 32);
+    let size: usize = env("CLIPKD_BENCH_IMAGE", 64);
+    let steps: usize = env("CLIPKD_BENCH_STEPS", 5);
+    let warmup: usize = env("CLIPKD_BENCH_WARMUP", 1);
+    let workloads: String = env("CLIPKD_BENCH_WORKLOADS", "baseline,kd".to_string());
+    let student_name: String = env("CLIPKD_BENCH_STUDENT", "ViT-T-16".to_string());
+    let teacher_name: String = env("CLIPKD_BENCH_TEACHER", "ViT-B-16".to_string());
+    let device = Default::default();
+    let student_cfg = at_size(
+        ClipConfig::resolve(&student_name).expect("student config"),
+        size,
+    );
+    let teacher_cfg = at_size(
+        ClipConfig::resolve(&teacher_name).expect("teacher config"),
+        size,
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "train_step bench: student {student_name}, teacher {teacher_name}, {size} px, batch \
+         {batch}, context {}, {threads} CPU threads, Flex backend",
+        student_cfg.context_length()
+    );
+
+    for workload in workloads.split(',').map(str::trim) {
+        let kd = match workload {
+            "kd" => true,
+            "baseline" => false,
+            other => panic!("unknown workload `{other}` (baseline, kd)"),
+        };
+        <B as Backend>::seed(&device, 0);
+        let teacher = kd.then(|| {
+            let t = teacher_cfg.init::<Inner>(&device).expect("teacher");
+            force_init(&t);
+            t
+        });
+        let (preset, teacher_dim) = if kd {
+            (LossPreset::ClipKd, teacher_cfg.embed_dim)
+        } else {
+            (LossPreset::Baseline, student_cfg.embed_dim)
+        };
+        let model = DistillModel {
+            student: student_cfg.init::<B>(&device).expect("student"),
+            losses: LossSetConfig::preset(preset, student_cfg.embed_dim, teacher_dim)
+                .init::<B>(&device)
+                .expect("losses"),
+        };
+        force_init(&model);
+        let mut optimizer = distill_optimizer(&model, clipkd_train::AdamWParams::vit());
+        let mut model = Some(model);
+        let images = Tensor::<Inner, 4>::random(
+            [batch, 3, size, size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let toks = tokens(batch, student_cfg.context_length(), &device);
+        let mut times = Vec::new();
+        for i in 0..warmup + steps {
+            let t = Instant::now();
+            let out = train_step(
+                teacher.as_ref(),
+                model.take().expect("model"),
+                &mut optimizer,
+                [MicroBatch {
+                    images: images.clone(),
+                    tokens: toks.clone(),
+                }],
+                &StepOptions::new(1e-4),
+            )
+            .expect("step");
+            // Read the loss back: the step's work is done when this returns.
+            let total: f32 = out.terms.total().into_scalar();
+            model = Some(out.model);
+            let s = t.elapsed().as_secs_f64();
+            if i >= warmup {
+                times.push(s);
+            }
+            eprintln!(
+                "[{workload}] {} {} {s:.3} s (loss {total:.4})",
+                if i < warmup { "warm-up" } else { "step" },
+                i + 1
+            );
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{workload}: median {median:.3} s/step (min {:.3}), {:.1} images/s",
+            times[0],
+            batch as f64 / median
+        );
+    }
+}

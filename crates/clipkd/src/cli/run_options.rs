@@ -1,0 +1,274 @@
+//! What `clipkd distill` and `clipkd train` share: the run config, its overrides, resuming,
+//! and running the trainer on the chosen backend; and `clipkd plot`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use clipkd_losses::LossPreset;
+use clipkd_train::checkpoint;
+use clipkd_train::config::{Override, RunConfig, TrainMode};
+use clipkd_train::progress::ProgressMode;
+use clipkd_train::trainer::{PreparedRun, RunSummary};
+
+use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
+
+/// Options of a training run (`clipkd distill`, `clipkd train`).
+#[derive(Debug, Clone, Args)]
+pub struct RunOptions {
+    /// The run config: a TOML file (or JSON, by extension). Every field has a default (the
+    /// paper's recipe); see docs/training.md.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Start from a run preset (the paper's runs); the config file and flags override it.
+    /// See --list-presets.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Override any config field by its dotted path, e.g. `--set optim.lr=5e-4` or
+    /// `--set loss.terms.1.weight=1000` (repeatable). The value is read as TOML; anything that
+    /// is not valid TOML is taken as a string.
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    pub set: Vec<String>,
+    /// The student: an open_clip config name (ViT-T-16, RN50, ...) or JSON file
+    /// (`student.model`).
+    #[arg(long, value_name = "CONFIG")]
+    pub student: Option<String>,
+    /// Initialise the student from this open_clip checkpoint (`student.init`).
+    #[arg(long, value_name = "FILE")]
+    pub student_init: Option<PathBuf>,
+    /// Training data: CSV files `a.csv,b.csv` or webdataset shards `dir/{0000..0099}.tar`
+    /// (`data.train_data`).
+    #[arg(long, value_name = "DATA")]
+    pub train_data: Option<String>,
+    /// Data roots of the CSV image paths, one or one per CSV (`data.data_root`).
+    #[arg(long, value_name = "DIRS")]
+    pub data_root: Option<String>,
+    /// The run directory: config, metrics, plots, checkpoints (`run.output_dir`).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Epochs (`optim.epochs`).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Images per micro-batch (`data.batch_size`).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// The loss preset (`loss.preset`): clip_kd, crd, fd, mfd, gd, icl, afd,
+    /// open_clip_distill, baseline.
+    #[arg(long, value_name = "PRESET")]
+    pub loss: Option<String>,
+    /// Device: cpu, cuda[:N], wgpu[:N] (`run.device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Floating-point precision (`run.precision`; bf16/f16 on CUDA only).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Continue a run: `latest` (the latest checkpoint of the output directory) or a
+    /// checkpoint or run directory. Without --config, the checkpoint's own config is used.
+    #[arg(long, value_name = "latest|PATH", num_args = 0..=1, default_missing_value = "latest")]
+    pub resume: Option<String>,
+    /// No progress bar or progress lines.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print the assembled config (TOML) and exit without checking files or training.
+    #[arg(long)]
+    pub print_config: bool,
+    /// List the run presets and exit.
+    #[arg(long)]
+    pub list_presets: bool,
+}
+
+impl RunOptions {
+    /// The overrides given by the shortcut flags and `--set`, in that order.
+    fn overrides(&self) -> anyhow::Result<Vec<Override>> {
+        let mut out = Vec::new();
+        let mut push = |path: &str, value: serde_json::Value| out.push(Override::new(path, value));
+        if let Some(v) = &self.student {
+            push("student.model", v.clone().into());
+        }
+        if let Some(v) = &self.student_init {
+            push("student.init", path_value(v));
+        }
+        if let Some(v) = &self.train_data {
+            push("data.train_data", v.clone().into());
+        }
+        if let Some(v) = &self.data_root {
+            push("data.data_root", v.clone().into());
+        }
+        if let Some(v) = &self.output {
+            push("run.output_dir", path_value(v));
+        }
+        if let Some(v) = self.epochs {
+            push("optim.epochs", v.into());
+        }
+        if let Some(v) = self.batch_size {
+            push("data.batch_size", v.into());
+        }
+        if let Some(v) = &self.loss {
+            let preset: LossPreset = v.parse().context("--loss")?;
+            push("loss.preset", preset.name().into());
+        }
+        if let Some(v) = &self.device {
+            push("run.device", v.clone().into());
+        }
+        if let Some(v) = self.precision {
+            push("run.precision", v.to_string().into());
+        }
+        for s in &self.set {
+            out.push(Override::parse(s).with_context(|| format!("--set {s}"))?);
+        }
+        Ok(out)
+    }
+}
+
+fn path_value(path: &Path) -> serde_json::Value {
+    path.to_string_lossy().into_owned().into()
+}
+
+/// Prints the run presets.
+fn list_presets() {
+    println!("run presets (--preset NAME):");
+    for (name, description) in RunConfig::preset_descriptions() {
+        println!("  {name:32} {description}");
+    }
+}
+
+/// Assembles the run config of these options: the checkpoint's config when resuming without
+/// --config, else defaults, preset, file; then the overrides.
+pub fn assemble_config(opts: &RunOptions, extra: &[Override]) -> anyhow::Result<RunConfig> {
+    let mut overrides = extra.to_vec();
+    overrides.extend(opts.overrides()?);
+    let file = match (&opts.config, &opts.resume) {
+        (Some(file), _) => Some(file.clone()),
+        (None, Some(spec)) => {
+            let run_dir = opts
+                .output
+                .clone()
+                .unwrap_or_else(|| RunConfig::default().run.output_dir);
+            let ckpt = checkpoint::resolve_checkpoint(spec, &run_dir)
+                .context("--resume: finding the checkpoint")?;
+            Some(ckpt.join("config.toml"))
+        }
+        (None, None) => None,
+    };
+    let config = RunConfig::load(file.as_deref(), opts.preset.as_deref(), &overrides)?;
+    Ok(config)
+}
+
+/// Runs `clipkd distill` / `clipkd train` with these options and extra overrides.
+pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow::Result<()> {
+    if opts.list_presets {
+        list_presets();
+        return Ok(());
+    }
+    let config = assemble_config(opts, extra)?;
+    if opts.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let device: DeviceSpec = config
+        .run
+        .device
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("config field `run.device`: {e}"))?;
+    let precision = match config.run.precision {
+        clipkd_train::config::Precision::F32 => Precision::F32,
+        clipkd_train::config::Precision::Bf16 => Precision::Bf16,
+        clipkd_train::config::Precision::F16 => Precision::F16,
+    };
+    // `--resume PATH` resumes that checkpoint; `--resume latest` the output directory's.
+    let prepared =
+        PreparedRun::prepare(config, mode, opts.resume.as_deref())?.with_progress(if opts.quiet {
+            ProgressMode::Quiet
+        } else {
+            ProgressMode::Auto
+        });
+    let (steps_per_epoch, total) = (prepared.steps_per_epoch, prepared.total_steps);
+    if !opts.quiet {
+        eprintln!(
+            "{} {} -> {}: {} optimizer steps ({} per epoch x {} epochs), device {device}, {precision}",
+            match mode {
+                TrainMode::Distill => "distilling",
+                TrainMode::Baseline => "training (no teacher)",
+            },
+            prepared
+                .teacher
+                .as_ref()
+                .map_or("-".to_string(), |_| prepared.config.teacher.model.clone()),
+            prepared.config.student.model,
+            total,
+            steps_per_epoch,
+            prepared.config.optim.epochs,
+        );
+    }
+    let summary = dispatch(device, precision, TrainTask { prepared })?;
+    print_summary(&summary, opts.quiet);
+    Ok(())
+}
+
+struct TrainTask {
+    prepared: PreparedRun,
+}
+
+impl BackendTask for TrainTask {
+    type Output = RunSummary;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<RunSummary> {
+        Ok(self.prepared.run::<B>(&device)?)
+    }
+}
+
+fn print_summary(summary: &RunSummary, quiet: bool) {
+    if quiet {
+        return;
+    }
+    eprintln!(
+        "{} after {} of {} steps ({} epochs) in {}",
+        if summary.stopped_early {
+            "stopped"
+        } else {
+            "finished"
+        },
+        summary.steps,
+        summary.total_steps,
+        summary.epochs,
+        summary.run_dir.display()
+    );
+    if let Some((terms, total)) = &summary.last_loss {
+        let shown: Vec<String> = terms.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        eprintln!("last loss {total:.4} ({})", shown.join(", "));
+    }
+    if let Some(eval) = &summary.last_eval {
+        let shown: Vec<String> = eval.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        eprintln!("last eval: {}", shown.join(", "));
+    }
+    if let Some(ckpt) = &summary.checkpoint {
+        eprintln!("checkpoint: {}", ckpt.display());
+    }
+    for plot in &summary.plots {
+        eprintln!("plot: {}", plot.display());
+    }
+}
+
+/// Options of `clipkd plot`.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// The run directory (with metrics.jsonl or metrics.csv, and eval.jsonl).
+    #[arg(value_name = "RUN_DIR")]
+    pub run_dir: PathBuf,
+}
+
+/// Runs `clipkd plot`: PNG plots of a run's loss terms, learning rate and evaluations.
+pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    let files = clipkd_train::plot::plot_run(&args.run_dir)?;
+    if files.is_empty() {
+        eprintln!(
+            "{}: no metrics rows yet, nothing to plot",
+            args.run_dir.display()
+        );
+    }
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
