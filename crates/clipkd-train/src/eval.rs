@@ -53,7 +53,9 @@ use crate::error::TrainError;
 
 pub use metrics::{RankSummary, RetrievalRanks, recall_at_k};
 pub use retrieval::{AnnotationFormat, CaptionMode, RetrievalEval, RetrievalReport};
-pub use zero_shot::{ClassNames, Template, Templates, ZeroShotEval, ZeroShotReport};
+pub use zero_shot::{
+    ClassNames, Template, Templates, ZeroShotEval, ZeroShotMetrics, ZeroShotReport,
+};
 
 /// The default images (or captions) per forward pass.
 pub const DEFAULT_BATCH_SIZE: usize = 64;
@@ -79,29 +81,43 @@ impl Default for LoaderSettings {
 /// Which evaluation a progress report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EvalTask {
-    /// Zero-shot classification.
+    /// Building the zero-shot classifier (progress in classes).
+    ZeroShotClassifier,
+    /// Zero-shot classification (progress in images).
     ZeroShot,
-    /// Image-text retrieval.
+    /// Image-text retrieval (progress in images).
     Retrieval,
+}
+
+impl EvalTask {
+    /// What `done` and `total` count (`classes`, `images`).
+    pub fn unit(self) -> &'static str {
+        match self {
+            EvalTask::ZeroShotClassifier => "classes",
+            EvalTask::ZeroShot | EvalTask::Retrieval => "images",
+        }
+    }
 }
 
 impl fmt::Display for EvalTask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            EvalTask::ZeroShotClassifier => "zero-shot classifier",
             EvalTask::ZeroShot => "zero-shot",
             EvalTask::Retrieval => "retrieval",
         })
     }
 }
 
-/// Progress of a running evaluation: `done` of `total` images read (used or skipped).
+/// Progress of a running evaluation: `done` of `total` classes embedded, or images read (used
+/// or skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EvalProgress {
     /// The evaluation.
     pub task: EvalTask,
-    /// Images read so far.
+    /// Classes or images done so far.
     pub done: usize,
-    /// Images in the dataset.
+    /// Classes or images in all.
     pub total: usize,
 }
 
@@ -257,12 +273,18 @@ impl EvalConfig {
 
     /// Whether to evaluate after `epochs` completed epochs (1-based count).
     pub fn due_after_epoch(&self, epochs: u64) -> bool {
-        !self.is_empty() && self.every_epochs.is_some_and(|n| n > 0 && epochs % n == 0)
+        !self.is_empty()
+            && self
+                .every_epochs
+                .is_some_and(|n| n > 0 && epochs.is_multiple_of(n))
     }
 
     /// Whether to evaluate after `steps` completed optimizer steps (1-based count).
     pub fn due_after_step(&self, steps: u64) -> bool {
-        !self.is_empty() && self.every_steps.is_some_and(|n| n > 0 && steps % n == 0)
+        !self.is_empty()
+            && self
+                .every_steps
+                .is_some_and(|n| n > 0 && steps.is_multiple_of(n))
     }
 
     /// Opens everything the evaluations read (image folder listing, class names, templates,
@@ -329,7 +351,8 @@ impl EvalSuite {
         self.run_with_progress(model, device, &mut |_| {})
     }
 
-    /// Runs zero-shot classification, then retrieval, calling `progress` after each batch.
+    /// Runs zero-shot classification, then retrieval, calling `progress` at the start of each
+    /// stage and after each batch.
     /// Images go through the model's eval transform (its image size, OpenAI mean/std,
     /// bicubic resize of the short side, center crop; then `preprocess_cfg`).
     pub fn run_with_progress<B: Backend>(
@@ -368,7 +391,7 @@ pub struct EvalReport {
 
 impl EvalReport {
     /// Flat named metrics, for logs and JSONL: `zeroshot/top1`, `zeroshot/top5`,
-    /// `zeroshot/images`, `zeroshot/skipped`, then `retrieval/image_to_text_R@1` (`@5`,
+    /// `zeroshot/mean_per_class_recall`, `zeroshot/images`, `zeroshot/skipped`, then `retrieval/image_to_text_R@1` (`@5`,
     /// `@10`), `retrieval/image_to_text_mean_rank`, `..._median_rank`, the same for
     /// `text_to_image`, and `retrieval/images`, `retrieval/captions`, `retrieval/skipped`.
     pub fn metrics(&self) -> Vec<(String, f64)> {
@@ -376,6 +399,10 @@ impl EvalReport {
         if let Some(z) = &self.zero_shot {
             out.push(("zeroshot/top1".to_string(), z.top1));
             out.push(("zeroshot/top5".to_string(), z.top5));
+            out.push((
+                "zeroshot/mean_per_class_recall".to_string(),
+                z.mean_per_class_recall,
+            ));
             out.push(("zeroshot/images".to_string(), z.images as f64));
             out.push(("zeroshot/skipped".to_string(), z.skipped.total() as f64));
         }
@@ -472,14 +499,20 @@ mod tests {
         assert_eq!(z.templates, Templates::List(vec!["a {}.".into()]));
         let r = c.retrieval.as_ref().unwrap();
         assert_eq!(r.captions, CaptionMode::First);
-        assert_eq!((r.csv_caption_key.as_str(), r.csv_separator), ("title", '\t'));
+        assert_eq!(
+            (r.csv_caption_key.as_str(), r.csv_separator),
+            ("title", '\t')
+        );
         assert_eq!((c.batch_size, c.workers), (DEFAULT_BATCH_SIZE, 0));
         assert!(c.due_after_step(1000) && !c.due_after_step(999) && !c.due_after_epoch(1));
         let round: EvalConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);
         let d: EvalConfig = serde_json::from_str(r#"{"zero_shot": {"root": "v"}}"#).unwrap();
         let z = d.zero_shot.unwrap();
-        assert_eq!((z.classnames, z.templates), (ClassNames::Imagenet, Templates::OpenaiImagenet));
+        assert_eq!(
+            (z.classnames, z.templates),
+            (ClassNames::Imagenet, Templates::OpenaiImagenet)
+        );
         assert!(serde_json::from_str::<EvalConfig>(r#"{"zeroshot": {}}"#).is_err());
         assert!(!EvalConfig::default().due_after_epoch(1));
     }

@@ -180,7 +180,10 @@ fn upload<B: Backend>(
     device: &B::Device,
 ) -> Tensor<B, 2> {
     Tensor::from_data(
-        TensorData::new(e.data[start * e.dim..end * e.dim].to_vec(), [end - start, e.dim]),
+        TensorData::new(
+            e.data[start * e.dim..end * e.dim].to_vec(),
+            [end - start, e.dim],
+        ),
         device,
     )
 }
@@ -222,6 +225,18 @@ pub fn ranks_of_positives<B: Backend>(
     positives: &Positives,
     device: &B::Device,
 ) -> Result<Vec<usize>, TrainError> {
+    ranks_of_positives_chunked::<B>(queries, keys, positives, SIMILARITY_CHUNK_ELEMENTS, device)
+}
+
+/// [`ranks_of_positives`] with chunks of at most `max_chunk_elements` scores (at least one
+/// query row per chunk). The ranks do not depend on the chunk size.
+pub fn ranks_of_positives_chunked<B: Backend>(
+    queries: &HostEmbeddings,
+    keys: &HostEmbeddings,
+    positives: &Positives,
+    max_chunk_elements: usize,
+    device: &B::Device,
+) -> Result<Vec<usize>, TrainError> {
     assert_eq!(
         queries.dim, keys.dim,
         "ranks_of_positives: queries have dim {} but keys {}",
@@ -240,12 +255,18 @@ pub fn ranks_of_positives<B: Backend>(
     }
     assert!(keys.rows > 0, "ranks_of_positives: no key to rank");
     let keys_t = upload::<B>(keys, 0, keys.rows, device).transpose();
-    let chunk = (SIMILARITY_CHUNK_ELEMENTS / keys.rows).max(1);
+    let chunk = (max_chunk_elements / keys.rows).max(1);
     let mut start = 0;
     while start < queries.rows {
         let end = (start + chunk).min(queries.rows);
         let scores = upload::<B>(queries, start, end, device).matmul(keys_t.clone());
-        rank_rows(&read_scores(scores)?, keys.rows, start, positives, &mut ranks);
+        rank_rows(
+            &read_scores(scores)?,
+            keys.rows,
+            start,
+            positives,
+            &mut ranks,
+        );
         start = end;
     }
     Ok(ranks)

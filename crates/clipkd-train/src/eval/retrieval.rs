@@ -8,8 +8,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clipkd_data::DataError;
 use clipkd_data::dataset::{
-    CaptionGrouping, CsvConfig, CsvSource, DataSource, IndexedDataset, RetrievalDataset,
-    SampleRef, SkipReport,
+    CaptionGrouping, CsvConfig, CsvSource, DataSource, IndexedDataset, RetrievalDataset, SampleRef,
+    SkipReport,
 };
 use clipkd_data::image::ImageTransform;
 use clipkd_data::loader::{DataLoader, LoaderConfig};
@@ -70,6 +70,9 @@ impl AnnotationFormat {
     }
 }
 
+/// How many images [`RetrievalEval::open`] looks for to check the image root.
+pub const ROOT_CHECK_IMAGES: usize = 16;
+
 /// A [`RetrievalDataset`] whose samples keep only their first caption.
 #[derive(Debug)]
 struct FirstCaption(Arc<RetrievalDataset>);
@@ -97,7 +100,9 @@ pub struct RetrievalEval {
 impl RetrievalEval {
     /// Reads an annotation file (see [`RetrievalDataset`] for the formats), image paths joined
     /// to `root` unless absolute; CSV files use `csv` (columns, separator) and are grouped by
-    /// image path. Errors name the file (and entry or line).
+    /// image path. Errors name the file (and entry or line). As a check of `root`, it is an
+    /// error when none of the first [`ROOT_CHECK_IMAGES`] images exists (a few missing images
+    /// are only skipped when the evaluation runs).
     pub fn open(
         annotations: impl AsRef<Path>,
         root: Option<&Path>,
@@ -115,11 +120,27 @@ impl RetrievalEval {
             )?,
             AnnotationFormat::Auto => unreachable!("resolved above"),
         };
+        let checked = dataset.len().min(ROOT_CHECK_IMAGES);
+        if checked > 0 && (0..checked).all(|i| !dataset.image_path(i).exists()) {
+            return Err(DataError::Annotations {
+                path: path.to_path_buf(),
+                what: format!(
+                    "none of the first {checked} images exists (the first is {}): is the image \
+                     root ({}) right?",
+                    dataset.image_path(0).display(),
+                    root.map_or("none given".into(), |r| r.display().to_string())
+                ),
+            });
+        }
         Ok(Self::new(path, dataset, mode))
     }
 
     /// From an already read dataset (`annotations` names it in reports).
-    pub fn new(annotations: impl Into<PathBuf>, dataset: RetrievalDataset, mode: CaptionMode) -> Self {
+    pub fn new(
+        annotations: impl Into<PathBuf>,
+        dataset: RetrievalDataset,
+        mode: CaptionMode,
+    ) -> Self {
         RetrievalEval {
             annotations: annotations.into(),
             dataset: Arc::new(dataset),
@@ -203,7 +224,12 @@ impl RetrievalEval {
                 append(&mut texts, model.encode_text_normalized(tokens))?;
             }
             debug_assert_eq!(texts.rows - first_text, batch.num_texts());
-            text_image.extend(batch.text_image.iter().map(|&i| i + images.rows - batch.len()));
+            text_image.extend(
+                batch
+                    .text_image
+                    .iter()
+                    .map(|&i| i + images.rows - batch.len()),
+            );
             done += batch.len() + batch.skipped.total() as usize;
             progress(EvalProgress {
                 task: EvalTask::Retrieval,

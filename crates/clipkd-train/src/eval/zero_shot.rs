@@ -143,14 +143,22 @@ pub fn parse_classnames(text: &str, folders: &[String]) -> Result<Vec<String>, S
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        let shown = missing.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        let shown = missing
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(format!(
             "no name for {} class folder(s): {shown}{}",
             missing.len(),
             if missing.len() > 5 { ", ..." } else { "" }
         ));
     }
-    Ok(folders.iter().map(|f| map[f.as_str()].to_string()).collect())
+    Ok(folders
+        .iter()
+        .map(|f| map[f.as_str()].to_string())
+        .collect())
 }
 
 /// A prompt template in Python `str.format` syntax with the class name as its only argument:
@@ -219,9 +227,7 @@ impl Template {
             return Err(format!("`{template}`: mixes `{{}}` and `{{0}}` fields"));
         }
         if auto + manual == 0 {
-            return Err(format!(
-                "`{template}`: no `{{}}` where the class name goes"
-            ));
+            return Err(format!("`{template}`: no `{{}}` where the class name goes"));
         }
         Ok(Template {
             pieces,
@@ -329,7 +335,7 @@ pub fn classifier_from_template_embeddings(
     templates: usize,
 ) -> HostEmbeddings {
     assert!(
-        templates > 0 && embeddings.rows % templates == 0,
+        templates > 0 && embeddings.rows.is_multiple_of(templates),
         "classifier_from_template_embeddings: {} rows is not a multiple of {templates} templates",
         embeddings.rows
     );
@@ -357,13 +363,11 @@ pub fn classifier_from_template_embeddings(
     }
 }
 
-/// How many classes' prompts are embedded together (open_clip's `num_classes_per_batch` is
-/// 10); the prompts are still encoded `batch_size` at a time.
-const CLASSES_PER_CHUNK: usize = 10;
-
 /// Builds the zero-shot classifier of `model` (`[classes, dim]`, unit rows): every template
-/// filled with every class name, tokenized, encoded, then reduced by
-/// [`classifier_from_template_embeddings`], ten classes at a time.
+/// filled with every class name, tokenized, encoded `batch_size` prompts at a time, then
+/// reduced by [`classifier_from_template_embeddings`]. Classes are processed a few at a time
+/// (open_clip: 10; here `batch_size / gcd(batch_size, templates)`, so the prompts fill whole
+/// batches), which does not change the result.
 pub fn build_classifier<B: Backend>(
     model: &Clip<B>,
     tokenizer: &Tokenizer,
@@ -372,16 +376,39 @@ pub fn build_classifier<B: Backend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<HostEmbeddings, TrainError> {
+    build_classifier_with_progress(
+        model,
+        tokenizer,
+        classnames,
+        templates,
+        batch_size,
+        device,
+        &mut |_| {},
+    )
+}
+
+/// [`build_classifier`], calling `progress` with the number of classes done.
+fn build_classifier_with_progress<B: Backend>(
+    model: &Clip<B>,
+    tokenizer: &Tokenizer,
+    classnames: &[String],
+    templates: &[Template],
+    batch_size: usize,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HostEmbeddings, TrainError> {
     assert!(
         !templates.is_empty(),
         "build_classifier: at least one template is needed"
     );
+    let batch_size = batch_size.max(1);
+    let classes_per_chunk = batch_size / gcd(batch_size, templates.len());
     let mut classifier = HostEmbeddings {
         data: Vec::with_capacity(classnames.len() * model.embed_dim()),
         rows: 0,
         dim: model.embed_dim(),
     };
-    for chunk in classnames.chunks(CLASSES_PER_CHUNK) {
+    for chunk in classnames.chunks(classes_per_chunk) {
         let prompts: Vec<String> = chunk
             .iter()
             .flat_map(|c| templates.iter().map(move |t| t.format(c)))
@@ -390,27 +417,58 @@ pub fn build_classifier<B: Backend>(
         let part = classifier_from_template_embeddings(&embeddings, templates.len());
         classifier.data.extend(part.data);
         classifier.rows += part.rows;
+        progress(classifier.rows);
     }
     Ok(classifier)
 }
 
-/// Top-1 and top-5 accuracy of image embeddings against a classifier, from the ranks of the
-/// true classes (see [`super::metrics`] for ties; with fewer than 5 classes top-5 counts every
-/// image as correct, as top-`classes` would).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Zero-shot accuracies from the ranks of the true classes (see [`super::metrics`] for ties;
+/// with fewer than 5 classes top-5 counts every image as correct, as top-`classes` would).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TopK {
+pub struct ZeroShotMetrics {
     /// Fraction of images whose true class scores highest.
     pub top1: f64,
     /// Fraction of images whose true class is among the 5 highest.
     pub top5: f64,
+    /// Top-1 accuracy of each class, averaged over the classes that have images (CLIP
+    /// benchmark's `mean_per_class_recall`, scikit-learn's balanced accuracy); equal to
+    /// `top1` when every class has as many images (ImageNet val: 50).
+    pub mean_per_class_recall: f64,
 }
 
-impl TopK {
-    /// From the 0-based ranks of the true classes.
-    pub fn from_ranks(ranks: &[usize]) -> Self {
-        TopK {
+impl ZeroShotMetrics {
+    /// From the 0-based ranks of the true classes `labels` (one per image).
+    ///
+    /// # Panics
+    /// If `ranks` and `labels` differ in length.
+    pub fn from_ranks(ranks: &[usize], labels: &[usize]) -> Self {
+        assert_eq!(
+            ranks.len(),
+            labels.len(),
+            "ZeroShotMetrics: {} ranks, {} labels",
+            ranks.len(),
+            labels.len()
+        );
+        let classes = labels.iter().max().map_or(0, |&m| m + 1);
+        let (mut hits, mut counts) = (vec![0usize; classes], vec![0usize; classes]);
+        for (&r, &l) in ranks.iter().zip(labels) {
+            counts[l] += 1;
+            hits[l] += usize::from(r == 0);
+        }
+        let present: Vec<f64> = hits
+            .iter()
+            .zip(&counts)
+            .filter(|(_, c)| **c > 0)
+            .map(|(&h, &c)| h as f64 / c as f64)
+            .collect();
+        ZeroShotMetrics {
             top1: recall_at_k(ranks, 1),
             top5: recall_at_k(ranks, 5),
+            mean_per_class_recall: present.iter().sum::<f64>() / present.len() as f64,
         }
     }
 }
@@ -555,13 +613,26 @@ impl ZeroShotEval {
     ) -> Result<ZeroShotReport, TrainError> {
         let started = Instant::now();
         let tokenizer = Tokenizer::new();
-        let classifier = build_classifier(
+        let classes = self.classnames.len();
+        progress(EvalProgress {
+            task: EvalTask::ZeroShotClassifier,
+            done: 0,
+            total: classes,
+        });
+        let classifier = build_classifier_with_progress(
             model,
             &tokenizer,
             &self.classnames,
             &self.templates,
             settings.batch_size,
             device,
+            &mut |done| {
+                progress(EvalProgress {
+                    task: EvalTask::ZeroShotClassifier,
+                    done,
+                    total: classes,
+                })
+            },
         )?;
         let classifier_t = classifier_tensor::<B>(&classifier, device);
         let total = self.folder.len();
@@ -580,6 +651,7 @@ impl ZeroShotEval {
         )?;
         let mut batches = loader.epoch(0)?;
         let mut ranks = Vec::with_capacity(total);
+        let mut all_labels = Vec::with_capacity(total);
         let mut done = 0;
         for batch in &mut batches {
             let batch = batch?;
@@ -593,6 +665,7 @@ impl ZeroShotEval {
             );
             let features = model.encode_image_normalized(images);
             rank_batch(features, classifier_t.clone(), labels, &mut ranks)?;
+            all_labels.extend_from_slice(labels);
             done += batch.len() + batch.skipped.total() as usize;
             progress(EvalProgress {
                 task: EvalTask::ZeroShot,
@@ -608,13 +681,14 @@ impl ZeroShotEval {
             }
             .into());
         }
-        let topk = TopK::from_ranks(&ranks);
+        let metrics = ZeroShotMetrics::from_ranks(&ranks, &all_labels);
         Ok(ZeroShotReport {
             root: self.folder.root().to_path_buf(),
             classnames: self.classnames_source.clone(),
             templates: self.templates_source.clone(),
-            top1: topk.top1,
-            top5: topk.top5,
+            top1: metrics.top1,
+            top5: metrics.top5,
+            mean_per_class_recall: metrics.mean_per_class_recall,
             images: ranks.len(),
             classes: self.classnames.len(),
             num_templates: self.templates.len(),
@@ -637,6 +711,8 @@ pub struct ZeroShotReport {
     pub top1: f64,
     /// Top-5 accuracy (every image counts as correct with fewer than 5 classes).
     pub top5: f64,
+    /// Per-class top-1 accuracy averaged over the classes with images.
+    pub mean_per_class_recall: f64,
     /// Images classified (skipped ones excluded).
     pub images: usize,
     /// Number of classes.
@@ -669,7 +745,10 @@ mod tests {
     fn templates_follow_str_format() {
         let t = Template::parse("{{a}} {0} and {0}").unwrap();
         assert_eq!(t.format("cat"), "{a} cat and cat");
-        assert_eq!(Template::parse("itap of a {}.").unwrap().format("x y"), "itap of a x y.");
+        assert_eq!(
+            Template::parse("itap of a {}.").unwrap().format("x y"),
+            "itap of a x y."
+        );
         for (bad, msg) in [
             ("a photo", "no `{}`"),
             ("{} and {}", "2 `{}` fields"),

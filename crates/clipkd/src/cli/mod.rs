@@ -2,13 +2,10 @@
 
 pub mod backend;
 pub mod bench;
-pub mod distill;
 pub mod embed;
-pub mod export;
+pub mod eval;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
-pub mod run_options;
-pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -28,14 +25,8 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
     Bench(bench::BenchArgs),
-    /// Distill a student CLIP from a frozen teacher (CLIP-KD), from a run config.
-    Distill(distill::DistillArgs),
-    /// Train a student CLIP without a teacher (the no-KD baseline), from a run config.
-    Train(train::TrainArgs),
-    /// Export a checkpoint's student as an open_clip state dict (safetensors).
-    Export(export::ExportArgs),
-    /// Draw PNG plots of a run's loss terms, learning rate and evaluation metrics.
-    Plot(run_options::PlotArgs),
+    /// Evaluate a CLIP checkpoint: zero-shot classification and image-text retrieval, to JSON.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the parsed command line.
@@ -43,9 +34,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Distill(args) => distill::run(args),
-        Command::Train(args) => train::run(args),
-        Command::Export(args) => export::run(args),
-        Command::Plot(args) => run_options::plot(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
