@@ -2,10 +2,14 @@
 
 pub mod backend;
 pub mod bench;
+pub mod distill;
 pub mod embed;
 pub mod eval;
+pub mod export;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
+pub mod run_options;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +31,14 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Evaluate a CLIP checkpoint: zero-shot classification and image-text retrieval, to JSON.
     Eval(eval::EvalArgs),
+    /// Distill a student CLIP from a frozen teacher (CLIP-KD), from a run config.
+    Distill(distill::DistillArgs),
+    /// Train a student CLIP without a teacher (the no-KD baseline), from a run config.
+    Train(train::TrainArgs),
+    /// Export a checkpoint's student as an open_clip state dict (safetensors).
+    Export(export::ExportArgs),
+    /// Draw PNG plots of a run's loss terms, learning rate and evaluation metrics.
+    Plot(run_options::PlotArgs),
 }
 
 /// Runs the parsed command line.
@@ -35,5 +47,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Distill(args) => distill::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Plot(args) => run_options::plot(args),
     }
 }
