@@ -46,7 +46,7 @@ fn at_size(mut config: ClipConfig, size: usize) -> ClipConfig {
 }
 
 /// Captions of random length: start token, random ids, end token (the highest id).
-fn tokens(n: usize, context: usize, device: &<Inner as Backend>::Device) -> Tensor<Inner, 2, Int> {
+fn tokens(n: usize, context: usize, device: &burn::tensor::Device<Inner>) -> Tensor<Inner, 2, Int> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
         state ^= state << 13;

@@ -54,6 +54,9 @@ pub struct TrainState {
     pub step: u64,
     /// The epoch the next step belongs to.
     pub epoch: u64,
+    /// Optimizer steps already taken in that epoch.
+    #[serde(default)]
+    pub steps_in_epoch: u64,
     /// Where the data loader continues.
     pub data_position: DataPosition,
     /// The backend RNG: reseeded before every step from the run seed and the step, so this is

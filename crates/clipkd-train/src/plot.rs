@@ -73,7 +73,10 @@ pub fn plot_records(
         line_chart(&path, "Learning rate", "step", "learning rate", &lr)?;
         written.push(path);
     }
-    if !evals.is_empty() {
+    if evals
+        .iter()
+        .any(|r| r.metrics.keys().any(|n| is_fraction_metric(n)))
+    {
         let mut names: Vec<String> = Vec::new();
         for r in evals {
             for name in r.metrics.keys() {
@@ -82,6 +85,8 @@ pub fn plot_records(
                 }
             }
         }
+        // Accuracies and recalls share a [0, 1] axis; counts and ranks would flatten them.
+        names.retain(|n| is_fraction_metric(n));
         let series: Vec<Series> = names
             .iter()
             .map(|name| {
@@ -93,10 +98,18 @@ pub fn plot_records(
             })
             .collect();
         let path = out_dir.join("eval.png");
-        line_chart(&path, "Evaluation", "step", "metric", &series)?;
+        line_chart(&path, "Evaluation", "step", "accuracy / recall", &series)?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Whether an evaluation metric is a fraction (accuracy, recall), not a count or a rank.
+fn is_fraction_metric(name: &str) -> bool {
+    !(name.ends_with("/images")
+        || name.ends_with("/captions")
+        || name.ends_with("/skipped")
+        || name.ends_with("_rank"))
 }
 
 fn register_font() {
@@ -164,10 +177,21 @@ pub fn line_chart(
         .y_label_area_size(80)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| err(&e))?;
+    let magnitude = y0.abs().max(y1.abs());
+    let decimals = (-(y1 - y0).log10()).ceil().clamp(0.0, 6.0) as usize + 1;
+    let y_format = move |y: &f64| {
+        if !(1e-2..1e5).contains(&magnitude) {
+            format!("{y:.2e}")
+        } else {
+            format!("{y:.decimals$}")
+        }
+    };
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&y_format)
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| err(&e))?;

@@ -10,7 +10,8 @@ use std::f64::consts::PI;
 ///   `0.5 * (1 + cos(π e / es)) * base_lr`.
 ///
 /// Steps count optimizer steps from 0. Where open_clip would divide by zero (`total <= warmup`,
-/// a run that never leaves warmup) the rate after warmup is 0.
+/// a run that never leaves warmup) the rate after warmup is 0, and so it is past `total`
+/// (where the cosine would rise again).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CosineSchedule {
     /// Peak learning rate.
@@ -36,7 +37,7 @@ impl CosineSchedule {
         if step < self.warmup {
             return self.base_lr * (step + 1) as f64 / self.warmup as f64;
         }
-        if self.total <= self.warmup {
+        if self.total <= self.warmup || step >= self.total {
             return 0.0;
         }
         let e = (step - self.warmup) as f64;
@@ -73,8 +74,9 @@ mod tests {
             let got = s.lr(step as u64);
             assert!((got - want).abs() < 1e-8, "step {step}: {got} vs {want}");
         }
-        // At the end the rate reaches 0.
+        // At the end the rate reaches 0, and stays there.
         assert!(s.lr(12).abs() < 1e-12);
+        assert_eq!(s.lr(20), 0.0);
     }
 
     #[test]

@@ -447,6 +447,7 @@ struct Runner<B: AutodiffBackend> {
     last_checkpoint_step: Option<u64>,
     last_loss: Option<(BTreeMap<String, f64>, f64)>,
     last_eval: Option<BTreeMap<String, f64>>,
+    last_eval_step: Option<u64>,
     // Throughput since the last logged row.
     window_start: Instant,
     window_images: u64,
@@ -481,6 +482,7 @@ impl<B: AutodiffBackend> Runner<B> {
         let fresh_state = TrainState {
             step: 0,
             epoch: 0,
+            steps_in_epoch: 0,
             data_position: DataPosition::start(0),
             rng: RngState {
                 seed: config.run.seed,
@@ -543,6 +545,7 @@ impl<B: AutodiffBackend> Runner<B> {
             last_checkpoint_step: None,
             last_loss: None,
             last_eval: None,
+            last_eval_step: None,
             window_start: Instant::now(),
             window_images: 0,
             window_steps: 0,
@@ -556,12 +559,19 @@ impl<B: AutodiffBackend> Runner<B> {
         let k = self.prep.config.optim.grad_accum;
         let stop_after = self.prep.config.run.stop_after_steps;
         let mut stopped_early = false;
+        let steps_per_epoch = self.prep.steps_per_epoch;
         'epochs: while self.state.data_position.epoch < epochs {
             let mut batches = self.prep.loader.resume(&self.state.data_position)?;
+            let mut cut_short = false;
             loop {
                 if stop_after.is_some_and(|s| self.state.step >= s) {
                     stopped_early = true;
                     break 'epochs;
+                }
+                if self.state.steps_in_epoch >= steps_per_epoch {
+                    // An epoch of webdataset shards is `train_num_samples` long, as open_clip.
+                    cut_short = true;
+                    break;
                 }
                 let wait = Instant::now();
                 let mut group = Vec::with_capacity(k);
@@ -578,13 +588,20 @@ impl<B: AutodiffBackend> Runner<B> {
                 self.after_step()?;
             }
             // The epoch is over: the position is the start of the next one.
-            self.state.data_position = batches.position().clone();
+            self.state.data_position = if cut_short {
+                batches.position().next_epoch()
+            } else {
+                batches.position().clone()
+            };
             self.state.epoch = self.state.data_position.epoch;
+            self.state.steps_in_epoch = 0;
             drop(batches);
             if self.prep.config.run.checkpoint_at_epoch_end {
                 self.checkpoint()?;
             }
-            if self.prep.config.eval.due_after_epoch(self.state.epoch) {
+            if self.prep.config.eval.due_after_epoch(self.state.epoch)
+                && self.last_eval_step != Some(self.state.step)
+            {
                 self.evaluate()?;
             }
         }
@@ -622,7 +639,7 @@ impl<B: AutodiffBackend> Runner<B> {
             .collect::<Result<Vec<_>, _>>()?;
         let images: u64 = group.iter().map(|b| b.len() as u64).sum();
         let log_now =
-            (step + 1) % config.run.log_every_steps == 0 || step + 1 == self.prep.total_steps;
+            (step + 1).is_multiple_of(config.run.log_every_steps) || step + 1 == self.prep.total_steps;
         let options = StepOptions {
             lr,
             mask_ratio: Some(config.loss.mask_ratio),
@@ -641,6 +658,7 @@ impl<B: AutodiffBackend> Runner<B> {
             &options,
         )?;
         self.state.step += 1;
+        self.state.steps_in_epoch += 1;
         self.state.rng.next_step = self.state.step;
         self.state.samples_seen += images;
         self.window_images += images;
@@ -703,7 +721,7 @@ impl<B: AutodiffBackend> Runner<B> {
     /// Step-count triggers: checkpoint and evaluation.
     fn after_step(&mut self) -> Result<(), TrainError> {
         let every = self.prep.config.run.checkpoint_every_steps;
-        if every > 0 && self.state.step % every == 0 {
+        if every > 0 && self.state.step.is_multiple_of(every) {
             self.checkpoint()?;
         }
         if self.prep.config.eval.due_after_step(self.state.step) {
@@ -760,6 +778,7 @@ impl<B: AutodiffBackend> Runner<B> {
             shown.join(", ")
         ));
         self.last_eval = Some(metrics);
+        self.last_eval_step = Some(self.state.step);
         Ok(())
     }
 }

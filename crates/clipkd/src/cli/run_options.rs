@@ -185,20 +185,20 @@ pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow
         });
     let (steps_per_epoch, total) = (prepared.steps_per_epoch, prepared.total_steps);
     if !opts.quiet {
+        let what = match mode {
+            TrainMode::Distill => format!(
+                "distilling {} -> {}",
+                prepared.config.teacher.model, prepared.config.student.model
+            ),
+            TrainMode::Baseline => {
+                format!("training {} (no teacher)", prepared.config.student.model)
+            }
+        };
         eprintln!(
-            "{} {} -> {}: {} optimizer steps ({} per epoch x {} epochs), device {device}, {precision}",
-            match mode {
-                TrainMode::Distill => "distilling",
-                TrainMode::Baseline => "training (no teacher)",
-            },
-            prepared
-                .teacher
-                .as_ref()
-                .map_or("-".to_string(), |_| prepared.config.teacher.model.clone()),
-            prepared.config.student.model,
-            total,
-            steps_per_epoch,
+            "{what}: {total} optimizer steps ({steps_per_epoch} per epoch x {} epochs), \
+             device {device}, {precision}, run directory {}",
             prepared.config.optim.epochs,
+            prepared.config.run.output_dir.display()
         );
     }
     let summary = dispatch(device, precision, TrainTask { prepared })?;

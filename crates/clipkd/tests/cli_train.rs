@@ -1,0 +1,367 @@
+//! The training commands end to end, through the `clipkd` binary (CPU, tiny models):
+//! `distill` (stopped and resumed), `train`, `export`, `plot`, `--help`, and config errors
+//! that name the field or file before any work.
+#![cfg(feature = "flex")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn_flex::Flex;
+use clipkd_models::{ClipConfig, load_open_clip, save_open_clip};
+
+const STUDENT_JSON: &str = r#"{
+  "embed_dim": 16,
+  "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+}"#;
+
+const TEACHER_JSON: &str = r#"{
+  "embed_dim": 24,
+  "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "head_width": 16, "patch_size": 8},
+  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 48, "heads": 3, "layers": 1}
+}"#;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "clipkd-cli-train-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn clipkd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clipkd"))
+        .args(args)
+        .output()
+        .expect("the clipkd binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = clipkd(args);
+    assert!(
+        out.status.success(),
+        "clipkd {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = clipkd(args);
+    assert!(!out.status.success(), "clipkd {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A 24-bit BMP of `w` x `h` pixels, `rgb(x, y)` each.
+fn write_bmp(path: &Path, w: usize, h: usize, rgb: impl Fn(usize, usize) -> [u8; 3]) {
+    let row = (w * 3).div_ceil(4) * 4;
+    let size = 54 + row * h;
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&(size as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&54u32.to_le_bytes());
+    b.extend_from_slice(&40u32.to_le_bytes());
+    b.extend_from_slice(&(w as i32).to_le_bytes());
+    b.extend_from_slice(&(h as i32).to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    b.extend_from_slice(&[0; 24]);
+    for y in (0..h).rev() {
+        let start = b.len();
+        for x in 0..w {
+            let [r, g, bl] = rgb(x, y);
+            b.extend_from_slice(&[bl, g, r]);
+        }
+        b.resize(start + row, 0);
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// Models, teacher weights, 16 captioned images and a run config in `dir`; returns the config.
+fn setup(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("student.json"), STUDENT_JSON).unwrap();
+    std::fs::write(dir.join("teacher.json"), TEACHER_JSON).unwrap();
+    let teacher = ClipConfig::from_open_clip_json(dir.join("teacher.json")).unwrap();
+    let model = teacher.init::<Flex>(&Default::default()).unwrap();
+    save_open_clip(&model, dir.join("teacher.safetensors")).unwrap();
+
+    let colours = [
+        ("red", [220, 30, 30]),
+        ("green", [30, 200, 40]),
+        ("blue", [30, 40, 220]),
+        ("yellow", [230, 220, 30]),
+    ];
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let mut csv = String::from("title\tfilepath\n");
+    for i in 0..16 {
+        let (name, colour) = colours[i % 4];
+        let file = format!("images/{i:02}.bmp");
+        let offset = i * 3 % 10;
+        write_bmp(&dir.join(&file), 40, 40, |x, y| {
+            if (offset..offset + 28).contains(&x) && (offset..offset + 28).contains(&y) {
+                colour
+            } else {
+                [128, 128, 128]
+            }
+        });
+        csv.push_str(&format!("a photo of a {name} square\t{file}\n"));
+    }
+    std::fs::write(dir.join("train.csv"), csv).unwrap();
+
+    let d = dir.display();
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# 16 images, batches of 4: 4 steps per epoch.
+[data]
+train_data = "{d}/train.csv"
+data_root = "{d}"
+batch_size = 4
+workers = 2
+
+[student]
+model = "{d}/student.json"
+
+[teacher]
+model = "{d}/teacher.json"
+weights = "{d}/teacher.safetensors"
+
+[optim]
+epochs = 2
+warmup = 1
+lr = 2e-3
+
+[run]
+output_dir = "{d}/run"
+log_every_steps = 1
+
+# Retrieval on the training images themselves, every 4 steps and every epoch.
+[eval]
+every_steps = 4
+batch_size = 8
+workers = 1
+
+[eval.retrieval]
+annotations = "{d}/train.csv"
+root = "{d}"
+"#
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn help_lists_the_options() {
+    let distill = ok(&["distill", "--help"]);
+    for flag in [
+        "--config",
+        "--preset",
+        "--set",
+        "--teacher-weights",
+        "--train-data",
+        "--resume",
+        "--device",
+        "--precision",
+    ] {
+        assert!(
+            distill.contains(flag),
+            "distill --help lacks {flag}:\n{distill}"
+        );
+    }
+    let train = ok(&["train", "--help"]);
+    assert!(train.contains("--resume") && !train.contains("--teacher-weights"));
+    let export = ok(&["export", "--help"]);
+    assert!(export.contains("--checkpoint") && export.contains("--model-config"));
+    assert!(ok(&["plot", "--help"]).contains("RUN_DIR"));
+    let presets = ok(&["distill", "--list-presets"]);
+    assert!(presets.contains("vit-l-14-laion-to-vit-b-16"), "{presets}");
+}
+
+#[test]
+fn bad_configs_fail_naming_the_field_or_file() {
+    let dir = TempDir::new();
+    let config = setup(&dir.0);
+    let c = config.to_str().unwrap();
+
+    let e = fails(&["distill", "--config", c, "--set", "optim.lrr=1", "-q"]);
+    assert!(e.contains("optim") && e.contains("lrr"), "{e}");
+
+    let e = fails(&[
+        "distill",
+        "--config",
+        c,
+        "--teacher-weights",
+        "/no/such.safetensors",
+    ]);
+    assert!(
+        e.contains("teacher.weights") && e.contains("/no/such.safetensors"),
+        "{e}"
+    );
+
+    let e = fails(&["distill", "--config", c, "--device", "tpu"]);
+    assert!(e.contains("run.device"), "{e}");
+
+    let e = fails(&["distill", "--config", c, "--set", "optim.epochs=\"many\""]);
+    assert!(e.contains("optim.epochs"), "{e}");
+
+    let e = fails(&["distill", "--config", c, "--loss", "fancy"]);
+    assert!(e.contains("--loss") && e.contains("clip_kd"), "{e}");
+
+    let broken = dir.0.join("broken.toml");
+    std::fs::write(&broken, "[optim]\nlr = 1e-3\nepochs = = 2\n").unwrap();
+    let e = fails(&["distill", "--config", broken.to_str().unwrap()]);
+    assert!(e.contains("broken.toml") && e.contains("line 3"), "{e}");
+
+    let e = fails(&["distill", "--config", "/no/such/run.toml"]);
+    assert!(e.contains("/no/such/run.toml"), "{e}");
+
+    // Nothing was started: no run directory.
+    assert!(!dir.0.join("run").exists());
+
+    // --print-config shows the assembled config without checking files.
+    let printed = ok(&[
+        "distill",
+        "--config",
+        c,
+        "--set",
+        "optim.lr=5e-4",
+        "--print-config",
+    ]);
+    assert!(
+        printed.contains("lr = 0.0005") && printed.contains("warmup = 1"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn distill_stop_resume_export_plot_and_baseline() {
+    let dir = TempDir::new();
+    let config = setup(&dir.0);
+    let c = config.to_str().unwrap();
+    let run = dir.0.join("run");
+
+    // 3 of 8 steps, then stop (as if interrupted) ...
+    ok(&[
+        "distill",
+        "--config",
+        c,
+        "--set",
+        "run.stop_after_steps=3",
+        "-q",
+    ]);
+    assert_eq!(metric_rows(&run).len(), 3);
+    // ... a fresh start into the same directory is refused ...
+    let e = fails(&["distill", "--config", c, "-q"]);
+    assert!(e.contains("--resume"), "{e}");
+    // ... and --resume continues to the end.
+    ok(&["distill", "--config", c, "--resume", "-q"]);
+    let rows = metric_rows(&run);
+    assert_eq!(rows.len(), 8);
+    assert_eq!(rows[7]["step"], 8);
+    assert_eq!(rows[7]["epoch"], 1);
+    for term in ["task", "crd", "icl", "fd"] {
+        assert!(
+            rows[0]["loss"][term].is_number(),
+            "{term} missing: {}",
+            rows[0]
+        );
+    }
+    let fd = |i: usize| rows[i]["loss"]["fd"].as_f64().unwrap();
+    assert!(fd(7) < fd(0), "fd did not go down: {} -> {}", fd(0), fd(7));
+    for plot in ["loss.png", "lr.png", "eval.png"] {
+        assert!(run.join("plots").join(plot).is_file(), "{plot}");
+    }
+    assert!(run.join("config.toml").is_file());
+    // Evaluations at steps 4 and 8 (every 4 steps; the epoch ends fall on the same steps and
+    // do not repeat them); the run resumed at step 3, so none was lost or repeated.
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at: Vec<u64> = evals.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert_eq!(at, [4, 8], "{evals:?}");
+    let r1 = evals[1]["metrics"]["retrieval/image_to_text_R@1"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&r1), "{}", evals[1]);
+
+    // Export the latest checkpoint and load it back.
+    let out = dir.0.join("student.safetensors");
+    let cfg_out = dir.0.join("student_out.json");
+    ok(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model-config",
+        cfg_out.to_str().unwrap(),
+    ]);
+    let cfg = ClipConfig::from_open_clip_json(&cfg_out).unwrap();
+    let model = load_open_clip::<Flex>(&out, &cfg, &Default::default()).unwrap();
+    assert_eq!(model.embed_dim(), 16);
+    let scale: f32 = model.logit_scale().into_scalar();
+    assert!(
+        (scale - 2.659_26).abs() > 1e-5,
+        "the exported student is not the trained one"
+    );
+
+    // Plots on demand.
+    let listed = ok(&["plot", run.to_str().unwrap()]);
+    assert!(listed.contains("loss.png"), "{listed}");
+
+    // The same config without the teacher: the baseline.
+    let base = dir.0.join("base");
+    ok(&[
+        "train",
+        "--config",
+        c,
+        "--output",
+        base.to_str().unwrap(),
+        "--set",
+        "run.stop_after_steps=2",
+        "-q",
+    ]);
+    let rows = metric_rows(&base);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["loss"].as_object().unwrap().len(), 1, "{}", rows[0]);
+    assert!(rows[0]["loss"]["task"].is_number());
+    // A baseline checkpoint cannot be resumed as a distillation.
+    let e = fails(&[
+        "distill",
+        "--config",
+        c,
+        "--output",
+        base.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(e.contains("clipkd train"), "{e}");
+}
