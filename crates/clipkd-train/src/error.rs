@@ -105,7 +105,7 @@ pub enum TrainError {
         "the loss is not finite at step {step} (terms: {terms}); lower optim.lr or set optim.grad_clip_norm"
     )]
     NonFiniteLoss {
-        /// The optimizer step.
+        /// The optimizer step (counted from 1, as in the metrics file).
         step: u64,
         /// The terms, `name=value` comma-separated.
         terms: String,

@@ -378,6 +378,43 @@ mod tests {
     }
 
     #[test]
+    fn resnet_students_group_batch_norms_without_decay_and_train() {
+        let device = Default::default();
+        let cfg = ClipConfig::from_open_clip_json_str(
+            r#"{"embed_dim": 16,
+              "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 4,
+                             "head_width": 32},
+              "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2,
+                           "layers": 1}}"#,
+        )
+        .unwrap();
+        let m = DistillModel::<B> {
+            student: cfg.init::<B>(&device).unwrap(),
+            losses: LossSetConfig::preset(LossPreset::Baseline, 16, 16)
+                .init::<B>(&device)
+                .unwrap(),
+        };
+        let groups = distill_param_groups(&m);
+        let kind = |key: &str| groups.iter().find(|g| g.0 == key).map(|g| g.3);
+        assert_eq!(kind("visual.conv1.weight"), Some(GroupKind::Decay));
+        assert_eq!(kind("visual.bn1.weight"), Some(GroupKind::NoDecay));
+        assert_eq!(kind("visual.layer1.0.bn3.bias"), Some(GroupKind::NoDecay));
+        assert_eq!(
+            kind("visual.attnpool.c_proj.weight"),
+            Some(GroupKind::Decay)
+        );
+        let mut optim = distill_optimizer(&m, AdamWParams::resnet());
+        let images = Tensor::<Flex, 4>::random([4, 3, 64, 64], Distribution::Default, &device);
+        let b = MicroBatch {
+            images,
+            tokens: batch(4).tokens,
+        };
+        let out = train_step(None, m, &mut optim, [b], &StepOptions::new(1e-3)).unwrap();
+        let total: f32 = out.terms.total().into_scalar();
+        assert!(total.is_finite());
+    }
+
+    #[test]
     fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
         let m = model(LossPreset::Baseline, 16);
         let before_proj = m.student.valid().text_projection.clone();

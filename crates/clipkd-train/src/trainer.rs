@@ -638,8 +638,8 @@ impl<B: AutodiffBackend> Runner<B> {
             .map(|b| micro_batch::<B::InnerBackend>(b, &self.device))
             .collect::<Result<Vec<_>, _>>()?;
         let images: u64 = group.iter().map(|b| b.len() as u64).sum();
-        let log_now =
-            (step + 1).is_multiple_of(config.run.log_every_steps) || step + 1 == self.prep.total_steps;
+        let log_now = (step + 1).is_multiple_of(config.run.log_every_steps)
+            || step + 1 == self.prep.total_steps;
         let options = StepOptions {
             lr,
             mask_ratio: Some(config.loss.mask_ratio),
@@ -670,7 +670,7 @@ impl<B: AutodiffBackend> Runner<B> {
             if !total.is_finite() {
                 let terms: Vec<String> = loss.iter().map(|(n, v)| format!("{n}={v}")).collect();
                 return Err(TrainError::NonFiniteLoss {
-                    step,
+                    step: self.state.step,
                     terms: terms.join(", "),
                 });
             }

@@ -354,6 +354,19 @@ fn distill_stop_resume_export_plot_and_baseline() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["loss"].as_object().unwrap().len(), 1, "{}", rows[0]);
     assert!(rows[0]["loss"]["task"].is_number());
+    // Resuming a checkpoint by path, without --config or --output: its own config, its own
+    // run directory.
+    let ckpt = base.join("checkpoints").join("step-00000002");
+    ok(&[
+        "train",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--set",
+        "run.stop_after_steps=3",
+        "-q",
+    ]);
+    assert_eq!(metric_rows(&base).len(), 3);
+    assert!(base.join("checkpoints").join("step-00000003").is_dir());
     // A baseline checkpoint cannot be resumed as a distillation.
     let e = fails(&[
         "distill",

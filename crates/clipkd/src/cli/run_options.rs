@@ -147,6 +147,15 @@ pub fn assemble_config(opts: &RunOptions, extra: &[Override]) -> anyhow::Result<
                 .unwrap_or_else(|| RunConfig::default().run.output_dir);
             let ckpt = checkpoint::resolve_checkpoint(spec, &run_dir)
                 .context("--resume: finding the checkpoint")?;
+            // A checkpoint named by path continues in its own run directory
+            // (`RUN/checkpoints/step-N`), wherever the run was first written.
+            let folder = ckpt.parent();
+            if opts.output.is_none()
+                && folder.is_some_and(|f| f.ends_with(checkpoint::CHECKPOINTS_DIR))
+                && let Some(run) = folder.and_then(Path::parent)
+            {
+                overrides.insert(0, Override::new("run.output_dir", path_value(run)));
+            }
             Some(ckpt.join("config.toml"))
         }
         (None, None) => None,
