@@ -602,6 +602,11 @@ impl Override {
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
             let here = parts[..=i].join(".");
+            if node.is_null() {
+                // An unset optional section (`eval.zero_shot`): setting a field inside it
+                // creates it.
+                *node = Value::Object(Map::new());
+            }
             node = match node {
                 Value::Object(map) => {
                     if last {
@@ -777,7 +782,7 @@ impl RunConfig {
 
     /// The config as TOML (what a run writes to `config.toml`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a run config always serializes to TOML")
+        toml::to_string(self).expect("a run config always serializes to TOML")
     }
 
     /// Writes the config as TOML to `path`.
@@ -1272,6 +1277,18 @@ scale = { mode = "Exp" }
             .unwrap_err()
             .to_string();
         assert!(e.contains("loss.terms.4"), "{e}");
+        // Into an unset optional section.
+        let c = RunConfig::load(
+            None,
+            None,
+            &[Override::parse("eval.zero_shot.root=/x").unwrap()],
+        )
+        .unwrap();
+        assert_eq!(c.eval.zero_shot.map(|z| z.root), Some(PathBuf::from("/x")));
+        let e = RunConfig::load(None, None, &[Override::parse("optim.lr.x=1").unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optim.lr"), "{e}");
     }
 
     #[test]
