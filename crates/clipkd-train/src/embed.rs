@@ -65,10 +65,8 @@ pub fn embed_image_files<B: Backend>(
             let image = DecodedImage::open(path)?;
             transform.eval_into(&image, slot);
         }
-        let images = Tensor::<B, 4>::from_data(
-            TensorData::new(pixels, [chunk.len(), c, h, w]),
-            device,
-        );
+        let images =
+            Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, h, w]), device);
         append_rows(&mut out, model.encode_image_normalized(images))?;
     }
     Ok(out)

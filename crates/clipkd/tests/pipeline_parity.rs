@@ -46,9 +46,12 @@ fn check_model(name: &str) {
     let config =
         ClipConfig::from_open_clip_json(dir.join(entry["config"].as_str().unwrap())).unwrap();
     let device = Default::default();
-    let model =
-        load_open_clip::<Flex>(dir.join(entry["weights"].as_str().unwrap()), &config, &device)
-            .unwrap();
+    let model = load_open_clip::<Flex>(
+        dir.join(entry["weights"].as_str().unwrap()),
+        &config,
+        &device,
+    )
+    .unwrap();
     let transform = ImageTransform::new(eval_transform_config(&config, None).unwrap()).unwrap();
     let ours = embed_image_files(&model, &transform, &files, 4, &device).unwrap();
     let (theirs, shape) = reference(name);
@@ -57,7 +60,11 @@ fn check_model(name: &str) {
     for (i, file) in files.iter().enumerate() {
         let a = ours.row(i);
         let b = &theirs[i * ours.dim..(i + 1) * ours.dim];
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        let dot: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
         let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
         let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
         let cos = dot / (na * nb);

@@ -164,8 +164,21 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
         assert_eq!("wgpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
-        assert_eq!("wgpu:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(Some(1))));
-        assert!("cuda:x".parse::<DeviceSpec>().unwrap_err().contains("not a device index"));
-        assert!("tpu".parse::<DeviceSpec>().unwrap_err().contains("unknown device"));
+        assert_eq!(
+            "wgpu:1".parse::<DeviceSpec>(),
+            Ok(DeviceSpec::Wgpu(Some(1)))
+        );
+        assert!(
+            "cuda:x"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("not a device index")
+        );
+        assert!(
+            "tpu"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("unknown device")
+        );
     }
 }

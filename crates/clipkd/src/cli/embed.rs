@@ -65,7 +65,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         Some(path) => read_lines(path)?,
         None => Vec::new(),
     };
-    let config = ClipConfig::resolve(&args.model).with_context(|| format!("model `{}`", args.model))?;
+    let config =
+        ClipConfig::resolve(&args.model).with_context(|| format!("model `{}`", args.model))?;
     let preprocess_cfg = preprocess_cfg_of(&args.model)?;
     let transform = ImageTransform::new(eval_transform_config(&config, preprocess_cfg.as_ref())?)
         .context("image preprocessing settings")?;
@@ -127,7 +128,7 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// The `preprocess_cfg` object of a model-config JSON file, when `--model` is one.
-fn preprocess_cfg_of(model: &str) -> anyhow::Result<Option<serde_json::Value>> {
+pub(crate) fn preprocess_cfg_of(model: &str) -> anyhow::Result<Option<serde_json::Value>> {
     let path = Path::new(model);
     if !path.is_file() {
         return Ok(None);
@@ -145,7 +146,8 @@ fn write_embeddings(
     images: &HostEmbeddings,
     texts: &HostEmbeddings,
 ) -> anyhow::Result<()> {
-    let bytes = |e: &HostEmbeddings| -> Vec<u8> { e.data.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let bytes =
+        |e: &HostEmbeddings| -> Vec<u8> { e.data.iter().flat_map(|v| v.to_le_bytes()).collect() };
     let (image_bytes, text_bytes) = (bytes(images), bytes(texts));
     let views = [
         ("image_embeds", images, &image_bytes),

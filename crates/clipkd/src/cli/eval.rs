@@ -15,6 +15,7 @@ use clipkd_train::eval::{
 };
 
 use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
+use super::embed::preprocess_cfg_of;
 
 /// The annotation format named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -286,19 +287,6 @@ fn write_results(args: &EvalArgs, report: &EvalReport) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&value).context("serializing the results")?;
     std::fs::write(&args.output, text + "\n")
         .with_context(|| format!("writing {}", args.output.display()))
-}
-
-/// The `preprocess_cfg` object of a model-config JSON file, when `--model` is one.
-fn preprocess_cfg_of(model: &str) -> anyhow::Result<Option<serde_json::Value>> {
-    let path = Path::new(model);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading model config {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("parsing model config {}", path.display()))?;
-    Ok(value.get("preprocess_cfg").cloned())
 }
 
 #[cfg(test)]
