@@ -107,7 +107,11 @@ pub fn embed_texts<B: Backend>(
     Ok(out)
 }
 
-fn append_rows<B: Backend>(out: &mut HostEmbeddings, rows: Tensor<B, 2>) -> Result<(), TrainError> {
+/// Appends a `[n, dim]` device tensor's rows to host embeddings (read back as f32).
+pub(crate) fn append_rows<B: Backend>(
+    out: &mut HostEmbeddings,
+    rows: Tensor<B, 2>,
+) -> Result<(), TrainError> {
     let [n, _] = rows.dims();
     let values = rows
         .into_data()

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{RankSummary, retrieval_ranks};
 use super::{EvalProgress, EvalTask, LoaderSettings};
-use crate::embed::HostEmbeddings;
+use crate::embed::{HostEmbeddings, append_rows};
 use crate::error::TrainError;
 
 /// Which captions of each image take part.
@@ -213,7 +213,7 @@ impl RetrievalEval {
                 TensorData::new(batch.images.clone(), batch.images_shape()),
                 device,
             );
-            append(&mut images, model.encode_image_normalized(pixels))?;
+            append_rows(&mut images, model.encode_image_normalized(pixels))?;
             let first_text = texts.rows;
             let per_text = batch.context_length;
             for rows in batch.tokens.chunks(settings.batch_size.max(1) * per_text) {
@@ -221,7 +221,7 @@ impl RetrievalEval {
                 let ids: Vec<i64> = rows.iter().map(|&t| i64::from(t)).collect();
                 let tokens =
                     Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, per_text]), device);
-                append(&mut texts, model.encode_text_normalized(tokens))?;
+                append_rows(&mut texts, model.encode_text_normalized(tokens))?;
             }
             debug_assert_eq!(texts.rows - first_text, batch.num_texts());
             text_image.extend(
@@ -258,19 +258,6 @@ impl RetrievalEval {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
-}
-
-/// Appends a `[n, dim]` device tensor's rows to host embeddings.
-fn append<B: Backend>(out: &mut HostEmbeddings, rows: Tensor<B, 2>) -> Result<(), TrainError> {
-    let [n, _] = rows.dims();
-    let values = rows
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| TrainError::Device(format!("reading embeddings back: {e:?}")))?;
-    out.data.extend(values);
-    out.rows += n;
-    Ok(())
 }
 
 /// The result of a retrieval evaluation. Recalls are fractions (0.5 = 50%).
