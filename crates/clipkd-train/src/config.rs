@@ -494,6 +494,22 @@ impl fmt::Display for Precision {
     }
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// `f32`, `bf16` or `f16` (case-insensitive), as the config file and `--precision` write it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!(
+                "unknown precision `{s}` (expected f32, bf16 or f16)"
+            )),
+        }
+    }
+}
+
 /// Format of the per-step metrics file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

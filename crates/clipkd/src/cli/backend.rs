@@ -55,27 +55,9 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-/// The floating-point type of every tensor of the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Precision {
-    /// 32-bit floats (every backend).
-    #[default]
-    F32,
-    /// bfloat16 (CUDA).
-    Bf16,
-    /// IEEE half precision (CUDA).
-    F16,
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-            Precision::F16 => "f16",
-        })
-    }
-}
+/// The floating-point type of every tensor of the run: the trainer config's type, parsed
+/// from `--precision f32|bf16|f16`.
+pub use clipkd_train::config::Precision;
 
 /// A command written once for any autodiff backend.
 pub trait BackendTask {

@@ -43,8 +43,8 @@ pub struct BenchArgs {
     /// Device: cpu, cuda[:N], wgpu[:N].
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Floating-point precision of every tensor (bf16/f16 on CUDA only).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// Floating-point precision of every tensor: f32, bf16 or f16 (bf16/f16 on CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Workloads to run, in order (comma separated).
     #[arg(

@@ -37,8 +37,8 @@ pub struct EmbedArgs {
     /// Device: cpu, cuda[:N], wgpu[:N] (among those compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Floating-point precision (bf16/f16 on CUDA only).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// Floating-point precision: f32, bf16 or f16 (bf16/f16 on CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Images or captions per forward pass.
     #[arg(long, default_value_t = 32)]

@@ -1,7 +1,7 @@
 //! `clipkd eval`: zero-shot classification and image-text retrieval of a CLIP checkpoint,
 //! written as JSON (and printed as a short table).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -97,8 +97,8 @@ pub struct EvalArgs {
     /// Device: cpu, cuda[:N], wgpu[:N] (among those compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Floating-point precision (bf16/f16 on CUDA only).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// Floating-point precision: f32, bf16 or f16 (bf16/f16 on CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Images (and prompts or captions) per forward pass.
     #[arg(long, default_value_t = clipkd_train::eval::DEFAULT_BATCH_SIZE)]

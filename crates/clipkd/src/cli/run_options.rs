@@ -60,8 +60,8 @@ pub struct RunOptions {
     /// Device: cpu, cuda[:N], wgpu[:N] (`run.device`).
     #[arg(long)]
     pub device: Option<String>,
-    /// Floating-point precision (`run.precision`; bf16/f16 on CUDA only).
-    #[arg(long, value_enum)]
+    /// Floating-point precision: f32, bf16 or f16 (`run.precision`; bf16/f16 on CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16")]
     pub precision: Option<Precision>,
     /// Continue a run: `latest` (the latest checkpoint of the output directory) or a
     /// checkpoint or run directory. Without --config, the checkpoint's own config is used.
@@ -180,11 +180,7 @@ pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow
         .device
         .parse()
         .map_err(|e: String| anyhow::anyhow!("config field `run.device`: {e}"))?;
-    let precision = match config.run.precision {
-        clipkd_train::config::Precision::F32 => Precision::F32,
-        clipkd_train::config::Precision::Bf16 => Precision::Bf16,
-        clipkd_train::config::Precision::F16 => Precision::F16,
-    };
+    let precision = config.run.precision;
     // `--resume PATH` resumes that checkpoint; `--resume latest` the output directory's.
     let prepared =
         PreparedRun::prepare(config, mode, opts.resume.as_deref())?.with_progress(if opts.quiet {
