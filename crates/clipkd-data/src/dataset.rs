@@ -27,6 +27,7 @@ mod csv;
 mod image_folder;
 pub(crate) mod order;
 mod retrieval;
+pub mod shapes;
 mod synthetic;
 mod webdataset;
 
