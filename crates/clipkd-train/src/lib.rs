@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod demo;
 pub mod embed;
 pub mod error;
 pub mod eval;

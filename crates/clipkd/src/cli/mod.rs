@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod demo;
 pub mod distill;
 pub mod embed;
 pub mod eval;
@@ -25,6 +26,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The built-in demonstration (no download): render a captioned-shapes dataset, train a
+    /// teacher, then a student without and with CLIP-KD, and compare them.
+    Demo(demo::DemoArgs),
     /// Embed images and captions with a CLIP model (open_clip checkpoint) into a safetensors file.
     Embed(embed::EmbedArgs),
     /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
@@ -44,6 +48,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
