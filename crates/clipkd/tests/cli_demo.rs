@@ -7,51 +7,13 @@
 //! anything. It is measured over three seeds of the standard demo in `docs/demo.md`.
 #![cfg(feature = "flex")]
 
+mod common;
+
+use common::{TempDir, clipkd, ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "clipkd-cli-demo-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn clipkd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipkd"))
-        .args(args)
-        .output()
-        .expect("the clipkd binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = clipkd(args);
-    assert!(
-        out.status.success(),
-        "clipkd {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn fraction(v: &Value, what: &str) -> f64 {
     let x = v
@@ -73,7 +35,7 @@ fn checkpoint_weights(run: &Path) -> PathBuf {
 
 #[test]
 fn quick_demo_prints_the_table_and_writes_results() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("cli-demo");
     let out = dir.0.join("demo");
     let out_s = out.to_str().unwrap();
     let stdout = ok(&[
@@ -200,7 +162,7 @@ fn quick_demo_prints_the_table_and_writes_results() {
 
 #[test]
 fn foreign_folders_are_refused_and_configs_assemble() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("cli-demo");
     let foreign = dir.0.join("mine");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("thesis.tex"), "keep").unwrap();

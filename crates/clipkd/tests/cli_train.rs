@@ -3,9 +3,11 @@
 //! that name the field or file before any work.
 #![cfg(feature = "flex")]
 
+mod common;
+
+use common::{TempDir, clipkd, ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn_flex::Flex;
 use clipkd_models::{ClipConfig, load_open_clip, save_open_clip};
@@ -21,46 +23,6 @@ const TEACHER_JSON: &str = r#"{
   "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "head_width": 16, "patch_size": 8},
   "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 48, "heads": 3, "layers": 1}
 }"#;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "clipkd-cli-train-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn clipkd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipkd"))
-        .args(args)
-        .output()
-        .expect("the clipkd binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = clipkd(args);
-    assert!(
-        out.status.success(),
-        "clipkd {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn fails(args: &[&str]) -> String {
     let out = clipkd(args);
@@ -206,7 +168,7 @@ fn help_lists_the_options() {
 
 #[test]
 fn bad_configs_fail_naming_the_field_or_file() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("cli-train");
     let config = setup(&dir.0);
     let c = config.to_str().unwrap();
 
@@ -262,7 +224,7 @@ fn bad_configs_fail_naming_the_field_or_file() {
 
 #[test]
 fn distill_stop_resume_export_plot_and_baseline() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("cli-train");
     let config = setup(&dir.0);
     let c = config.to_str().unwrap();
     let run = dir.0.join("run");
