@@ -22,12 +22,16 @@ ICL = CE(c * s_img t_txt^T) + CE(c * s_txt t_img^T), halves; recipe: task + CRD 
 
 Requirements: torch with CUDA (or CPU for a smoke test), open_clip_torch 3.3.0.
 Example: python3 tools/bench_torch_kd.py --device cuda --precisions amp-bf16,bf16,tf32
-Smoke test on a CPU: python3 tools/bench_torch_kd.py --device cpu --teacher ViT-T-16-tiny ...
+Smoke test on a CPU: python3 tools/bench_torch_kd.py --device cpu --teacher tiny-teacher --student tiny-student ...
+CPU comparison with `cargo bench -p clipkd-train --bench train_step` (its default shapes):
+  python3 tools/bench_torch_kd.py --device cpu --threads 2 --teacher ViT-B-16 --student ViT-T-16 \
+      --image-size 64 --batch 32 --modes student,kd --precisions f32 --warmup 1 --steps 5 --no-flops
 """
 
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -46,12 +50,28 @@ TINY_CONFIGS = {
 }
 
 
-def create(name, device):
+# Model configs clipkd bundles that open_clip 3.3.0 does not (CLIP-KD's ViT-T-16).
+CLIPKD_PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "clipkd-models", "src", "presets")
+
+
+def create(name, device, image_size=None):
+    """An open_clip model by config name (open_clip's, a clipkd-bundled one, or a tiny one),
+    randomly initialised; `image_size` overrides the config's (as `clipkd bench` and the CPU
+    train_step bench do)."""
     # Parameters are created on the device directly (random init of ViT-L on the CPU is slow).
     with torch.device(device):
         if name in TINY_CONFIGS:
-            return open_clip.model.CLIP(**TINY_CONFIGS[name])
-        return open_clip.create_model(name, pretrained=None)
+            cfg = json.loads(json.dumps(TINY_CONFIGS[name]))
+        elif name not in open_clip.list_models() and os.path.isfile(os.path.join(CLIPKD_PRESETS, name + ".json")):
+            with open(os.path.join(CLIPKD_PRESETS, name + ".json")) as f:
+                cfg = json.load(f)
+        else:
+            return open_clip.create_model(name, pretrained=None, force_image_size=image_size)
+        if image_size is not None:
+            cfg["vision_cfg"]["image_size"] = image_size
+        quick_gelu = cfg.pop("quick_gelu", False)
+        cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
+        return open_clip.model.CLIP(**cfg, quick_gelu=quick_gelu)
 
 
 class KdLoss(torch.nn.Module):
@@ -176,10 +196,10 @@ def run(args, mode, precision, device):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     teacher = student = loss = opt = None
     if mode in ("kd", "teacher"):
-        teacher = create(args.teacher, device).to(device=device, dtype=dtype).eval()
+        teacher = create(args.teacher, device, args.image_size).to(device=device, dtype=dtype).eval()
         teacher.requires_grad_(False)
     if mode in ("kd", "student"):
-        student = create(args.student, device).to(device=device, dtype=dtype).train()
+        student = create(args.student, device, args.image_size).to(device=device, dtype=dtype).train()
     if mode == "kd":
         d_s = student.text_projection.shape[1]
         d_t = teacher.text_projection.shape[1]
@@ -248,12 +268,17 @@ def main():
     parser.add_argument("--teacher", default="ViT-L-14")
     parser.add_argument("--student", default="ViT-B-16")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="override both models' image size (default: the configs')")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--modes", default="kd,teacher,student")
     parser.add_argument("--precisions", default="amp-bf16,bf16,tf32,f32")
     parser.add_argument("--no-flops", dest="flops", action="store_false")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     for precision in args.precisions.split(","):
         for mode in args.modes.split(","):
