@@ -292,11 +292,10 @@ impl<B: AutodiffBackend> ValidTerms<B> for LossTerms<B> {
 mod tests {
     use super::*;
     use burn::backend::Autodiff;
-    use burn::module::AutodiffModule;
     use burn::tensor::{Distribution, TensorData};
     use burn_flex::Flex;
     use clipkd_losses::{LossPreset, LossSetConfig};
-    use clipkd_models::{ClipConfig, TextProjection};
+    use clipkd_models::ClipConfig;
 
     type B = Autodiff<Flex>;
 
@@ -412,43 +411,6 @@ mod tests {
         let out = train_step(None, m, &mut optim, [b], &StepOptions::new(1e-3)).unwrap();
         let total: f32 = out.terms.total().into_scalar();
         assert!(total.is_finite());
-    }
-
-    #[test]
-    fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
-        let m = model(LossPreset::Baseline, 16);
-        let before_proj = m.student.valid().text_projection.clone();
-        let before_scale: f32 = m.student.valid().logit_scale().into_scalar();
-        let mut optim = distill_optimizer(&m, AdamWParams::vit());
-        let b = batch(6);
-        let mut model = Some(m);
-        let mut totals = Vec::new();
-        for _ in 0..8 {
-            let out = train_step(
-                None,
-                model.take().unwrap(),
-                &mut optim,
-                [b.clone()],
-                &StepOptions::new(5e-3),
-            )
-            .unwrap();
-            totals.push(out.terms.total().into_scalar());
-            model = Some(out.model);
-        }
-        assert!(totals[7] < totals[0] - 0.1, "{totals:?}");
-        let m = model.unwrap().student.valid();
-        let after_scale: f32 = m.logit_scale().into_scalar();
-        assert!(
-            (after_scale - before_scale).abs() > 1e-3,
-            "logit_scale did not move"
-        );
-        let changed = match (before_proj, m.text_projection) {
-            (Some(TextProjection::Matrix(a)), Some(TextProjection::Matrix(b))) => {
-                a.val().into_data() != b.val().into_data()
-            }
-            _ => panic!("a matrix text projection"),
-        };
-        assert!(changed, "text_projection did not move");
     }
 
     #[test]
