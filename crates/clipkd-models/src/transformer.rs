@@ -101,6 +101,18 @@ pub(crate) fn linear<B: Backend>(
     }
 }
 
+/// `linear` applied to every token of `x` (`[N, L, d_in]` -> `[N, L, d_out]`) as ONE 2-D
+/// product over the `N * L` rows. Numerically the same as `linear.forward(x)`, but Burn's
+/// backward for a 3-D input computes the weight gradient as `N` separate `[d_in, d_out]`
+/// products (each over only `L` rows) and then sums them; on the 2-D view it is a single
+/// `[d_in, N L] x [N L, d_out]` product, without the `N`-fold temporary.
+pub(crate) fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [n, l, d] = x.dims();
+    let y = linear.forward(x.reshape([n * l, d]));
+    let d_out = y.dims()[1];
+    y.reshape([n, l, d_out])
+}
+
 /// `nn.Linear(d_in, d_out)` with PyTorch's default initialisation (weight and bias uniform
 /// ±1/√d_in).
 pub(crate) fn torch_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
@@ -185,9 +197,7 @@ impl<B: Backend> MultiheadAttention<B> {
         let h = self.heads;
         // One matmul for q, k and v; PyTorch's packed layout is [q | k | v] along the last
         // dimension, each split into heads, so [N, L, 3d] -> [N, L, 3h, d/h] -> [N, 3h, L, d/h].
-        let qkv = self
-            .in_proj
-            .forward(x)
+        let qkv = linear_tokens(&self.in_proj, x)
             .reshape([n, l, 3 * h, d / h])
             .swap_dims(1, 2);
         let q = qkv.clone().narrow(1, 0, h);
@@ -199,8 +209,7 @@ impl<B: Backend> MultiheadAttention<B> {
             is_causal: causal,
         };
         let out = attention(q, k, v, None, None, options);
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([n, l, d]))
+        linear_tokens(&self.out_proj, out.swap_dims(1, 2).reshape([n, l, d]))
     }
 }
 
@@ -219,8 +228,8 @@ impl<B: Backend> Mlp<B> {
     /// # Shapes
     /// - `x`: `[N, L, width]` -> `[N, L, width]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.c_fc.forward(x);
-        self.c_proj.forward(self.activation.forward(x))
+        let x = linear_tokens(&self.c_fc, x);
+        linear_tokens(&self.c_proj, self.activation.forward(x))
     }
 }
 
