@@ -60,7 +60,7 @@ pub const DEMO_MARKER: &str = ".clipkd-demo";
 pub const RESULTS_FILE: &str = "results.json";
 
 /// What the demo does: data, models, training lengths. [`DemoConfig::default`] is the standard
-/// demo (about 5 minutes on 2 CPU cores); [`DemoConfig::quick`] a run of seconds for tests.
+/// demo (about 4 minutes on 2 CPU cores); [`DemoConfig::quick`] a run of seconds for tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoConfig {
