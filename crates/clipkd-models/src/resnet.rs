@@ -17,7 +17,7 @@ use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::ModifiedResNetConfig;
-use crate::transformer::{linear, normal, uniform};
+use crate::transformer::{linear, linear_tokens, normal, uniform};
 
 /// `nn.AvgPool2d(k)` (kernel = stride = k, no padding, floor mode).
 fn avg_pool<B: Backend>(x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
@@ -173,19 +173,14 @@ impl<B: Backend> AttentionPool2d<B> {
         let l = h * w + 1;
         let heads = self.heads;
         let hd = c / heads;
-        let q = self
-            .q_proj
-            .forward(x.clone().narrow(1, 0, 1))
+        // Token-flat projections: one weight-gradient product each (see `linear_tokens`).
+        let q = linear_tokens(&self.q_proj, x.clone().narrow(1, 0, 1))
             .reshape([n, 1, heads, hd])
             .swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(x.clone())
+        let k = linear_tokens(&self.k_proj, x.clone())
             .reshape([n, l, heads, hd])
             .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
+        let v = linear_tokens(&self.v_proj, x)
             .reshape([n, l, heads, hd])
             .swap_dims(1, 2);
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
