@@ -458,7 +458,7 @@ pub fn run_demo<B: AutodiffBackend>(
     );
     say(format!(
         "[2/5] training the teacher ({} transformer parameters) for {} steps into {}",
-        human(transformer_params::<B::InnerBackend>(&teacher_cfg, device)),
+        report::human_count(transformer_params::<B::InnerBackend>(&teacher_cfg, device)),
         config.teacher_epochs * config.steps_per_epoch(),
         layout.teacher_run.display()
     ));
@@ -481,7 +481,7 @@ pub fn run_demo<B: AutodiffBackend>(
     say(format!(
         "[3/5] training the student without a teacher ({} transformer parameters) for {} \
          steps into {}",
-        human(transformer_params::<B::InnerBackend>(&student_cfg, device)),
+        report::human_count(transformer_params::<B::InnerBackend>(&student_cfg, device)),
         config.student_epochs * config.steps_per_epoch(),
         layout.baseline_run.display()
     ));
@@ -501,6 +501,7 @@ pub fn run_demo<B: AutodiffBackend>(
     kd_run.student.init = Some(student_init);
     kd_run.teacher.model = teacher_json.to_string_lossy().into_owned();
     kd_run.teacher.weights = Some(teacher_weights.clone());
+    kd_run.loss.preset = None;
     kd_run.loss.terms = config.kd_loss_terms();
     say(format!(
         "[4/5] distilling the student from the teacher (CLIP-KD: task + CRD {} + ICL {} + FD \
@@ -619,14 +620,11 @@ fn run_config(
 }
 
 fn train<B: AutodiffBackend>(
-    mut rc: RunConfig,
+    rc: RunConfig,
     mode: TrainMode,
     device: &B::Device,
     progress: ProgressMode,
 ) -> Result<RunSummary, TrainError> {
-    if mode == TrainMode::Distill {
-        rc.loss.preset = None;
-    }
     PreparedRun::prepare(rc, mode, None)?
         .with_progress(progress)
         .run::<B>(device)
@@ -669,11 +667,6 @@ fn transformer_params<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> usize {
     report::param_counts::<B>(config, device).map_or(0, |(total, table)| total - table)
-}
-
-/// `1.23M`, `456k`, `789`.
-fn human(n: usize) -> String {
-    report::human_count(n)
 }
 
 #[cfg(test)]
