@@ -19,18 +19,26 @@
 //! sample, counts it under a [`SkipReason`] and keeps the first few as examples in a
 //! [`SkipReport`]; each is also logged with `log::warn!` (the first few of each kind, then a
 //! summary). The same holds for a malformed CSV line, which is dropped while the CSV is read
-//! ([`CsvDataset::skipped`]). Errors ([`DataError`]) are kept for what makes a whole dataset
-//! unusable: an unreadable or empty CSV, a column missing from a header, a shard pattern that
-//! matches nothing, an image folder without classes.
+//! ([`CsvDataset::skipped`], [`DataSource::read_skips`]). Errors ([`DataError`]) are kept for
+//! what makes a whole dataset unusable: an unreadable or empty CSV, a column missing from a
+//! header, a CSV ending inside a quoted field, a shard pattern that matches nothing, an image
+//! folder without classes.
+//!
+//! Image paths that are not regular files (a FIFO would block the reader) and images whose
+//! header claims more pixels than PIL accepts are refused before they are opened or decoded
+//! ([`SkipReason::NotAFile`], [`SkipReason::TooLarge`]). [`DataSource::probe`] decodes a few
+//! samples up front, to tell before training whether the data is usable at all.
 
 mod csv;
 mod image_folder;
 pub(crate) mod order;
+mod probe;
 mod retrieval;
 pub mod shapes;
 mod synthetic;
 mod webdataset;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -44,6 +52,7 @@ use crate::image::DecodedImage;
 
 pub use self::csv::{CsvConfig, CsvDataset, CsvSource};
 pub use image_folder::{IMAGE_EXTENSIONS, ImageFolder};
+pub use probe::ProbeReport;
 pub use retrieval::{CaptionGrouping, RetrievalDataset};
 pub use synthetic::SyntheticDataset;
 pub use webdataset::{
@@ -103,6 +112,12 @@ pub trait IndexedDataset: Send + Sync + fmt::Debug {
     /// # Panics
     /// If `index >= self.len()`.
     fn sample(&self, index: usize) -> SampleRef;
+
+    /// What was dropped while the dataset was read, before any sample is loaded (malformed CSV
+    /// lines: [`CsvDataset::skipped`]). Empty by default.
+    fn read_skips(&self) -> SkipReport {
+        SkipReport::default()
+    }
 }
 
 /// What a [`DataLoader`](crate::loader::DataLoader) reads: a random-access dataset or a
@@ -126,6 +141,16 @@ impl DataSource {
         match self {
             DataSource::Indexed(d) => Some(d.len()),
             DataSource::WebDataset(_) => None,
+        }
+    }
+
+    /// What was dropped while the data was opened, before any sample is loaded: the malformed
+    /// lines of CSV data ([`IndexedDataset::read_skips`]); empty for webdatasets, whose
+    /// problems show while they are read.
+    pub fn read_skips(&self) -> SkipReport {
+        match self {
+            DataSource::Indexed(d) => d.read_skips(),
+            DataSource::WebDataset(_) => SkipReport::default(),
         }
     }
 
@@ -264,8 +289,15 @@ impl fmt::Display for DatasetKind {
 pub enum SkipReason {
     /// The image file does not exist.
     MissingFile,
-    /// The image file exists but cannot be read (permissions, I/O error, a directory).
+    /// The image file exists but cannot be read (permissions, I/O error).
     UnreadableFile,
+    /// The image path is not a regular file: a directory, a FIFO, a socket, a device (never
+    /// opened: a FIFO would block).
+    NotAFile,
+    /// The image is too large: its header claims more pixels than
+    /// [`MAX_IMAGE_PIXELS`](crate::image::MAX_IMAGE_PIXELS), or the file is larger than
+    /// [`MAX_IMAGE_FILE_BYTES`](crate::image::MAX_IMAGE_FILE_BYTES). Refused before decoding.
+    TooLarge,
     /// The image cannot be decoded: truncated, not an image, unsupported format.
     CorruptImage,
     /// A tar sample has no image member (`jpg`, `jpeg`, `png`, `webp`).
@@ -286,9 +318,11 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Every reason, in report order.
-    pub const ALL: [SkipReason; 10] = [
+    pub const ALL: [SkipReason; 12] = [
         SkipReason::MissingFile,
         SkipReason::UnreadableFile,
+        SkipReason::NotAFile,
+        SkipReason::TooLarge,
         SkipReason::CorruptImage,
         SkipReason::NoImage,
         SkipReason::NoCaption,
@@ -304,6 +338,8 @@ impl SkipReason {
         match self {
             SkipReason::MissingFile => "missing_file",
             SkipReason::UnreadableFile => "unreadable_file",
+            SkipReason::NotAFile => "not_a_file",
+            SkipReason::TooLarge => "too_large",
             SkipReason::CorruptImage => "corrupt_image",
             SkipReason::NoImage => "no_image",
             SkipReason::NoCaption => "no_caption",
@@ -312,6 +348,25 @@ impl SkipReason {
             SkipReason::UnreadableShard => "unreadable_shard",
             SkipReason::MalformedLine => "malformed_line",
             SkipReason::Panic => "panic",
+        }
+    }
+}
+
+impl SkipReason {
+    /// The reason a sample is skipped when reading or decoding its image fails with `error`:
+    /// a missing file, an unreadable one, a path that is not a regular file, an image too
+    /// large, otherwise a corrupt image.
+    pub fn of_image_error(error: &DataError) -> Self {
+        match error {
+            DataError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                SkipReason::MissingFile
+            }
+            DataError::Io { .. } => SkipReason::UnreadableFile,
+            DataError::NotAFile { .. } => SkipReason::NotAFile,
+            DataError::ImageTooLarge { .. } | DataError::ImageFileTooLarge { .. } => {
+                SkipReason::TooLarge
+            }
+            _ => SkipReason::CorruptImage,
         }
     }
 }
@@ -369,6 +424,15 @@ impl SkipReport {
         }
     }
 
+    /// Counts `n` skipped items (lines of one malformed CSV record) described by `skipped`,
+    /// keeping it as one example.
+    pub(crate) fn record_n(&mut self, skipped: &Skipped, n: u64) {
+        *self.counts.entry(skipped.reason).or_insert(0) += n;
+        if self.examples.len() < Self::EXAMPLES {
+            self.examples.push(skipped.clone());
+        }
+    }
+
     /// Adds another report's counts and examples (up to the example limit).
     pub fn merge(&mut self, other: &SkipReport) {
         for (&reason, &n) in &other.counts {
@@ -412,6 +476,28 @@ impl fmt::Display for SkipReport {
         }
         Ok(())
     }
+}
+
+/// Reads and decodes a sample's image, as the loader's workers and [`DataSource::probe`] do; a
+/// failure is the skip it causes (see [`SkipReason::of_image_error`]), keyed `key`.
+pub(crate) fn load_image<'a>(
+    image: &'a ImageSource,
+    key: &str,
+) -> Result<Cow<'a, DecodedImage>, Skipped> {
+    let decoded = match image {
+        ImageSource::File(path) => DecodedImage::open(path),
+        ImageSource::Encoded { bytes, name } => DecodedImage::from_bytes(bytes, name),
+        ImageSource::Decoded(img) => return Ok(Cow::Borrowed(img)),
+    };
+    decoded.map(Cow::Owned).map_err(|e| Skipped {
+        reason: SkipReason::of_image_error(&e),
+        key: key.to_string(),
+        // The key is the path already.
+        message: match e {
+            DataError::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        },
+    })
 }
 
 /// Logs a skipped sample with `log::warn!`: every one while `seen` (the count of this reason so

@@ -43,6 +43,48 @@ pub enum DataError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An image's header claims more pixels than [`MAX_IMAGE_PIXELS`] (PIL's decompression-bomb
+    /// threshold): refused before anything is allocated or decoded, since a few hundred bytes
+    /// can claim gigabytes of pixels.
+    ///
+    /// [`MAX_IMAGE_PIXELS`]: crate::image::MAX_IMAGE_PIXELS
+    #[error(
+        "image {path}: {width}x{height} pixels, more than the limit of {limit} (PIL's \
+         decompression-bomb threshold); not decoded"
+    )]
+    ImageTooLarge {
+        /// The file (or the name the bytes came with).
+        path: PathBuf,
+        /// The width the header claims.
+        width: u64,
+        /// The height the header claims.
+        height: u64,
+        /// The largest number of pixels accepted.
+        limit: u64,
+    },
+    /// An image file is larger than [`MAX_IMAGE_FILE_BYTES`]: refused before it is read into
+    /// memory.
+    ///
+    /// [`MAX_IMAGE_FILE_BYTES`]: crate::image::MAX_IMAGE_FILE_BYTES
+    #[error("image {path}: the file has {bytes} bytes, more than the limit of {limit}; not read")]
+    ImageFileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The largest size accepted.
+        limit: u64,
+    },
+    /// An image path names something other than a regular file (a directory, a FIFO, a
+    /// socket, a device): refused before it is opened, since opening a FIFO blocks until a
+    /// writer appears.
+    #[error("image {path}: not a regular file but {kind}")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is (`a directory`, `a FIFO`, ...).
+        kind: &'static str,
+    },
     /// An image transform setting is out of range.
     #[error("image transform: invalid {field}: {reason}")]
     InvalidTransform {

@@ -37,13 +37,20 @@
 //!
 //! EXIF orientation is not applied (PIL's `Image.open` does not either). JPEGs are decoded at
 //! full size (no DCT-domain downscaling), which is what PIL does without `draft()`.
+//!
+//! # Limits
+//! An image whose header claims more than [`MAX_IMAGE_PIXELS`] pixels (PIL's
+//! `DecompressionBombError` threshold) is refused before anything is allocated, whatever its
+//! format; [`DecodedImage::open`] also refuses paths that are not regular files (a FIFO would
+//! block) and files larger than [`MAX_IMAGE_FILE_BYTES`], before reading them.
 
 mod decode;
 mod pil;
 mod tensor;
 mod transform;
 
-pub use decode::{DecodedImage, PilMode};
+pub(crate) use decode::file_kind;
+pub use decode::{DecodedImage, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, PilMode};
 pub use tensor::ImageTensor;
 pub use transform::{
     CropBox, EvalGeometry, ImageTransform, Interpolation, OPENAI_MEAN, OPENAI_STD, ResizeMode,

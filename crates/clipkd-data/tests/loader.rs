@@ -134,7 +134,7 @@ fn corrupt_and_missing_images_are_skipped_and_counted() {
         assert_eq!(report.total(), 4, "{report}");
         assert_eq!(report.count(SkipReason::CorruptImage), 2, "{report}");
         assert_eq!(report.count(SkipReason::MissingFile), 1, "{report}");
-        assert_eq!(report.count(SkipReason::UnreadableFile), 1, "{report}");
+        assert_eq!(report.count(SkipReason::NotAFile), 1, "{report}");
         let keys: Vec<&str> = report.examples.iter().map(|e| e.key.as_str()).collect();
         for bad in ["img3.jpg", "img5.jpg", "img7.jpg", "img8.jpg"] {
             assert!(

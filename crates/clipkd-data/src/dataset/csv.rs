@@ -1,6 +1,10 @@
 //! CLIP-KD's CSV training data.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use ::csv::Position;
 
 use super::{
     ImageSource, IndexedDataset, SampleRef, SkipReason, SkipReport, Skipped, warn_skipped,
@@ -144,10 +148,19 @@ struct Row {
 ///
 /// # Errors and skipped lines
 /// A file that cannot be read, has no header or no data row, or lacks a configured column is
-/// an error naming the file (and the column). A *line* that has a different number of fields
-/// from the header, an empty image path, or bytes that are not UTF-8 is skipped, counted
-/// ([`SkipReason::MalformedLine`], key `file.csv:line`) and logged; the rest of the file is
-/// used. (pandas, which open_clip uses, stops with an error instead.) Empty captions are kept.
+/// an error naming the file (and the column). So is a file that ends inside a quoted field
+/// (a caption starting with a stray `"` that nothing closes): the reader would take the rest
+/// of the file into that one field, so the error names the line of the opening quote and
+/// suggests turning [`CsvConfig::quoting`] off (pandas raises "EOF inside string" there). This
+/// check re-reads only the last record, and is skipped for input that is not a regular file
+/// (a pipe).
+///
+/// A *line* that has a different number of fields from the header, an empty image path, or
+/// bytes that are not UTF-8 is skipped, counted ([`SkipReason::MalformedLine`], key
+/// `file.csv:line`) and logged; the rest of the file is used. (pandas, which open_clip uses,
+/// stops with an error instead.) A record that spans several lines (a quoted field holding
+/// line breaks, often opened by a stray quote and closed by the next one) counts as that many
+/// lines, and its message names the span (`lines 5-42`). Empty captions are kept.
 ///
 /// Rows are stored in one text arena (about 24 bytes per row plus the text), so CC12M's ten
 /// million rows take about 1.5 GB.
@@ -232,10 +245,32 @@ impl CsvDataset {
                     found: names.join(", "),
                 })
         };
+        // A second handle on the file: where records start and end, and whether the file ends
+        // inside a quoted field, are read from the raw bytes (the reader does not say).
+        let mut raw = RawBytes::open(path);
+        let unclosed = |raw: &mut RawBytes, start: &Position, end: &Position| {
+            let line = raw.unclosed_quote(start, end.byte(), config.separator)?;
+            Some(csv_err(format!(
+                "line {line}: a quoted field starts here and is never closed, so the rest of \
+                 the file would be read into that one field (pandas raises \"EOF inside \
+                 string\"). If `\"` does not quote fields in this file (a caption starting \
+                 with a stray quote), read it without quoting: `data.csv_quoting = false` \
+                 (CsvConfig::quoting)"
+            )))
+        };
+        let header_end = reader.position().clone();
+        if config.quoting
+            && let Some(e) = unclosed(&mut raw, &Position::new(), &header_end)
+        {
+            return Err(e);
+        }
         let cap_col = column(&config.caption_key)?;
         let img_col = column(&config.image_key)?;
         let mut record = ::csv::ByteRecord::new();
         let rows_before = self.rows.len();
+        // The last record read (or the header): the only one that can end inside a quoted
+        // field, since the reader takes everything to the end of the file into it.
+        let mut last = (Position::new(), header_end);
         loop {
             match reader.read_byte_record(&mut record) {
                 Ok(false) => break,
@@ -243,26 +278,32 @@ impl CsvDataset {
                 Err(e) => {
                     // The reader cannot resynchronize after an I/O error; a parse error of one
                     // record is reported by line and the reading goes on.
-                    let line = e.position().map(|p| p.line());
+                    let start = e.position().cloned();
                     match e.into_kind() {
                         ::csv::ErrorKind::Io(err) => {
                             return Err(csv_err(format!(
                                 "read error after line {}: {err}",
-                                line.unwrap_or(0)
+                                start.map_or(0, |p| p.line())
                             )));
                         }
                         other => {
-                            self.malformed(path, line.unwrap_or(0), format!("{other:?}"));
+                            let end = reader.position().clone();
+                            let start = start.unwrap_or_else(|| end.clone());
+                            let lines = raw.lines(&start, &end);
+                            last = (start, end);
+                            self.malformed(path, lines, format!("{other:?}"));
                             continue;
                         }
                     }
                 }
             }
-            let line = record.position().map_or(0, |p| p.line());
+            // The reader sets every record's position.
+            let start = record.position().cloned().unwrap_or_else(Position::new);
+            last = (start, reader.position().clone());
             if record.len() != header.len() {
                 self.malformed(
                     path,
-                    line,
+                    raw.lines(&last.0, &last.1),
                     format!(
                         "{} fields where the header has {} (separator {:?})",
                         record.len(),
@@ -276,17 +317,19 @@ impl CsvDataset {
                 std::str::from_utf8(&record[cap_col]),
                 std::str::from_utf8(&record[img_col]),
             ) else {
-                self.malformed(path, line, "not valid UTF-8".into());
+                self.malformed(path, raw.lines(&last.0, &last.1), "not valid UTF-8".into());
                 continue;
             };
             if image.trim().is_empty() {
-                self.malformed(path, line, format!("empty `{}`", config.image_key));
+                let what = format!("empty `{}`", config.image_key);
+                self.malformed(path, raw.lines(&last.0, &last.1), what);
                 continue;
             }
             let (Ok(caption_len), Ok(path_len)) =
                 (u32::try_from(caption.len()), u32::try_from(image.len()))
             else {
-                self.malformed(path, line, "a field longer than 4 GiB".into());
+                let what = "a field longer than 4 GiB".into();
+                self.malformed(path, raw.lines(&last.0, &last.1), what);
                 continue;
             };
             let start = self.text.len() as u64;
@@ -299,19 +342,36 @@ impl CsvDataset {
                 source,
             });
         }
+        if config.quoting
+            && let Some(e) = unclosed(&mut raw, &last.0, &last.1)
+        {
+            return Err(e);
+        }
         if self.rows.len() == rows_before {
             return Err(csv_err("no data rows after the header".into()));
         }
         Ok(())
     }
 
-    fn malformed(&mut self, path: &Path, line: u64, what: String) {
+    /// Counts a skipped record spanning `lines` (first and last line of its text) as that
+    /// many malformed lines: what users see is "bad lines", and one stray quote can merge
+    /// dozens of lines into one record.
+    fn malformed(&mut self, path: &Path, lines: (u64, u64), what: String) {
+        let (first, last) = lines;
+        let message = if last > first {
+            format!(
+                "lines {first}-{last}, read as one record because a quoted field spans them: \
+                 {what}"
+            )
+        } else {
+            what
+        };
         let s = Skipped {
             reason: SkipReason::MalformedLine,
-            key: format!("{}:{line}", path.display()),
-            message: what,
+            key: format!("{}:{first}", path.display()),
+            message,
         };
-        self.skipped.record(&s);
+        self.skipped.record_n(&s, last - first + 1);
         warn_skipped(&s, self.skipped.count(SkipReason::MalformedLine));
     }
 
@@ -320,7 +380,8 @@ impl CsvDataset {
         &self.sources
     }
 
-    /// The malformed lines that were skipped while reading.
+    /// The malformed lines that were skipped while reading (a record spanning several lines
+    /// counts as that many). Also [`IndexedDataset::read_skips`].
     pub fn skipped(&self) -> &SkipReport {
         &self.skipped
     }
@@ -363,6 +424,10 @@ impl IndexedDataset for CsvDataset {
         self.rows.len()
     }
 
+    fn read_skips(&self) -> SkipReport {
+        self.skipped.clone()
+    }
+
     fn sample(&self, index: usize) -> SampleRef {
         let path = self.image_path(index);
         SampleRef {
@@ -372,5 +437,143 @@ impl IndexedDataset for CsvDataset {
             captions: vec![self.caption(index).to_string()],
             label: None,
         }
+    }
+}
+
+/// A second handle on a CSV file, to look at the raw bytes of a record again (records come in
+/// order, so it mostly moves forward within its buffer). Not available (`None`) for what is not
+/// a regular file, such as a pipe: then line spans come from the reader's line numbers and the
+/// end-of-file check is skipped.
+struct RawBytes {
+    file: Option<BufReader<File>>,
+    pos: u64,
+}
+
+/// Where csv_core's record reader is, as far as quotes go (its NFA with the default `"`, `""`
+/// escaping, no escape character, no comments, and any of `\r`, `\n`, `\r\n` ending a record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    /// Between records (line terminators are skipped here: blank lines are no records).
+    StartRecord,
+    /// At the start of a field: only here does a quote open a quoted field.
+    StartField,
+    /// In an unquoted field (or after a quoted field's closing quote): quotes are literal.
+    InField,
+    /// In a quoted field: separators and line terminators are part of it.
+    InQuoted,
+    /// Just after a quote in a quoted field: a second quote is a literal quote, anything else
+    /// closes the field (and, unless it ends the field, goes on as unquoted text).
+    QuoteInQuoted,
+}
+
+impl RawBytes {
+    fn open(path: &Path) -> Self {
+        let file = std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|_| File::open(path).ok())
+            .map(|f| BufReader::with_capacity(64 << 10, f));
+        RawBytes { file, pos: 0 }
+    }
+
+    /// Feeds bytes `start..end` to `f`, chunk by chunk; false when they cannot be read (and
+    /// the handle is given up).
+    fn scan(&mut self, start: u64, end: u64, mut f: impl FnMut(&[u8])) -> bool {
+        let Some(file) = &mut self.file else {
+            return false;
+        };
+        let ok = (|| -> std::io::Result<()> {
+            if start >= self.pos {
+                file.seek_relative(
+                    i64::try_from(start - self.pos).map_err(std::io::Error::other)?,
+                )?;
+            } else {
+                file.seek(SeekFrom::Start(start))?;
+            }
+            self.pos = start;
+            while self.pos < end {
+                let buf = file.fill_buf()?;
+                if buf.is_empty() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                let take = buf
+                    .len()
+                    .min(usize::try_from(end - self.pos).unwrap_or(usize::MAX));
+                f(&buf[..take]);
+                file.consume(take);
+                self.pos += take as u64;
+            }
+            Ok(())
+        })()
+        .is_ok();
+        if !ok {
+            self.file = None;
+        }
+        ok
+    }
+
+    /// The first and last line holding text of the record read from `start` to `end`: the
+    /// blank lines the reader skipped before it and its line terminator are not its lines (the
+    /// reader's own line number is off for those, and for every record of a CRLF file).
+    fn lines(&mut self, start: &Position, end: &Position) -> (u64, u64) {
+        let mut line = start.line();
+        let (mut first, mut last) = (None, start.line());
+        let read = self.scan(start.byte(), end.byte(), |chunk| {
+            for &b in chunk {
+                match b {
+                    b'\n' => line += 1,
+                    b'\r' => {}
+                    _ => {
+                        first.get_or_insert(line);
+                        last = line;
+                    }
+                }
+            }
+        });
+        match first {
+            Some(first) if read => (first, last),
+            // An empty record, or no bytes to look at: the reader's lines (its terminator
+            // counted as a line of its own when it was a `\n`).
+            _ => {
+                let last = end.line().saturating_sub(1).max(start.line());
+                (start.line(), last)
+            }
+        }
+    }
+
+    /// Whether the record read from `start` to `end` ends inside a quoted field, and if so the
+    /// line of that field's opening quote. The reader ends a record there only at the end of
+    /// the file, having read everything after the quote into the field.
+    fn unclosed_quote(&mut self, start: &Position, end: u64, separator: u8) -> Option<u64> {
+        use QuoteState::*;
+        let (mut state, mut line, mut opened) = (StartRecord, start.line(), 0);
+        let read = self.scan(start.byte(), end, |chunk| {
+            for &b in chunk {
+                let term = b == b'\n' || b == b'\r';
+                state = match state {
+                    StartRecord if term => StartRecord,
+                    StartRecord | StartField => {
+                        if b == b'"' {
+                            opened = line;
+                            InQuoted
+                        } else if b == separator {
+                            StartField
+                        } else if term {
+                            StartRecord
+                        } else {
+                            InField
+                        }
+                    }
+                    InQuoted if b == b'"' => QuoteInQuoted,
+                    InQuoted => InQuoted,
+                    QuoteInQuoted if b == b'"' => InQuoted,
+                    InField | QuoteInQuoted if b == separator => StartField,
+                    InField | QuoteInQuoted if term => StartRecord,
+                    InField | QuoteInQuoted => InField,
+                };
+                line += u64::from(b == b'\n');
+            }
+        });
+        (read && state == InQuoted).then_some(opened)
     }
 }

@@ -181,6 +181,10 @@ impl IndexedDataset for RetrievalDataset {
         self.images.len()
     }
 
+    fn read_skips(&self) -> SkipReport {
+        self.skipped.clone()
+    }
+
     fn sample(&self, index: usize) -> SampleRef {
         let path = &self.images[index];
         SampleRef {

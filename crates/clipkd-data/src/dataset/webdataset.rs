@@ -37,8 +37,8 @@ pub const CAPTION_EXTENSIONS: [&str; 2] = ["txt", "json"];
 /// # What is skipped (and counted, never fatal)
 /// - a sample without image ([`SkipReason::NoImage`]) or caption ([`SkipReason::NoCaption`]);
 /// - a shard without any sample: a warning and one [`SkipReason::EmptyShard`];
-/// - a shard that cannot be opened or is not a tar file: one
-///   [`SkipReason::UnreadableShard`];
+/// - a shard that cannot be opened, is not a regular file (a FIFO, a directory: never
+///   opened) or is not a tar file: one [`SkipReason::UnreadableShard`];
 /// - a shard that ends inside a header or a member (a partial download): the sample being
 ///   read is lost and the shard ends there, counted once as [`SkipReason::TruncatedShard`].
 ///   (A cut exactly between two members cannot be told from the end of the archive, and a cut
@@ -421,7 +421,7 @@ fn finish(group: Group, shard: &Path, shard_id: usize) -> Result<SampleRef, Skip
 /// Reads the samples of one shard, from key group `skip` on (earlier groups are passed over
 /// without reading their data), calling `emit(group index, sample)` for each; `emit` returns
 /// `false` to stop. Shard-level problems are emitted as skipped samples (see [`WebDataset`]).
-fn read_shard(
+pub(super) fn read_shard(
     path: &Path,
     shard_id: usize,
     skip: u64,
@@ -433,6 +433,24 @@ fn read_shard(
         key: path.display().to_string(),
         message,
     };
+    // Checked before opening: opening a FIFO blocks until a writer appears.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            emit(
+                0,
+                Err(shard_skip(
+                    SkipReason::UnreadableShard,
+                    format!(
+                        "not a regular file but {}",
+                        crate::image::file_kind(&m.file_type())
+                    ),
+                )),
+            );
+            return;
+        }
+        // A missing shard is reported by `open` below.
+        _ => {}
+    }
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) => {

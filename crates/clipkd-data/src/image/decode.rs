@@ -1,7 +1,8 @@
 //! Decoding image files into [`DecodedImage`]: the pixels plus the PIL mode `Image.open` would
 //! give the file, because the mode decides how open_clip's transforms resize and convert it.
 
-use std::io::Cursor;
+use std::fs::{File, Metadata};
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use zune_core::bytestream::ZCursor;
@@ -11,9 +12,20 @@ use zune_core::options::DecoderOptions;
 use super::pil;
 use crate::DataError;
 
-/// The largest decoded image accepted, in bytes (1 GiB; PIL refuses images above about 179
-/// megapixels, 537 MB as RGB).
+/// The PNG decoder's own allocations (line buffers, decompressed metadata), in bytes. The
+/// output buffer is not counted: [`MAX_IMAGE_PIXELS`] bounds it.
 const MAX_DECODED_BYTES: usize = 1 << 30;
+
+/// The most pixels (width x height) an image may claim: PIL's decompression-bomb threshold,
+/// `2 * Image.MAX_IMAGE_PIXELS` (above it PIL raises `DecompressionBombError`, at or below it
+/// PIL opens the image, so do we). Larger images are refused with
+/// [`DataError::ImageTooLarge`] from the header alone, before anything is allocated: a
+/// 74-byte PNG can claim 100000x100000 pixels (30 GB).
+pub const MAX_IMAGE_PIXELS: u64 = 2 * 89_478_485;
+
+/// The largest image file [`DecodedImage::open`] reads into memory (1 GiB); larger files are
+/// refused with [`DataError::ImageFileTooLarge`] before they are read.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 1 << 30;
 
 /// The PIL mode of a decoded image (what `Image.open(f).mode` says). It decides how the image is
 /// resized (PIL resizes in the file's own mode, before `convert("RGB")`) and converted to RGB.
@@ -93,17 +105,22 @@ pub struct DecodedImage {
 impl DecodedImage {
     /// Reads and decodes an image file (JPEG, PNG, WebP, GIF, BMP; the format is sniffed from
     /// the content, not the extension). Errors name the file.
+    ///
+    /// Refused before the file is opened or read: a path that is not a regular file
+    /// ([`DataError::NotAFile`]: a directory, a FIFO, which would block until a writer
+    /// appears, a socket, a device; symlinks are followed) and a file larger than
+    /// [`MAX_IMAGE_FILE_BYTES`] ([`DataError::ImageFileTooLarge`]). Then as
+    /// [`DecodedImage::from_bytes`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_image_file(path)?;
         Self::from_bytes(&bytes, path)
     }
 
     /// Decodes an encoded image held in memory; `origin` (a path or a name, e.g. a tar member)
-    /// is only used in error messages.
+    /// is only used in error messages. An image whose header claims more than
+    /// [`MAX_IMAGE_PIXELS`] pixels is refused with [`DataError::ImageTooLarge`] before its
+    /// pixels are allocated or decoded.
     pub fn from_bytes(bytes: &[u8], origin: impl AsRef<Path>) -> Result<Self, DataError> {
         let origin = origin.as_ref();
         let format = image::guess_format(bytes).map_err(|_| DataError::ImageFormat {
@@ -212,6 +229,91 @@ pub(crate) fn mode_pixel_to_rgb(
     }
 }
 
+/// Reads an image file after checking that it is a regular file of at most
+/// [`MAX_IMAGE_FILE_BYTES`] (see [`DecodedImage::open`]).
+fn read_image_file(path: &Path) -> Result<Vec<u8>, DataError> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // `metadata` follows symlinks and does not open the file: opening a FIFO would block.
+    check_file(path, &std::fs::metadata(path).map_err(io)?)?;
+    let file = File::open(path).map_err(io)?;
+    // The path may have been replaced or the file grown since: check what was opened, and
+    // never read past the limit.
+    let meta = file.metadata().map_err(io)?;
+    check_file(path, &meta)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_IMAGE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(DataError::ImageFileTooLarge {
+            path: path.to_path_buf(),
+            bytes: bytes.len() as u64,
+            limit: MAX_IMAGE_FILE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Refuses what is not a regular file or is larger than [`MAX_IMAGE_FILE_BYTES`].
+fn check_file(path: &Path, meta: &Metadata) -> Result<(), DataError> {
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        return Err(DataError::NotAFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&ft),
+        });
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(DataError::ImageFileTooLarge {
+            path: path.to_path_buf(),
+            bytes: meta.len(),
+            limit: MAX_IMAGE_FILE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// What a file that is not a regular file is, for error messages.
+pub(crate) fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+        if ft.is_block_device() || ft.is_char_device() {
+            return "a device";
+        }
+    }
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses an image whose header claims more than [`MAX_IMAGE_PIXELS`] pixels (PIL counts a
+/// zero side as 1; zero sides are refused later anyway).
+fn check_pixels(origin: &Path, width: u64, height: u64) -> Result<(), DataError> {
+    if width.max(1).saturating_mul(height.max(1)) > MAX_IMAGE_PIXELS {
+        return Err(DataError::ImageTooLarge {
+            path: origin.to_path_buf(),
+            width,
+            height,
+            limit: MAX_IMAGE_PIXELS,
+        });
+    }
+    Ok(())
+}
+
 fn decode_error(
     origin: &Path,
     source: impl std::error::Error + Send + Sync + 'static,
@@ -235,6 +337,9 @@ fn decode_jpeg(bytes: &[u8], origin: &Path) -> Result<DecodedImage, DataError> {
     probe
         .decode_headers()
         .map_err(|e| decode_error(origin, ZuneError(e.to_string())))?;
+    if let Some((w, h)) = probe.dimensions() {
+        check_pixels(origin, w as u64, h as u64)?;
+    }
     let input = probe.input_colorspace().unwrap_or(ColorSpace::YCbCr);
     let (out_cs, mode) = match input {
         ColorSpace::Luma => (ColorSpace::Luma, PilMode::L),
@@ -305,6 +410,12 @@ fn decode_png(bytes: &[u8], origin: &Path) -> Result<DecodedImage, DataError> {
     );
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(|e| decode_error(origin, e))?;
+    // `png`'s limits do not cover the output buffer allocated below.
+    check_pixels(
+        origin,
+        u64::from(reader.info().width),
+        u64::from(reader.info().height),
+    )?;
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| DataError::ImageFormat {
@@ -411,8 +522,17 @@ fn decode_with_image(
     origin: &Path,
 ) -> Result<DecodedImage, DataError> {
     use image::DynamicImage as D;
-    let img =
-        image::load_from_memory_with_format(bytes, format).map_err(|e| decode_error(origin, e))?;
+    use image::ImageDecoder;
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    // `image`'s default allocation limit (512 MiB) refuses RGBA images PIL opens; the pixel
+    // check below is the real bound (8 bytes per pixel covers RGBA16).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(|e| decode_error(origin, e))?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(origin, u64::from(w), u64::from(h))?;
+    let img = D::from_decoder(decoder).map_err(|e| decode_error(origin, e))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let high = |v: &[u16]| v.iter().map(|&s| (s >> 8) as u8).collect::<Vec<u8>>();
     let (mode, samples) = match img {

@@ -8,9 +8,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::Mode;
 use super::buffer::SharedImages;
-use crate::DataError;
 use crate::dataset::order::{Purpose, rng_for};
-use crate::dataset::{ImageSource, SampleRef, SkipReason, Skipped};
+use crate::dataset::{SampleRef, SkipReason, Skipped, load_image};
 use crate::image::{DecodedImage, ImageTransform};
 use crate::tokenizer::Tokenizer;
 
@@ -145,31 +144,8 @@ pub(crate) fn prepare(
         captions,
         label,
     } = sample;
-    let skip = |reason, message: String| Skipped {
-        reason,
-        key: key.clone(),
-        message,
-    };
-    let decoded;
-    let img: &DecodedImage = match &image {
-        ImageSource::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| {
-                let reason = if e.kind() == std::io::ErrorKind::NotFound {
-                    SkipReason::MissingFile
-                } else {
-                    SkipReason::UnreadableFile
-                };
-                skip(reason, e.to_string())
-            })?;
-            decoded = DecodedImage::from_bytes(&bytes, path).map_err(|e| corrupt(&skip, e))?;
-            &decoded
-        }
-        ImageSource::Encoded { bytes, name } => {
-            decoded = DecodedImage::from_bytes(bytes, name).map_err(|e| corrupt(&skip, e))?;
-            &decoded
-        }
-        ImageSource::Decoded(img) => img,
-    };
+    let img = load_image(&image, &key)?;
+    let img: &DecodedImage = &img;
     match ctx.mode {
         Mode::Train => {
             let mut rng = rng_for(ctx.seed, Purpose::Augment, ctx.epoch, id);
@@ -188,8 +164,4 @@ pub(crate) fn prepare(
         tokens,
         texts: captions.len(),
     })
-}
-
-fn corrupt(skip: &impl Fn(SkipReason, String) -> Skipped, e: DataError) -> Skipped {
-    skip(SkipReason::CorruptImage, e.to_string())
 }
