@@ -33,7 +33,10 @@
 //! - Anything else that does not match is an error listing every missing, unexpected and
 //!   mis-shaped key ([`ModelError::KeyMismatch`]). `logit_bias` in a file whose config has no
 //!   `init_logit_bias` is such an unexpected key.
+//! - NaN or infinite weights (in any stored float type, or f64 values beyond f32's range) are
+//!   an error naming the keys and how many values ([`ModelError::NonFiniteWeights`]).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
@@ -280,7 +283,8 @@ pub fn load_open_clip<B: Backend>(
 impl<B: Backend> Clip<B> {
     /// Replaces every parameter with the values of an open_clip checkpoint (see the
     /// [`checkpoint`](crate::checkpoint) module docs). Fails, listing every missing,
-    /// unexpected and mis-shaped key, unless the file matches this model exactly.
+    /// unexpected and mis-shaped key, unless the file matches this model exactly, and
+    /// refuses NaN or infinite weights.
     pub fn load_open_clip_weights(mut self, path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
         let source = read_state_dict(path)?;
@@ -341,6 +345,8 @@ impl<B: Backend> Clip<B> {
         }
 
         let mut by_burn_path = HashMap::new();
+        // Filled while `apply` reads each tensor: (key, non-finite count), in model order.
+        let non_finite: Rc<RefCell<Vec<(String, usize)>>> = Rc::default();
         let snapshots: Vec<TensorSnapshot> = slots
             .iter()
             .map(|slot| {
@@ -348,9 +354,14 @@ impl<B: Backend> Clip<B> {
                 let source = source[&slot.key].clone_data_fn();
                 let layout = slot.layout;
                 let burn_shape = slot.burn_shape.clone();
+                let (key, non_finite) = (slot.key.clone(), Rc::clone(&non_finite));
                 let data_fn = Rc::new(move || {
                     let data = source()?;
-                    to_burn_layout(data, layout, &burn_shape, target)
+                    let (data, bad) = to_burn_layout(data, layout, &burn_shape, target)?;
+                    if bad > 0 {
+                        non_finite.borrow_mut().push((key.clone(), bad));
+                    }
+                    Ok(data)
                 });
                 TensorSnapshot::from_closure(
                     data_fn,
@@ -376,6 +387,14 @@ impl<B: Backend> Clip<B> {
                 message,
             });
         }
+        let non_finite = non_finite.take();
+        if !non_finite.is_empty() {
+            return Err(ModelError::NonFiniteWeights {
+                path: path.to_path_buf(),
+                total: non_finite.iter().map(|(_, n)| n).sum(),
+                tensors: non_finite,
+            });
+        }
         if !result.missing.is_empty() {
             return Err(ModelError::KeyMismatch {
                 path: path.to_path_buf(),
@@ -393,23 +412,29 @@ impl<B: Backend> Clip<B> {
     }
 }
 
-/// Converts a stored tensor to the Burn parameter's layout and element type.
+/// Converts a stored tensor to the Burn parameter's layout and element type; also returns how
+/// many of its values are not finite.
 fn to_burn_layout(
     data: TensorData,
     layout: Layout,
     burn_shape: &[usize],
     target: DType,
-) -> Result<TensorData, TensorSnapshotError> {
+) -> Result<(TensorData, usize), TensorSnapshotError> {
     let shape = data.shape.to_vec();
     let values: Vec<f32> = data
         .convert_dtype(DType::F32)
         .into_vec::<f32>()
         .map_err(|e| TensorSnapshotError::DataError(format!("{e:?}")))?;
+    // Counted on the f32 copy every stored type passes through: f16 / bf16 / f64 NaN and
+    // infinities stay non-finite, and an f64 beyond f32's range becomes infinite (it would
+    // be in the model too).
+    let non_finite = values.iter().filter(|v| !v.is_finite()).count();
     let values = match layout {
         Layout::Transposed => transpose(&values, shape[0], shape[1]),
         Layout::Same | Layout::Scalar => values,
     };
-    Ok(TensorData::new(values, burn_shape.to_vec()).convert_dtype(target))
+    let data = TensorData::new(values, burn_shape.to_vec()).convert_dtype(target);
+    Ok((data, non_finite))
 }
 
 /// Row-major transpose of a `rows x cols` matrix.

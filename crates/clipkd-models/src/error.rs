@@ -162,6 +162,33 @@ pub enum ModelError {
         message: String,
     },
 
+    /// A checkpoint holds NaN or infinite weights (a diverged or corrupted save): loading it
+    /// would only turn every embedding into NaN.
+    #[error(
+        "checkpoint {path} holds {total} non-finite (NaN or infinite) values in {} tensor(s): {}",
+        tensors.len(),
+        list_non_finite(tensors)
+    )]
+    NonFiniteWeights {
+        /// The file.
+        path: PathBuf,
+        /// Every tensor with non-finite values: its open_clip key and how many it holds, in
+        /// model order.
+        tensors: Vec<(String, usize)>,
+        /// The number of non-finite values in all of them.
+        total: usize,
+    },
+
+    /// A forward pass produced a NaN or infinite embedding (weights that overflow in the
+    /// backend's precision, or broken weights).
+    #[error(
+        "the embedding of {input} is not finite (NaN or infinite): the model's weights overflow or are broken"
+    )]
+    NonFiniteEmbedding {
+        /// Which input: `image <file>` or `text at index <i> ("<its start>")`.
+        input: String,
+    },
+
     /// Writing a safetensors file failed.
     #[error("cannot write safetensors file {path}: {source}")]
     SafetensorsWrite {
@@ -200,4 +227,19 @@ fn origin_suffix(origin: &Option<PathBuf>) -> String {
         Some(path) => format!(" in {}", path.display()),
         None => String::new(),
     }
+}
+
+/// How many tensors [`ModelError::NonFiniteWeights`] names before `... and N more`.
+const NON_FINITE_SHOWN: usize = 5;
+
+fn list_non_finite(tensors: &[(String, usize)]) -> String {
+    let mut shown: Vec<String> = tensors
+        .iter()
+        .take(NON_FINITE_SHOWN)
+        .map(|(key, n)| format!("{key} ({n})"))
+        .collect();
+    if tensors.len() > NON_FINITE_SHOWN {
+        shown.push(format!("and {} more", tensors.len() - NON_FINITE_SHOWN));
+    }
+    shown.join(", ")
 }

@@ -151,6 +151,9 @@ pub struct DataConfig {
     pub mean: [f64; 3],
     /// Normalization standard deviation (OpenAI CLIP's).
     pub std: [f64; 3],
+    /// Stop the run when more than this fraction of the samples read are unusable (missing,
+    /// undecodable, too large, bad caption, bad CSV line); 1 never stops.
+    pub max_skipped_fraction: f64,
 }
 
 impl Default for DataConfig {
@@ -172,6 +175,7 @@ impl Default for DataConfig {
             crop_scale: [0.9, 1.0],
             mean: [0.48145466, 0.4578275, 0.40821073],
             std: [0.26862954, 0.26130258, 0.27577711],
+            max_skipped_fraction: 0.1,
         }
     }
 }
@@ -606,7 +610,10 @@ impl Override {
         }
         let raw = raw.trim();
         let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-            Ok(mut table) => toml_to_json(table.remove("v").expect("parsed key `v`")),
+            Ok(mut table) => toml_to_json(table.remove("v").expect("parsed key `v`"), path)
+                .map_err(|(field, value)| {
+                    TrainError::config(field, format!("{value} is not a finite number"))
+                })?,
             Err(_) => Value::String(raw.to_string()),
         };
         Ok(Override::new(path, value))
@@ -811,8 +818,13 @@ impl RunConfig {
     /// (data, models, losses, optimizer, seed, precision), not of logging or output settings.
     /// Stored in checkpoints to warn when a run is resumed with another config.
     pub fn trajectory_hash(&self) -> String {
+        // Settings that do not change the steps taken are left out.
+        let mut data = serde_json::to_value(&self.data).expect("a config serializes");
+        if let Some(d) = data.as_object_mut() {
+            d.remove("max_skipped_fraction");
+        }
         let key = serde_json::json!({
-            "data": self.data,
+            "data": data,
             "teacher": self.teacher,
             "student": self.student,
             "loss": self.loss,
@@ -849,6 +861,12 @@ impl RunConfig {
         positive("data.batch_size", d.batch_size as u64)?;
         positive("data.prefetch", d.prefetch as u64)?;
         positive("data.shuffle_buffer", d.shuffle_buffer as u64)?;
+        if !(0.0..=1.0).contains(&d.max_skipped_fraction) {
+            return Err(TrainError::config(
+                "data.max_skipped_fraction",
+                format!("{} must be between 0 and 1", d.max_skipped_fraction),
+            ));
+        }
         if d.csv_separator.len() != 1 {
             return Err(TrainError::config(
                 "data.csv_separator",
@@ -1000,7 +1018,13 @@ fn read_config_value(path: &Path) -> Result<Value, TrainError> {
                 message: e.message().to_string(),
             }
         })?;
-        Ok(toml_to_json(toml::Value::Table(table)))
+        toml_to_json(toml::Value::Table(table), "").map_err(|(field, value)| {
+            TrainError::ConfigParse {
+                path: path.to_path_buf(),
+                location: None,
+                message: format!("{field}: {value} is not a finite number"),
+            }
+        })
     }
 }
 
@@ -1012,19 +1036,44 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// A TOML value as JSON (datetimes become strings).
-fn toml_to_json(value: toml::Value) -> Value {
-    match value {
+/// A TOML value at `path` (`optim.lr`, `loss.terms[0].weight`, as serde_path_to_error names
+/// fields) as JSON (datetimes become strings). JSON has no NaN or infinity (serde_json would
+/// make them `null`, then "invalid type: null"), so those are an error: the path of the value
+/// and its TOML spelling (`nan`, `inf`, `-inf`).
+fn toml_to_json(value: toml::Value, path: &str) -> Result<Value, (String, &'static str)> {
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    Ok(match value {
         toml::Value::String(s) => Value::String(s),
         toml::Value::Integer(i) => Value::from(i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        toml::Value::Float(f) => match serde_json::Number::from_f64(f) {
+            Some(n) => Value::Number(n),
+            None if f.is_nan() => return Err((path.to_string(), "nan")),
+            None if f > 0.0 => return Err((path.to_string(), "inf")),
+            None => return Err((path.to_string(), "-inf")),
+        },
         toml::Value::Boolean(b) => Value::Bool(b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Array(a) => Value::Array(
+            a.into_iter()
+                .enumerate()
+                .map(|(i, v)| toml_to_json(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
         toml::Value::Table(t) => {
-            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+            let mut map = Map::new();
+            for (k, v) in t {
+                let value = toml_to_json(v, &child(&k))?;
+                map.insert(k, value);
+            }
+            Value::Object(map)
         }
-    }
+    })
 }
 
 /// Merges `overlay` into `base`: objects key by key (recursively), anything else replaced.
@@ -1117,9 +1166,13 @@ betas = [0.9, 0.95]
         assert_eq!(c.optim.warmup, 10_000);
         assert_eq!(c.run.output_dir, PathBuf::from("/tmp/x y"));
         // Round trip through TOML.
-        let back = RunConfig::from_value(toml_to_json(toml::Value::Table(
-            toml::from_str(&c.to_toml()).unwrap(),
-        )))
+        let back = RunConfig::from_value(
+            toml_to_json(
+                toml::Value::Table(toml::from_str(&c.to_toml()).unwrap()),
+                "",
+            )
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(back, c);
     }
@@ -1182,6 +1235,48 @@ betas = [0.9, 0.95]
         assert!(e.contains("optim.grad_accum"), "{e}");
         c.optim.grad_accum = 1;
         c.validate(TrainMode::Distill).unwrap();
+    }
+
+    #[test]
+    fn nan_and_inf_are_errors_naming_the_field_and_value() {
+        for (set, message) in [
+            (
+                "optim.lr=nan",
+                "config field `optim.lr`: nan is not a finite number",
+            ),
+            (
+                "optim.lr=inf",
+                "config field `optim.lr`: inf is not a finite number",
+            ),
+            (
+                "optim.lr=-inf",
+                "config field `optim.lr`: -inf is not a finite number",
+            ),
+            (
+                "optim.betas=[0.9, nan]",
+                "`optim.betas[1]`: nan is not a finite number",
+            ),
+            (
+                "optim={ lr = +inf }",
+                "`optim.lr`: inf is not a finite number",
+            ),
+        ] {
+            let e = Override::parse(set).unwrap_err().to_string();
+            assert!(e.contains(message), "{set}: {e}");
+            assert!(!e.contains("null"), "{set}: {e}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "nan.toml", "[optim]\nlr = nan\n");
+        let e = RunConfig::from_file(&file).unwrap_err().to_string();
+        assert!(e.contains("nan.toml"), "{e}");
+        assert!(e.contains("optim.lr: nan is not a finite number"), "{e}");
+        let file = write(dir.path(), "inf.toml", "[[loss.terms]]\nweight = -inf\n");
+        let e = RunConfig::from_file(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("loss.terms[0].weight: -inf is not a finite number"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clipkd_data::image::{DecodedImage, ImageTransform, TransformConfig};
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::{Clip, ClipConfig};
+use clipkd_models::{Clip, ClipConfig, ModelError};
 
 use crate::error::TrainError;
 
@@ -27,6 +27,24 @@ impl HostEmbeddings {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
+
+    /// The first row at or after `from` holding a NaN or infinite value.
+    pub fn first_non_finite_row(&self, from: usize) -> Option<usize> {
+        (from..self.rows).find(|&i| self.row(i).iter().any(|v| !v.is_finite()))
+    }
+}
+
+/// Fails, naming the input of the first non-finite row from `from` on: such a row would be
+/// written or compared as if it were an embedding.
+fn check_finite(
+    out: &HostEmbeddings,
+    from: usize,
+    input: impl Fn(usize) -> String,
+) -> Result<(), TrainError> {
+    match out.first_non_finite_row(from) {
+        Some(row) => Err(ModelError::NonFiniteEmbedding { input: input(row) }.into()),
+        None => Ok(()),
+    }
 }
 
 /// The eval transform of a model: its image size, OpenAI mean/std, bicubic, `shortest` resize,
@@ -44,7 +62,8 @@ pub fn eval_transform_config(
 }
 
 /// Normalized (unit-norm) image embeddings of image files, in order, `batch_size` at a time.
-/// The first file that cannot be read or decoded stops it with an error naming the file.
+/// The first file that cannot be read or decoded, or whose embedding is not finite
+/// ([`ModelError::NonFiniteEmbedding`]), stops it with an error naming the file.
 pub fn embed_image_files<B: Backend>(
     model: &Clip<B>,
     transform: &ImageTransform,
@@ -67,13 +86,19 @@ pub fn embed_image_files<B: Backend>(
         }
         let images =
             Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, h, w]), device);
+        let first = out.rows;
         append_rows(&mut out, model.encode_image_normalized(images))?;
+        check_finite(&out, first, |row| {
+            format!("image {}", chunk[row - first].display())
+        })?;
     }
     Ok(out)
 }
 
 /// Normalized text embeddings, in order, `batch_size` at a time (open_clip's cleaning and
 /// tokenization, truncated to the model's context length with the end-of-text token kept).
+/// A text whose embedding is not finite stops it with [`ModelError::NonFiniteEmbedding`]
+/// naming its index (from 0) and its start.
 pub fn embed_texts<B: Backend>(
     model: &Clip<B>,
     tokenizer: &Tokenizer,
@@ -102,7 +127,14 @@ pub fn embed_texts<B: Backend>(
             .collect();
         let tokens =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [chunk.len(), context]), device);
+        let first = out.rows;
         append_rows(&mut out, model.encode_text_normalized(tokens))?;
+        check_finite(&out, first, |row| {
+            let text = chunk[row - first].as_ref();
+            let start: String = text.chars().take(40).collect();
+            let more = if start.len() < text.len() { "..." } else { "" };
+            format!("text at index {row} ({start:?}{more})")
+        })?;
     }
     Ok(out)
 }
@@ -121,4 +153,104 @@ pub(crate) fn append_rows<B: Backend>(
     out.data.extend(values);
     out.rows += n;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn_flex::Flex;
+    use clipkd_data::image::ImageTransform;
+
+    use super::*;
+
+    type B = Flex;
+
+    /// A tiny ViT CLIP with the tokenizer's vocabulary (open_clip's default `vocab_size`).
+    const TINY: &str = r#"{
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "head_width": 8, "patch_size": 8},
+        "text_cfg": {"context_length": 8, "width": 16, "heads": 2, "layers": 1}
+    }"#;
+
+    /// Multiplies every float parameter by a number (NaN here: broken weights that bypass
+    /// the checkpoint loader's check).
+    struct Scale(f32);
+
+    impl<Bk: Backend> ModuleMapper<Bk> for Scale {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<Tensor<Bk, D>>,
+        ) -> Param<Tensor<Bk, D>> {
+            let (id, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, tensor.mul_scalar(self.0), mapper)
+        }
+    }
+
+    fn model(scale: f32) -> (ClipConfig, Clip<B>) {
+        let config = ClipConfig::from_open_clip_json_str(TINY).unwrap();
+        let model = config.init::<B>(&Default::default()).unwrap();
+        (config, model.map(&mut Scale(scale)))
+    }
+
+    fn images() -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images/src");
+        ["astronaut_small.jpg", "camera_gray.png", "coffee_420.jpg"]
+            .iter()
+            .map(|name| dir.join(name))
+            .collect()
+    }
+
+    #[test]
+    fn first_non_finite_row_starts_at_from() {
+        let e = HostEmbeddings {
+            data: vec![0.0, f32::NAN, 1.0, 0.0, 0.0, f32::INFINITY, 1.0, 1.0],
+            rows: 4,
+            dim: 2,
+        };
+        assert_eq!(e.first_non_finite_row(0), Some(0));
+        assert_eq!(e.first_non_finite_row(1), Some(2));
+        assert_eq!(e.first_non_finite_row(3), None);
+        let error = check_finite(&e, 1, |row| format!("input {row}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("the embedding of input 2 is not finite"),
+            "{error}"
+        );
+        check_finite(&e, 3, |row| format!("input {row}")).unwrap();
+    }
+
+    #[test]
+    fn non_finite_embeddings_are_errors_naming_the_input() {
+        let device = Default::default();
+        let (config, good) = model(1.0);
+        let transform = ImageTransform::new(eval_transform_config(&config, None).unwrap()).unwrap();
+        let texts = ["a photo of a cat", "a diagram"];
+        let paths = images();
+        // A healthy model embeds them.
+        let e = embed_image_files(&good, &transform, &paths, 2, &device).unwrap();
+        assert_eq!((e.rows, e.first_non_finite_row(0)), (3, None));
+        let e = embed_texts(&good, &Tokenizer::new(), &texts, 2, &device).unwrap();
+        assert_eq!((e.rows, e.first_non_finite_row(0)), (2, None));
+
+        let (_, broken) = model(f32::NAN);
+        let error = embed_image_files(&broken, &transform, &paths, 2, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("image {}", paths[0].display()))
+                && error.contains("not finite"),
+            "{error}"
+        );
+        let error = embed_texts(&broken, &Tokenizer::new(), &texts, 2, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("text at index 0 (\"a photo of a cat\")")
+                && error.contains("not finite"),
+            "{error}"
+        );
+    }
 }

@@ -8,8 +8,9 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use clipkd_data::image::ImageTransform;
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::{ClipConfig, load_open_clip};
+use clipkd_models::{ClipConfig, ModelError, load_open_clip};
 use clipkd_train::embed::{HostEmbeddings, embed_image_files, embed_texts, eval_transform_config};
+use clipkd_train::error::TrainError;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
@@ -76,6 +77,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         transform,
         texts,
     };
+    // Fails on a NaN or infinite embedding, naming the input, before anything is written.
     let (images, texts) = dispatch(args.device, args.precision, task)?;
     write_embeddings(&args.output, &images, &texts)?;
     eprintln!(
@@ -115,7 +117,19 @@ impl BackendTask for EmbedTask {
             &self.texts,
             self.args.batch_size,
             &device,
-        )?;
+        )
+        .map_err(|e| {
+            let file = self.args.text_file.as_deref().unwrap_or(Path::new(""));
+            // The library counts texts from 0; the user thinks in lines.
+            let lines = match e {
+                TrainError::Model(ModelError::NonFiniteEmbedding { .. }) => {
+                    " (text index N is line N + 1)"
+                }
+                _ => "",
+            };
+            anyhow::Error::new(e)
+                .context(format!("embedding the lines of {}{lines}", file.display()))
+        })?;
         Ok((images, texts))
     }
 }
