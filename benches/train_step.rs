@@ -11,6 +11,11 @@
 //! only the image size is reduced (default 64 px: 16 patches) so a step fits a small CPU.
 //! Inputs are random (data loading is measured by `clipkd-data`'s `pipeline` bench).
 //!
+//! After the steps, the cost of the trainer's NaN/Inf checks (`clipkd_train::finite`) on the
+//! same model: keeping a step's loss terms on the device (every step, no device read), reading
+//! 100 steps' terms back in one transfer (on logged steps), and checking every weight and AdamW
+//! moment (before each checkpoint).
+//!
 //! Run: `cargo bench -p clipkd-train --bench train_step`. Settings by environment variable:
 //! `CLIPKD_BENCH_BATCH` (default 32), `CLIPKD_BENCH_IMAGE` (64), `CLIPKD_BENCH_STEPS` (5),
 //! `CLIPKD_BENCH_WARMUP` (1), `CLIPKD_BENCH_WORKLOADS` (`baseline,kd`),
@@ -24,6 +29,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_flex::Flex;
 use clipkd_losses::{LossPreset, LossSetConfig};
 use clipkd_models::{ClipConfig, VisionConfig};
+use clipkd_train::finite::{LossWatch, check_weights_and_moments};
 use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 use clipkd_train::trainer::force_init;
 
@@ -123,6 +129,7 @@ fn main() {
         );
         let toks = tokens(batch, student_cfg.context_length(), &device);
         let mut times = Vec::new();
+        let mut last_terms = None;
         for i in 0..warmup + steps {
             let t = Instant::now();
             let out = train_step(
@@ -138,6 +145,7 @@ fn main() {
             .expect("step");
             // Read the loss back: the step's work is done when this returns.
             let total: f32 = out.terms.total().into_scalar();
+            last_terms = Some(out.terms);
             model = Some(out.model);
             let s = t.elapsed().as_secs_f64();
             if i >= warmup {
@@ -155,6 +163,30 @@ fn main() {
             "{workload}: median {median:.3} s/step (min {:.3}), {:.1} images/s",
             times[0],
             batch as f64 / median
+        );
+
+        let terms = last_terms.expect("at least one step");
+        let model = model.expect("model");
+        let mut watch = LossWatch::<Inner>::new();
+        let t = Instant::now();
+        for step in 1..=100 {
+            watch.push(step, &terms);
+        }
+        let push = t.elapsed().as_secs_f64() / 100.0;
+        let t = Instant::now();
+        watch.check().expect("finite");
+        let check = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        check_weights_and_moments(&model, &optimizer, 1).expect("finite");
+        let weights = t.elapsed().as_secs_f64();
+        println!(
+            "{workload}: NaN/Inf checks: {:.1} us/step to keep the terms (no device read; \
+             {:.1e} of the median step), {:.2} ms to read and check 100 steps' terms, {:.1} ms \
+             to check every weight and moment (per checkpoint)",
+            push * 1e6,
+            push / median,
+            check * 1e3,
+            weights * 1e3
         );
     }
 }

@@ -11,15 +11,32 @@
 //! | `state.json` | [`TrainState`]: step, epoch, data position, RNG, config hash |
 //! | `config.toml` | the run config |
 //!
-//! It is written into a hidden `.tmp-…` directory next to it, each file flushed to disk, then
-//! renamed into place in one step: a crash leaves either the whole checkpoint or a `.tmp-…`
-//! directory, which is ignored and removed by the next save. Only `step-*` directories count,
-//! the highest step being the latest; after each save all but the last `keep` are deleted.
+//! | `manifest.json` | the size and CRC-32 of every other file, checked before a resume |
+//!
+//! # What survives a crash, at every instant
+//! A checkpoint is written into a hidden `.tmp-…` directory next to it, each file flushed to
+//! disk, then renamed into place in one step (the commit). Only `step-*` directories count;
+//! the highest step is the latest. Every other change keeps at least one complete checkpoint
+//! on disk at every instant (once the first save has committed):
+//! - pruning renames a checkpoint to `.deleting-…` before deleting it, so a half-deleted
+//!   folder is never mistaken for a checkpoint and is removed on the next start;
+//! - a save of a step that already has a checkpoint (possible only after a rollback) first
+//!   moves the old one to `.replaced-step-…`, then renames the new one into place; killed in
+//!   between, the `.replaced-…` copy counts as that step's checkpoint and is put back on the
+//!   next start;
+//! - the newest checkpoint is never pruned.
+//!
+//! [`recover_checkpoints`] (run at the start of every run, under the run-directory lock)
+//! removes what unfinished saves and prunes left behind. [`find_checkpoint`] checks a
+//! checkpoint against its manifest before it is used, and falls back to the previous one
+//! when the latest is damaged (a truncated file, a disk error).
 //!
 //! Records use Burn's `NamedMpkFileRecorder` at full precision, so a resumed run starts from
 //! bit-identical weights and optimizer moments.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -31,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::error::TrainError;
+use crate::fault;
 use crate::optim::{GroupRecord, GroupedAdamW};
 use crate::step::DistillModel;
 
@@ -43,7 +61,18 @@ const STUDENT_FILE: &str = "student.safetensors";
 const STUDENT_CONFIG_FILE: &str = "student_config.json";
 const MODEL_RECORD: &str = "model";
 const OPTIMIZER_RECORD: &str = "optimizer";
+const MANIFEST_FILE: &str = "manifest.json";
+const MODEL_FILE: &str = "model.mpk";
+const OPTIMIZER_FILE: &str = "optimizer.mpk";
+/// A save in progress.
 const TMP_PREFIX: &str = ".tmp-";
+/// A checkpoint being pruned.
+const DELETING_PREFIX: &str = ".deleting-";
+/// A checkpoint being replaced by a new save of the same step.
+const REPLACED_PREFIX: &str = ".replaced-";
+/// The marker of a rollback in progress (`.rollback-to-step-00000032`): checkpoints after
+/// that step are no longer listed (see [`crate::run_dir`]).
+pub(crate) const ROLLBACK_PREFIX: &str = ".rollback-to-";
 
 type FileRecorder = NamedMpkFileRecorder<FullPrecisionSettings>;
 
@@ -98,42 +127,90 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-/// The complete checkpoints under `dir` (a run's `checkpoints` folder), by increasing step.
-/// Temporary directories of unfinished saves are ignored.
-pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
+/// The step of a checkpoint directory name (`step-00000123`).
+fn parse_step(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, TrainError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| TrainError::io("listing", dir, e))? {
         let entry = entry.map_err(|e| TrainError::io("listing", dir, e))?;
-        let name = entry.file_name();
-        let Some(step) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("step-"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
+        if let Some(name) = entry.file_name().to_str() {
+            out.push((name.to_string(), entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// The complete checkpoints under `dir` (a run's `checkpoints` folder), by increasing step.
+///
+/// A checkpoint is a `step-N` directory with a `state.json`, or a `.replaced-step-N` one when
+/// no `step-N` exists (a save of step `N` over an older one was cut between its two renames).
+/// Unfinished saves (`.tmp-…`) and prunes (`.deleting-…`) are ignored, and so are the
+/// checkpoints after the step of a rollback in progress.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let mut all = list_checkpoints_unfiltered(dir)?;
+    if let Some((step, _)) = crate::run_dir::rollback_marker(dir)? {
+        all.retain(|(s, _)| *s <= step);
+    }
+    Ok(all)
+}
+
+/// [`list_checkpoints`] without the rollback filter.
+pub(crate) fn list_checkpoints_unfiltered(dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = dir_entries(dir)?;
+    let mut out = Vec::new();
+    for (name, path) in &entries {
+        let step = match name.strip_prefix(REPLACED_PREFIX) {
+            Some(rest) => match parse_step(rest) {
+                Some(step) if !dir.join(rest).join(STATE_FILE).is_file() => step,
+                _ => continue,
+            },
+            None => match parse_step(name) {
+                Some(step) => step,
+                None => continue,
+            },
         };
-        let path = entry.path();
         if path.join(STATE_FILE).is_file() {
-            out.push((step, path));
+            out.push((step, path.clone()));
         }
     }
     out.sort();
     Ok(out)
 }
 
+/// Finds a checkpoint (see [`find_checkpoint`]), dropping the notes about damaged ones.
+pub fn resolve_checkpoint(spec: &str, run_dir: &Path) -> Result<PathBuf, TrainError> {
+    find_checkpoint(spec, run_dir).map(|(path, _)| path)
+}
+
 /// Finds a checkpoint: `spec` is `latest` (the latest of `run_dir`), a checkpoint directory,
 /// a run directory or its `checkpoints` folder (their latest checkpoint).
-pub fn resolve_checkpoint(spec: &str, run_dir: &Path) -> Result<PathBuf, TrainError> {
+///
+/// Every candidate is checked with [`verify_checkpoint`]. When the latest checkpoint of a
+/// folder is damaged, the previous one is taken and the returned notes say which was passed
+/// over and why; a checkpoint named by its own path must be intact.
+pub fn find_checkpoint(spec: &str, run_dir: &Path) -> Result<(PathBuf, Vec<String>), TrainError> {
     let start = if spec == "latest" {
         run_dir.to_path_buf()
     } else {
         PathBuf::from(spec)
     };
     if start.join(STATE_FILE).is_file() {
-        return Ok(start);
+        return match verify_checkpoint(&start) {
+            Ok(()) => Ok((start, Vec::new())),
+            Err(what) => Err(TrainError::Checkpoint {
+                path: start,
+                what: format!(
+                    "{what}; resume from an earlier checkpoint of its folder (or the run \
+                     directory, which takes the latest intact one)"
+                ),
+            }),
+        };
     }
     if !start.exists() {
         return Err(TrainError::Checkpoint {
@@ -146,13 +223,107 @@ pub fn resolve_checkpoint(spec: &str, run_dir: &Path) -> Result<PathBuf, TrainEr
     } else {
         start.clone()
     };
-    list_checkpoints(&folder)?
-        .pop()
-        .map(|(_, path)| path)
-        .ok_or_else(|| TrainError::Checkpoint {
-            path: folder,
-            what: "no complete checkpoint (step-* directory with a state.json) here".into(),
+    let mut notes = Vec::new();
+    for (_, path) in list_checkpoints(&folder)?.into_iter().rev() {
+        match verify_checkpoint(&path) {
+            Ok(()) => return Ok((path, notes)),
+            Err(what) => notes.push(format!(
+                "skipped damaged checkpoint {}: {what}",
+                path.display()
+            )),
+        }
+    }
+    Err(TrainError::Checkpoint {
+        path: folder,
+        what: if notes.is_empty() {
+            "no complete checkpoint (step-* directory with a state.json) here".into()
+        } else {
+            format!("no intact checkpoint here ({})", notes.join("; "))
+        },
+    })
+}
+
+/// The size and CRC-32 of one file of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCheck {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the content.
+    pub crc32: u32,
+}
+
+impl FileCheck {
+    /// Reads `path` and computes its check.
+    pub fn of(path: &Path) -> Result<Self, std::io::Error> {
+        let mut file = fs::File::open(path)?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        Ok(FileCheck {
+            bytes,
+            crc32: hasher.finalize(),
         })
+    }
+}
+
+/// `manifest.json`: the check of every other file of a checkpoint, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// File name to check.
+    pub files: BTreeMap<String, FileCheck>,
+}
+
+/// Checks that a checkpoint is complete and intact before it is used: `state.json` parses, and
+/// every file matches the size and CRC-32 of `manifest.json` (checkpoints written before
+/// manifests existed are checked for their files only). Returns what is wrong.
+pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
+    let state = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&state).map_err(|e| format!("{STATE_FILE}: {e}"))?;
+    serde_json::from_str::<TrainState>(&text)
+        .map_err(|e| format!("{STATE_FILE} line {}: {e}", e.line()))?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if !manifest_path.exists() {
+        for name in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
+            if !dir.join(name).is_file() {
+                return Err(format!("{name} is missing"));
+            }
+        }
+        return Ok(());
+    }
+    let manifest: Manifest = fs::read_to_string(&manifest_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{MANIFEST_FILE}: {e}"))?;
+    for (name, want) in &manifest.files {
+        let got = FileCheck::of(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        if got.bytes != want.bytes {
+            return Err(format!(
+                "{name} is {} bytes where {MANIFEST_FILE} says {} ({})",
+                got.bytes,
+                want.bytes,
+                if got.bytes < want.bytes {
+                    "truncated"
+                } else {
+                    "longer than written"
+                }
+            ));
+        }
+        if got.crc32 != want.crc32 {
+            return Err(format!(
+                "{name} has CRC-32 {:08x} where {MANIFEST_FILE} says {:08x} (damaged)",
+                got.crc32, want.crc32
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Everything a checkpoint stores.
@@ -168,32 +339,47 @@ pub struct CheckpointContents<'a, B: AutodiffBackend> {
 }
 
 /// Writes a checkpoint of step `contents.state.step` under `dir` (a run's `checkpoints`
-/// folder) atomically, then deletes all but the last `keep` checkpoints and any leftover
-/// temporary directory. Returns the checkpoint's path.
+/// folder) atomically, then deletes all but the last `keep` checkpoints (never the one just
+/// written). Returns the checkpoint's path. See the module docs for what a crash at any point
+/// leaves.
 pub fn save_checkpoint<B: AutodiffBackend>(
     dir: &Path,
     contents: CheckpointContents<'_, B>,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
-    fs::create_dir_all(dir).map_err(|e| TrainError::io("creating", dir, e))?;
-    remove_temporaries(dir)?;
+    if !dir.is_dir() {
+        fault::point("create", dir);
+        fs::create_dir_all(dir).map_err(|e| TrainError::io("creating", dir, e))?;
+    }
     let step = contents.state.step;
-    let final_path = dir.join(checkpoint_name(step));
-    let tmp = dir.join(format!(
-        "{TMP_PREFIX}{}-{}",
-        checkpoint_name(step),
-        std::process::id()
-    ));
+    let name = checkpoint_name(step);
+    let final_path = dir.join(&name);
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
+    if tmp.exists() {
+        fault::point("remove", &tmp);
+        fs::remove_dir_all(&tmp).map_err(|e| TrainError::io("removing", &tmp, e))?;
+    }
+    fault::point("create", &tmp);
     fs::create_dir_all(&tmp).map_err(|e| TrainError::io("creating", &tmp, e))?;
     write_contents(&tmp, &contents)?;
     sync_files(&tmp)?;
     if final_path.exists() {
-        // A checkpoint of the same step (e.g. from a run resumed from an earlier one).
-        let old = dir.join(format!("{TMP_PREFIX}old-{}", checkpoint_name(step)));
+        // Only after a rollback: the old copy stays a checkpoint (`.replaced-…`) until the
+        // new one is in place.
+        let old = dir.join(format!("{REPLACED_PREFIX}{name}"));
+        if old.exists() {
+            fault::point("remove", &old);
+            fs::remove_dir_all(&old).map_err(|e| TrainError::io("removing", &old, e))?;
+        }
+        fault::point("rename", &final_path);
         fs::rename(&final_path, &old).map_err(|e| TrainError::io("renaming", &final_path, e))?;
+        fault::point("rename", &tmp);
         fs::rename(&tmp, &final_path).map_err(|e| TrainError::io("renaming", &tmp, e))?;
+        sync_dir(dir);
+        fault::point("remove", &old);
         fs::remove_dir_all(&old).map_err(|e| TrainError::io("removing", &old, e))?;
     } else {
+        fault::point("rename", &tmp);
         fs::rename(&tmp, &final_path).map_err(|e| TrainError::io("renaming", &tmp, e))?;
     }
     sync_dir(dir);
@@ -206,8 +392,10 @@ fn write_contents<B: AutodiffBackend>(
     contents: &CheckpointContents<'_, B>,
 ) -> Result<(), TrainError> {
     let student_path = dir.join(STUDENT_FILE);
+    fault::point("write", &student_path);
     save_open_clip(&contents.model.student, &student_path)?;
     let student_config = dir.join(STUDENT_CONFIG_FILE);
+    fault::point("write", &student_config);
     fs::write(
         &student_config,
         contents.model.student.config().to_open_clip_json(),
@@ -215,6 +403,7 @@ fn write_contents<B: AutodiffBackend>(
     .map_err(|e| TrainError::io("writing", &student_config, e))?;
     let recorder = FileRecorder::new();
     let model_path = dir.join(MODEL_RECORD);
+    fault::point("write", &dir.join(MODEL_FILE));
     recorder
         .record(contents.model.clone().into_record(), model_path.clone())
         .map_err(|e| TrainError::Record {
@@ -222,20 +411,46 @@ fn write_contents<B: AutodiffBackend>(
             message: e.to_string(),
         })?;
     let optim_path = dir.join(OPTIMIZER_RECORD);
+    fault::point("write", &dir.join(OPTIMIZER_FILE));
     recorder
         .record(contents.optimizer.to_records(), optim_path.clone())
         .map_err(|e| TrainError::Record {
             path: optim_path.with_extension("mpk"),
             message: e.to_string(),
         })?;
+    fault::point("write", &dir.join(CONFIG_FILE));
     contents.config.save(dir.join(CONFIG_FILE))?;
     let state_path = dir.join(STATE_FILE);
     let json = serde_json::to_string_pretty(contents.state).expect("a train state serializes");
-    fs::write(&state_path, json).map_err(|e| TrainError::io("writing", &state_path, e))
+    fault::point("write", &state_path);
+    fs::write(&state_path, json).map_err(|e| TrainError::io("writing", &state_path, e))?;
+    // Last: the check of everything above.
+    let mut manifest = Manifest::default();
+    for name in [
+        STUDENT_FILE,
+        STUDENT_CONFIG_FILE,
+        MODEL_FILE,
+        OPTIMIZER_FILE,
+        CONFIG_FILE,
+        STATE_FILE,
+    ] {
+        let path = dir.join(name);
+        let check = FileCheck::of(&path).map_err(|e| TrainError::io("reading", &path, e))?;
+        manifest.files.insert(name.to_string(), check);
+    }
+    let manifest_path = dir.join(MANIFEST_FILE);
+    fault::point("write", &manifest_path);
+    fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest).expect("a manifest serializes"),
+    )
+    .map_err(|e| TrainError::io("writing", &manifest_path, e))
 }
 
 /// Flushes every file of `dir` to disk.
 fn sync_files(dir: &Path) -> Result<(), TrainError> {
+    // One crash point for all: flushing changes nothing a restarted process can see.
+    fault::point("flush", dir);
     for entry in fs::read_dir(dir).map_err(|e| TrainError::io("listing", dir, e))? {
         let path = entry.map_err(|e| TrainError::io("listing", dir, e))?.path();
         if path.is_file() {
@@ -255,31 +470,72 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes the temporary directories of unfinished saves.
-pub fn remove_temporaries(dir: &Path) -> Result<(), TrainError> {
+/// Cleans a run's `checkpoints` folder after a crash; run at the start of a run, by the
+/// process that holds the run directory's lock. Removes unfinished saves (`.tmp-…`) and
+/// prunes (`.deleting-…`); a `.replaced-step-N` left by a replacing save cut between its two
+/// renames is put back as `step-N` when that is missing (the new copy never committed), and
+/// removed otherwise. Returns a note per thing done.
+pub fn recover_checkpoints(dir: &Path) -> Result<Vec<String>, TrainError> {
     if !dir.exists() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    for entry in fs::read_dir(dir).map_err(|e| TrainError::io("listing", dir, e))? {
-        let entry = entry.map_err(|e| TrainError::io("listing", dir, e))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(TMP_PREFIX))
-        {
-            let path = entry.path();
+    let mut notes = Vec::new();
+    for (name, path) in dir_entries(dir)? {
+        if let Some(rest) = name.strip_prefix(REPLACED_PREFIX) {
+            let target = dir.join(rest);
+            if target.join(STATE_FILE).is_file() {
+                fault::point("remove", &path);
+                fs::remove_dir_all(&path).map_err(|e| TrainError::io("removing", &path, e))?;
+            } else {
+                if target.exists() {
+                    fault::point("remove", &target);
+                    fs::remove_dir_all(&target)
+                        .map_err(|e| TrainError::io("removing", &target, e))?;
+                }
+                fault::point("rename", &path);
+                fs::rename(&path, &target).map_err(|e| TrainError::io("renaming", &path, e))?;
+                notes.push(format!(
+                    "restored {} (a save that replaced it did not finish)",
+                    target.display()
+                ));
+            }
+        } else if name.starts_with(TMP_PREFIX) || name.starts_with(DELETING_PREFIX) {
+            fault::point("remove", &path);
             fs::remove_dir_all(&path).map_err(|e| TrainError::io("removing", &path, e))?;
+            notes.push(format!(
+                "removed {} (left by an interrupted {})",
+                path.display(),
+                if name.starts_with(TMP_PREFIX) {
+                    "save"
+                } else {
+                    "prune"
+                }
+            ));
         }
     }
-    Ok(())
+    sync_dir(dir);
+    Ok(notes)
 }
 
-/// Deletes all but the last `keep` checkpoints under `dir`.
+/// Deletes all but the last `keep` (at least 1) checkpoints under `dir`. Each is first renamed
+/// to `.deleting-…` (one atomic step), then deleted: a crash in between leaves a folder that
+/// is not a checkpoint and is removed by [`recover_checkpoints`].
 pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<(), TrainError> {
     let all = list_checkpoints(dir)?;
     let excess = all.len().saturating_sub(keep.max(1));
     for (_, path) in all.into_iter().take(excess) {
-        fs::remove_dir_all(&path).map_err(|e| TrainError::io("removing", &path, e))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .trim_start_matches(REPLACED_PREFIX)
+            .to_string();
+        let doomed = dir.join(format!("{DELETING_PREFIX}{name}"));
+        fault::point("rename", &path);
+        fs::rename(&path, &doomed).map_err(|e| TrainError::io("renaming", &path, e))?;
+        sync_dir(dir);
+        fault::point("remove", &doomed);
+        fs::remove_dir_all(&doomed).map_err(|e| TrainError::io("removing", &doomed, e))?;
     }
     Ok(())
 }
@@ -322,7 +578,10 @@ pub fn load_model<B: AutodiffBackend>(
         .load(path.clone(), device)
         .map_err(|e| TrainError::Record {
             path: path.with_extension("mpk"),
-            message: format!("{e} (was the checkpoint written with another student or loss set?)"),
+            message: format!(
+                "cannot be read into this run's student and loss set (written for another \
+                 student or loss set, or damaged): {e}"
+            ),
         })?;
     Ok(model.load_record(record))
 }
@@ -420,8 +679,12 @@ mod tests {
         ] {
             fs::create_dir_all(root.join(name)).unwrap();
         }
-        for name in ["step-00000002", "step-00000010", ".tmp-step-00000011-1"] {
-            fs::write(root.join(name).join(STATE_FILE), "{}").unwrap();
+        for (name, step) in [
+            ("step-00000002", 2),
+            ("step-00000010", 10),
+            (".tmp-step-00000011-1", 11),
+        ] {
+            fake_checkpoint(&root.join(name), step);
         }
         // step-00000012 has no state.json: not a checkpoint.
         let steps: Vec<u64> = list_checkpoints(root)
@@ -434,7 +697,7 @@ mod tests {
             resolve_checkpoint("latest", root).unwrap(),
             root.join("step-00000010")
         );
-        remove_temporaries(root).unwrap();
+        recover_checkpoints(root).unwrap();
         assert!(!root.join(".tmp-step-00000011-1").exists());
         prune_checkpoints(root, 1).unwrap();
         assert!(!root.join("step-00000002").exists());
@@ -443,5 +706,120 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nowhere"), "{e}");
+    }
+
+    fn fake_checkpoint(path: &Path, step: u64) {
+        fs::create_dir_all(path).unwrap();
+        let state = format!(
+            r#"{{"step": {step}, "epoch": 0, "data_position": {{"epoch": 0, "batch": 0,
+                "sample": 0, "anchor": 0}}, "rng": {{"seed": 0, "next_step": {step}}},
+                "samples_seen": 0, "total_steps": 8, "config_hash": "x", "distill": true,
+                "clipkd_version": "0"}}"#
+        );
+        fs::write(path.join(STATE_FILE), state).unwrap();
+        for name in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE] {
+            fs::write(path.join(name), format!("{name} of step {step}")).unwrap();
+        }
+    }
+
+    /// A save of step 12 over an older step 12, killed between its two renames: the old copy
+    /// (`.replaced-…`) is still listed as step 12, is what resume finds, and is put back by
+    /// the recovery; the uncommitted new copy is removed.
+    #[test]
+    fn a_replacing_save_cut_between_its_renames_keeps_the_old_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake_checkpoint(&root.join(".replaced-step-00000012"), 12);
+        fake_checkpoint(&root.join(".tmp-step-00000012-77"), 12);
+        let listed = list_checkpoints(root).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, 12);
+        let (found, notes) = find_checkpoint("latest", root).unwrap();
+        assert!(found.ends_with(".replaced-step-00000012"), "{found:?}");
+        assert!(notes.is_empty(), "{notes:?}");
+        let notes = recover_checkpoints(root).unwrap();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(root.join("step-00000012").join(STATE_FILE).is_file());
+        assert!(!root.join(".replaced-step-00000012").exists());
+        assert!(!root.join(".tmp-step-00000012-77").exists());
+        // With both copies present, the `.replaced-` one is the leftover.
+        fake_checkpoint(&root.join(".replaced-step-00000012"), 12);
+        assert_eq!(list_checkpoints(root).unwrap().len(), 1);
+        recover_checkpoints(root).unwrap();
+        assert!(!root.join(".replaced-step-00000012").exists());
+        assert!(root.join("step-00000012").exists());
+    }
+
+    /// Pruning renames first: a prune killed halfway leaves a `.deleting-…` folder, which is
+    /// not a checkpoint (even with its state.json still there) and is removed on recovery.
+    #[test]
+    fn a_half_pruned_checkpoint_is_never_listed_and_is_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for step in [2, 4, 6] {
+            fake_checkpoint(&root.join(checkpoint_name(step)), step);
+        }
+        fake_checkpoint(&root.join(".deleting-step-00000001"), 1);
+        let steps: Vec<u64> = list_checkpoints(root)
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(steps, [2, 4, 6]);
+        prune_checkpoints(root, 0).unwrap();
+        let steps: Vec<u64> = list_checkpoints(root)
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(steps, [6], "keep 0 still keeps the newest");
+        recover_checkpoints(root).unwrap();
+        let left: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["step-00000006"]);
+    }
+
+    /// A damaged latest checkpoint is passed over (with a note naming the file and what is
+    /// wrong) for the previous one; named by its own path, it is an error.
+    #[test]
+    fn a_damaged_latest_checkpoint_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for step in [3, 6] {
+            let path = root.join(checkpoint_name(step));
+            fake_checkpoint(&path, step);
+            let mut manifest = Manifest::default();
+            for name in [MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE] {
+                manifest
+                    .files
+                    .insert(name.into(), FileCheck::of(&path.join(name)).unwrap());
+            }
+            fs::write(
+                path.join(MANIFEST_FILE),
+                serde_json::to_string(&manifest).unwrap(),
+            )
+            .unwrap();
+        }
+        let latest = root.join(checkpoint_name(6));
+        assert_eq!(find_checkpoint("latest", root).unwrap().0, latest);
+        // Truncated: named with both sizes.
+        fs::write(latest.join(MODEL_FILE), "model").unwrap();
+        let (found, notes) = find_checkpoint("latest", root).unwrap();
+        assert_eq!(found, root.join(checkpoint_name(3)));
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("model.mpk is 5 bytes") && notes[0].contains("truncated"),
+            "{notes:?}"
+        );
+        let e = find_checkpoint(latest.to_str().unwrap(), root)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.mpk") && e.contains("truncated"), "{e}");
+        // Same length, other bytes: the CRC tells.
+        fs::write(latest.join(MODEL_FILE), "model.mpk of step 9").unwrap();
+        let (_, notes) = find_checkpoint("latest", root).unwrap();
+        assert!(notes[0].contains("CRC-32"), "{notes:?}");
     }
 }

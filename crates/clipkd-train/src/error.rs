@@ -110,6 +110,55 @@ pub enum TrainError {
         /// The terms, `name=value` comma-separated.
         terms: String,
     },
+    /// The weights or the optimizer state hold NaN or infinite values after a step whose
+    /// loss was finite (a diverging update); nothing of that step is saved.
+    #[error(
+        "the {what} after step {step} hold non-finite values ({details}); the checkpoints on \
+         disk are from before: lower optim.lr or set optim.grad_clip_norm, and resume"
+    )]
+    NonFiniteWeights {
+        /// The optimizer step (counted from 1).
+        step: u64,
+        /// `weights` or `optimizer moments`.
+        what: &'static str,
+        /// The tensors concerned (first few) and their counts of non-finite values.
+        details: String,
+    },
+    /// Another process holds the run directory.
+    #[error(
+        "run directory {path} is in use by {holder}; wait for it to finish, stop it, or choose \
+         another run.output_dir"
+    )]
+    RunDirLocked {
+        /// The run directory.
+        path: PathBuf,
+        /// Who holds it: pid, host, start time, command line.
+        holder: String,
+    },
+    /// The training data yields no usable batch (every sample skipped, or fewer samples than
+    /// one step needs).
+    #[error("no usable training data: {what}")]
+    NoUsableData {
+        /// What was read and why nothing could be used (counts by cause, first files).
+        what: String,
+    },
+    /// More of the training data was skipped than `data.max_skipped_fraction` allows.
+    #[error(
+        "{skipped} of {seen} samples read so far were unusable ({fraction:.1}%, more than \
+         data.max_skipped_fraction = {limit}): {report}"
+    )]
+    TooManySkipped {
+        /// Samples skipped.
+        skipped: u64,
+        /// Samples read (used or skipped).
+        seen: u64,
+        /// `skipped / seen` in percent.
+        fraction: f64,
+        /// The configured limit (a fraction).
+        limit: f64,
+        /// Counts by cause and the first files.
+        report: String,
+    },
 }
 
 impl TrainError {

@@ -102,6 +102,7 @@ impl MetricsWriter {
         match resume_step {
             None => {
                 for p in [&path, &eval_path] {
+                    crate::fault::point("create", p);
                     File::create(p).map_err(|e| TrainError::io("creating", p, e))?;
                 }
             }
@@ -154,6 +155,7 @@ impl MetricsWriter {
 }
 
 fn append_line(path: &Path, line: &str) -> Result<(), TrainError> {
+    crate::fault::point("append", path);
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -250,7 +252,17 @@ fn truncate_after(path: &Path, format: MetricsFormat, step: u64) -> Result<(), T
             kept.push('\n');
         }
     }
-    fs::write(path, kept).map_err(|e| TrainError::io("writing", path, e))
+    // Into a temporary file, then renamed over the old one: a crash leaves one or the other.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    crate::fault::point("write", &tmp);
+    let mut f = File::create(&tmp).map_err(|e| TrainError::io("creating", &tmp, e))?;
+    f.write_all(kept.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| TrainError::io("writing", &tmp, e))?;
+    crate::fault::point("rename", &tmp);
+    fs::rename(&tmp, path).map_err(|e| TrainError::io("renaming", &tmp, e))
 }
 
 /// The step rows of a run directory (from `metrics.jsonl`, else `metrics.csv`) and its

@@ -6,19 +6,39 @@
 //! the schedule. [`PreparedRun::run`] then trains on any autodiff backend:
 //!
 //! ```text
-//! for each epoch, for each group of grad_accum micro-batches:
+//! for each epoch (steps_per_epoch optimizer steps), for each group of grad_accum micro-batches:
 //!     lr = cosine schedule(step); B::seed(step_seed(seed, step))
 //!     teacher forward (inner backend) + student forward/backward per micro-batch
 //!     [clip global norm] -> AdamW (3 groups) -> clamp logit_scale
-//!     every log_every_steps: metrics row, progress; every checkpoint_every_steps: checkpoint;
-//!     every eval.every_steps: evaluation
-//! at each epoch end: checkpoint, evaluation every eval.every_epochs
+//!     every log_every_steps: metrics row, progress; every checkpoint_every_steps and at the
+//!     epoch's end: one checkpoint; every eval.every_steps / eval.every_epochs: evaluation
 //! at the end: plots
 //! ```
 //!
+//! # Epochs, passes and skipped samples
+//! The schedule is planned from the data's rows: an epoch is `⌊rows / batch_size⌋ / grad_accum`
+//! optimizer steps (for webdataset shards, `train_num_samples` decides). Samples that cannot
+//! be used are skipped, so a pass over the data can end before its epoch does; the epoch then
+//! goes on into the next pass (in that pass's own shuffled order), so that every planned step
+//! is taken and the learning rate decays to zero where it was planned to. Each epoch starts a
+//! fresh pass. A pass that yields no step at all is an error ([`TrainError::NoUsableData`]),
+//! as is a skipped fraction above `data.max_skipped_fraction`
+//! ([`TrainError::TooManySkipped`]). Before any model is built, a sample of the data is read
+//! and decoded, so that data nobody can use fails in seconds.
+//!
+//! # Resuming
 //! A resumed run continues from the checkpoint's model, optimizer, data position and step,
 //! and takes exactly the steps the uninterrupted run would have taken (the backend RNG is
 //! reseeded from `(seed, step)` before every step, and the data loader is deterministic).
+//! The run directory is locked for the run ([`crate::run_dir`]); resuming from a checkpoint
+//! older than the latest rolls the run back to it.
+//!
+//! # Non-finite values
+//! Loss terms stay on the device and are checked in batches ([`crate::finite`]): on logged
+//! steps and before every checkpoint and evaluation, so no step waits for the device for the
+//! check alone. A checkpoint is written only when every earlier step's loss was finite and
+//! its weights and optimizer moments are; otherwise the run stops with an error naming the
+//! step and the term (or the tensors), and the earlier checkpoints are kept.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,9 +47,9 @@ use std::time::{Duration, Instant};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use clipkd_data::dataset::{CsvConfig, DataSource, DatasetKind, SyntheticDataset};
+use clipkd_data::dataset::{CsvConfig, DataSource, DatasetKind, SkipReport, SyntheticDataset};
 use clipkd_data::image::{ImageTransform, TransformConfig};
-use clipkd_data::loader::{Batch, DataLoader, DataPosition, LoaderConfig};
+use clipkd_data::loader::{Batch, Batches, DataLoader, DataPosition, LoaderConfig};
 use clipkd_data::tokenizer::Tokenizer;
 use clipkd_losses::LossSetConfig;
 use clipkd_models::{Clip, ClipConfig, load_open_clip};
@@ -40,9 +60,11 @@ use crate::checkpoint::{
 use crate::config::{DataKind, RunConfig, TrainMode};
 use crate::error::TrainError;
 use crate::eval::{EvalReport, EvalSuite};
+use crate::finite::{LossWatch, check_weights_and_moments};
 use crate::metrics::{EvalRecord, MetricsWriter, StepRecord};
 use crate::optim::{AdamWParams, GroupedAdamW};
 use crate::progress::{Progress, ProgressMode};
+use crate::run_dir::{RunLock, recover_run_dir, roll_back_to};
 use crate::schedule::CosineSchedule;
 use crate::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 
@@ -75,6 +97,10 @@ pub struct PreparedRun {
     pub warnings: Vec<String>,
     /// How progress is shown.
     pub progress: ProgressMode,
+    /// Lines of the data files dropped while they were read (malformed CSV lines).
+    pub read_skips: SkipReport,
+    /// The run directory's lock, held from the checks to the end of the run.
+    pub lock: RunLock,
 }
 
 /// What a finished (or stopped) run reports.
@@ -98,6 +124,9 @@ pub struct RunSummary {
     pub last_eval: Option<BTreeMap<String, f64>>,
     /// The plots drawn.
     pub plots: Vec<PathBuf>,
+    /// Samples skipped by this process (all passes), and the data lines dropped when the data
+    /// files were read.
+    pub skipped: SkipReport,
 }
 
 impl PreparedRun {
@@ -166,6 +195,8 @@ impl PreparedRun {
         let source = open_data(&config)?;
         let loader = build_loader(&config, &student, source)?;
         let (steps_per_epoch, total_steps) = schedule_length(&config, &loader)?;
+        let mut warnings = Vec::new();
+        let read_skips = check_data(&config, &loader, &mut warnings)?;
         let eval = if config.eval.is_empty() {
             None
         } else {
@@ -173,7 +204,14 @@ impl PreparedRun {
         };
 
         let run_dir = config.run.output_dir.clone();
-        let mut warnings = Vec::new();
+        // From here on this process owns the run directory; what a crash left is cleaned
+        // before checkpoints are looked at.
+        let lock = RunLock::acquire(&run_dir)?;
+        warnings.extend(
+            recover_run_dir(&run_dir)?
+                .into_iter()
+                .map(|n| format!("note: {n}")),
+        );
         let resume = match resume {
             None => {
                 let existing = checkpoint::list_checkpoints(&run_dir.join(CHECKPOINTS_DIR))?;
@@ -190,7 +228,8 @@ impl PreparedRun {
                 None
             }
             Some(spec) => {
-                let path = checkpoint::resolve_checkpoint(spec, &run_dir)?;
+                let (path, notes) = checkpoint::find_checkpoint(spec, &run_dir)?;
+                warnings.extend(notes);
                 let (state, saved) = checkpoint::read_checkpoint_meta(&path)?;
                 if state.distill != (mode == TrainMode::Distill) {
                     return Err(TrainError::Checkpoint {
@@ -224,14 +263,14 @@ impl PreparedRun {
                         changed.join(", ")
                     ));
                 }
-                if state.data_position.epoch >= config.optim.epochs
+                if state.epoch >= config.optim.epochs
                     && config.run.stop_after_steps.is_none_or(|s| s > state.step)
                 {
                     warnings.push(format!(
                         "checkpoint {} is at the end of epoch {}: optim.epochs is {}, nothing \
                          is left to train",
                         path.display(),
-                        state.data_position.epoch,
+                        state.epoch,
                         config.optim.epochs
                     ));
                 }
@@ -252,6 +291,8 @@ impl PreparedRun {
             resume,
             warnings,
             progress: ProgressMode::Auto,
+            read_skips,
+            lock,
         })
     }
 
@@ -260,6 +301,7 @@ impl PreparedRun {
     pub fn with_data(mut self, source: DataSource) -> Result<Self, TrainError> {
         self.loader = build_loader(&self.config, &self.student, source)?;
         let (steps_per_epoch, total_steps) = schedule_length(&self.config, &self.loader)?;
+        self.read_skips = check_data(&self.config, &self.loader, &mut self.warnings)?;
         self.steps_per_epoch = steps_per_epoch;
         self.total_steps = total_steps;
         Ok(self)
@@ -390,7 +432,101 @@ fn schedule_length(config: &RunConfig, loader: &DataLoader) -> Result<(u64, u64)
             ),
         ));
     }
-    Ok((steps_per_epoch, steps_per_epoch * config.optim.epochs))
+    let total = steps_per_epoch
+        .checked_mul(config.optim.epochs)
+        .filter(|&t| t < 1 << 53)
+        .ok_or_else(|| {
+            TrainError::config(
+                "optim.epochs",
+                format!(
+                    "{} epochs of {steps_per_epoch} steps is more optimizer steps than can be \
+                     counted",
+                    config.optim.epochs
+                ),
+            )
+        })?;
+    Ok((steps_per_epoch, total))
+}
+
+/// How many samples [`check_data`] reads before any model is built.
+const PROBE_SAMPLES: usize = 32;
+
+/// Reads a sample of the data before any model is built: data of which nothing can be used
+/// (a wrong data root, every image corrupt) fails here, naming the first files. Also checks
+/// the lines dropped while reading the data files against `data.max_skipped_fraction`.
+/// Returns those dropped lines; notes go to `warnings`.
+fn check_data(
+    config: &RunConfig,
+    loader: &DataLoader,
+    warnings: &mut Vec<String>,
+) -> Result<SkipReport, TrainError> {
+    let limit = config.data.max_skipped_fraction;
+    let source = loader.source();
+    let read_skips = source.read_skips();
+    let dropped = read_skips.total();
+    if dropped > 0 {
+        let rows = source.known_len().unwrap_or(0) as u64;
+        let seen = rows + dropped;
+        let fraction = dropped as f64 / seen as f64;
+        if fraction > limit {
+            return Err(TrainError::TooManySkipped {
+                skipped: dropped,
+                seen,
+                fraction: 100.0 * fraction,
+                limit,
+                report: skip_details(&read_skips),
+            });
+        }
+        warnings.push(format!(
+            "{dropped} of {seen} data lines dropped while reading: {}",
+            skip_details(&read_skips)
+        ));
+    }
+    let probe = source.probe(PROBE_SAMPLES, loader.transform());
+    if probe.checked > 0 && probe.usable == 0 {
+        return Err(TrainError::NoUsableData {
+            what: format!(
+                "none of the {} samples read to check the data could be used: {} (check \
+                 data.train_data and data.data_root)",
+                probe.checked,
+                skip_details(&probe.skipped)
+            ),
+        });
+    }
+    if probe.usable < probe.checked {
+        warnings.push(format!(
+            "{} of {} samples read to check the data are unusable: {}",
+            probe.checked - probe.usable,
+            probe.checked,
+            skip_details(&probe.skipped)
+        ));
+    }
+    Ok(read_skips)
+}
+
+/// `12 (missing_file 10, corrupt_image 2)`.
+fn skip_counts(report: &SkipReport) -> String {
+    let by: Vec<String> = report
+        .counts
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    format!("{} ({})", report.total(), by.join(", "))
+}
+
+/// The counts by cause and the first example of each cause, on one line.
+pub fn skip_details(report: &SkipReport) -> String {
+    let first: Vec<String> = report
+        .counts
+        .keys()
+        .filter_map(|reason| report.examples.iter().find(|e| e.reason == *reason))
+        .map(ToString::to_string)
+        .collect();
+    if first.is_empty() {
+        skip_counts(report)
+    } else {
+        format!("{}; first: {}", skip_counts(report), first.join("; "))
+    }
 }
 
 /// Materialises every lazily initialised parameter, in module order, so that initial values
@@ -443,6 +579,10 @@ struct Runner<B: AutodiffBackend> {
     metrics: MetricsWriter,
     progress: Progress,
     run_dir: PathBuf,
+    /// Loss terms of the steps not yet checked for NaN/Inf.
+    watch: LossWatch<B::InnerBackend>,
+    /// Skips of the passes over the data that this process finished or left.
+    run_skips: SkipReport,
     last_checkpoint: Option<PathBuf>,
     last_checkpoint_step: Option<u64>,
     last_loss: Option<(BTreeMap<String, f64>, f64)>,
@@ -453,6 +593,37 @@ struct Runner<B: AutodiffBackend> {
     window_images: u64,
     window_steps: u64,
     window_wait: Duration,
+}
+
+/// The skipped fraction is checked once a pass has read this many samples (and at its end).
+const MIN_SAMPLES_FOR_SKIP_CHECK: u64 = 1000;
+/// Loss terms kept on the device before a check is forced (bounds memory when logging is rare).
+const MAX_UNCHECKED_STEPS: usize = 1000;
+
+/// Samples read and skipped in the current pass over the data, as of the last batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassCount {
+    seen: u64,
+    skipped: u64,
+}
+
+impl PassCount {
+    fn after_batch(batches: &Batches) -> Self {
+        PassCount {
+            seen: batches.position().sample,
+            skipped: batches.skipped().total(),
+        }
+    }
+
+    /// The final count once `batches` is over: skipped samples after the last batch and the
+    /// usable ones left out of a last partial batch were read too.
+    fn at_end(self, batches: &Batches) -> Self {
+        let skipped = batches.skipped().total();
+        PassCount {
+            seen: self.seen + skipped.saturating_sub(self.skipped) + batches.dropped() as u64,
+            skipped,
+        }
+    }
 }
 
 impl<B: AutodiffBackend> Runner<B> {
@@ -513,6 +684,23 @@ impl<B: AutodiffBackend> Runner<B> {
                 (model, optimizer, state)
             }
         };
+        let mut notes = Vec::new();
+        let mut last_checkpoint_step = None;
+        if let Some(path) = &prep.resume {
+            // The resumed step is the run's present: later checkpoints of this run directory
+            // belong to a branch the user left (see `run_dir`).
+            if let Some(moved) = roll_back_to(&run_dir, state.step)? {
+                notes.push(format!(
+                    "rolled back to step {}: the later checkpoints and the metrics as they were \
+                     are kept in {}",
+                    state.step,
+                    moved.display()
+                ));
+            }
+            if same_dir(path.parent(), &run_dir.join(CHECKPOINTS_DIR)) {
+                last_checkpoint_step = Some(state.step);
+            }
+        }
         let metrics = MetricsWriter::open(
             &run_dir,
             config.run.metrics_format,
@@ -520,7 +708,14 @@ impl<B: AutodiffBackend> Runner<B> {
         )?;
         let progress = Progress::new(prep.progress, prep.total_steps, state.step);
         for w in &prep.warnings {
-            progress.println(&format!("warning: {w}"));
+            if w.starts_with("note: ") {
+                progress.println(w);
+            } else {
+                progress.println(&format!("warning: {w}"));
+            }
+        }
+        for n in &notes {
+            progress.println(&format!("note: {n}"));
         }
         if let Some(path) = &prep.resume {
             progress.println(&format!(
@@ -541,8 +736,10 @@ impl<B: AutodiffBackend> Runner<B> {
             metrics,
             progress,
             run_dir,
+            watch: LossWatch::new(),
+            run_skips: SkipReport::default(),
             last_checkpoint: None,
-            last_checkpoint_step: None,
+            last_checkpoint_step,
             last_loss: None,
             last_eval: None,
             last_eval_step: None,
@@ -560,60 +757,84 @@ impl<B: AutodiffBackend> Runner<B> {
         let stop_after = self.prep.config.run.stop_after_steps;
         let mut stopped_early = false;
         let steps_per_epoch = self.prep.steps_per_epoch;
-        'epochs: while self.state.data_position.epoch < epochs {
+        'epochs: while self.state.epoch < epochs {
             let mut batches = self.prep.loader.resume(&self.state.data_position)?;
-            let mut cut_short = false;
+            let mut pass_from_start = self.state.data_position.is_epoch_start();
+            let mut pass_steps = 0u64;
+            let mut count = PassCount::after_batch(&batches);
             loop {
                 if stop_after.is_some_and(|s| self.state.step >= s) {
                     stopped_early = true;
+                    self.run_skips.merge(batches.skipped());
                     break 'epochs;
-                }
-                if self.state.steps_in_epoch >= steps_per_epoch {
-                    // An epoch of webdataset shards is `train_num_samples` long, as open_clip.
-                    cut_short = true;
-                    break;
                 }
                 let wait = Instant::now();
                 let mut group = Vec::with_capacity(k);
-                for batch in batches.by_ref().take(k) {
+                while group.len() < k {
+                    let Some(batch) = batches.next() else { break };
                     group.push(batch?);
+                    count = PassCount::after_batch(&batches);
                 }
                 self.window_wait += wait.elapsed();
                 if group.len() < k {
-                    break; // the epoch is over (a partial accumulation group is dropped)
+                    // The pass is over (a partial accumulation group is dropped); the epoch
+                    // goes on into the next pass.
+                    let end = count.at_end(&batches);
+                    self.check_skipped(end, batches.skipped())?;
+                    if pass_from_start && pass_steps == 0 {
+                        return Err(TrainError::NoUsableData {
+                            what: format!(
+                                "a whole pass over the data ({} samples read) gave {} batches of \
+                                 {}, and one optimizer step needs {k} (optim.grad_accum); \
+                                 skipped: {}",
+                                end.seen,
+                                group.len(),
+                                self.prep.config.data.batch_size,
+                                skip_details(batches.skipped())
+                            ),
+                        });
+                    }
+                    self.run_skips.merge(batches.skipped());
+                    self.state.data_position = batches.position().clone();
+                    drop(batches);
+                    batches = self.prep.loader.resume(&self.state.data_position)?;
+                    pass_from_start = true;
+                    pass_steps = 0;
+                    count = PassCount::default();
+                    continue;
                 }
-                let skipped = batches.skipped().total();
-                self.step(&group, skipped)?;
+                self.step(&group, batches.skipped())?;
+                pass_steps += 1;
                 self.state.data_position = batches.position().clone();
-                self.after_step()?;
-            }
-            // The epoch is over: the position is the start of the next one.
-            self.state.data_position = if cut_short {
-                batches.position().next_epoch()
-            } else {
-                batches.position().clone()
-            };
-            self.state.epoch = self.state.data_position.epoch;
-            self.state.steps_in_epoch = 0;
-            drop(batches);
-            if self.prep.config.run.checkpoint_at_epoch_end {
-                self.checkpoint()?;
-            }
-            if self.prep.config.eval.due_after_epoch(self.state.epoch)
-                && self.last_eval_step != Some(self.state.step)
-            {
-                self.evaluate()?;
+                if count.seen >= MIN_SAMPLES_FOR_SKIP_CHECK {
+                    self.check_skipped(count, batches.skipped())?;
+                }
+                let epoch_over = self.state.steps_in_epoch >= steps_per_epoch;
+                if epoch_over {
+                    // Every epoch starts a fresh pass (for webdataset shards, as open_clip).
+                    self.run_skips.merge(batches.skipped());
+                    drop(batches);
+                    self.state.data_position = self.state.data_position.next_epoch();
+                    self.state.epoch += 1;
+                    self.state.steps_in_epoch = 0;
+                    self.after_step(true)?;
+                    continue 'epochs;
+                }
+                self.after_step(false)?;
             }
         }
         if self.last_checkpoint_step != Some(self.state.step) {
             self.checkpoint()?;
         }
+        self.watch.check()?;
         self.progress.finish();
         let plots = if self.prep.config.run.plots {
             crate::plot::plot_run(&self.run_dir)?
         } else {
             Vec::new()
         };
+        let mut skipped = self.prep.read_skips.clone();
+        skipped.merge(&self.run_skips);
         Ok(RunSummary {
             run_dir: self.run_dir.clone(),
             steps: self.state.step,
@@ -624,11 +845,33 @@ impl<B: AutodiffBackend> Runner<B> {
             last_loss: self.last_loss.clone(),
             last_eval: self.last_eval.clone(),
             plots,
+            skipped,
         })
     }
 
-    /// One optimizer step on `group` (grad_accum micro-batches).
-    fn step(&mut self, group: &[Batch], skipped: u64) -> Result<(), TrainError> {
+    /// Fails when the pass so far skipped more than `data.max_skipped_fraction` of what it
+    /// read.
+    fn check_skipped(&self, count: PassCount, report: &SkipReport) -> Result<(), TrainError> {
+        let limit = self.prep.config.data.max_skipped_fraction;
+        if count.seen == 0 || limit >= 1.0 {
+            return Ok(());
+        }
+        let fraction = count.skipped as f64 / count.seen as f64;
+        if fraction > limit {
+            return Err(TrainError::TooManySkipped {
+                skipped: count.skipped,
+                seen: count.seen,
+                fraction: 100.0 * fraction,
+                limit,
+                report: skip_details(report),
+            });
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `group` (grad_accum micro-batches); `skips` are the current
+    /// pass's skipped samples (for the metrics row and the progress line).
+    fn step(&mut self, group: &[Batch], skips: &SkipReport) -> Result<(), TrainError> {
         let config = &self.prep.config;
         let step = self.state.step;
         let lr = self.schedule.lr(step);
@@ -664,19 +907,18 @@ impl<B: AutodiffBackend> Runner<B> {
         self.window_images += images;
         self.window_steps += 1;
         self.progress.set_step(self.state.step);
+        self.watch.push(self.state.step, &out.terms);
+        self.model = Some(out.model);
         if log_now {
-            let loss: BTreeMap<String, f64> = out.terms.to_scalars().into_iter().collect();
+            // One transfer for every step since the last check; fails on a non-finite term.
+            let checked = self.watch.check()?.expect("this step's terms are pending");
+            let loss: BTreeMap<String, f64> = checked.terms.into_iter().collect();
             let total: f64 = loss.values().sum();
-            if !total.is_finite() {
-                let terms: Vec<String> = loss.iter().map(|(n, v)| format!("{n}={v}")).collect();
-                return Err(TrainError::NonFiniteLoss {
-                    step: self.state.step,
-                    terms: terms.join(", "),
-                });
-            }
             let grad_norm = out.grad_norm.map(|n| n.into_scalar().elem::<f64>());
-            let logit_scale = out
+            let logit_scale = self
                 .model
+                .as_ref()
+                .expect("just put back")
                 .student
                 .logit_scale()
                 .into_scalar()
@@ -685,7 +927,7 @@ impl<B: AutodiffBackend> Runner<B> {
             let elapsed = self.window_start.elapsed().as_secs_f64().max(1e-9);
             let row = StepRecord {
                 step: self.state.step,
-                epoch: self.state.data_position.epoch,
+                epoch: self.state.epoch,
                 lr,
                 loss: loss.clone(),
                 total,
@@ -695,15 +937,20 @@ impl<B: AutodiffBackend> Runner<B> {
                 step_time_s: elapsed / self.window_steps.max(1) as f64,
                 data_wait_s: self.window_wait.as_secs_f64() / self.window_steps.max(1) as f64,
                 samples_seen: self.state.samples_seen,
-                skipped,
+                skipped: skips.total(),
             };
             self.metrics.write_step(&row)?;
             let terms: Vec<String> = loss.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            let skipped = if skips.is_empty() {
+                String::new()
+            } else {
+                format!(" | skipped {}", skip_counts(skips))
+            };
             self.progress.report(
                 self.state.step,
                 self.prep.total_steps,
                 &format!(
-                    "{:.1} img/s | lr {lr:.2e} | loss {total:.4} ({})",
+                    "{:.1} img/s | lr {lr:.2e} | loss {total:.4} ({}){skipped}",
                     row.images_per_s,
                     terms.join(", ")
                 ),
@@ -713,28 +960,44 @@ impl<B: AutodiffBackend> Runner<B> {
             self.window_images = 0;
             self.window_steps = 0;
             self.window_wait = Duration::ZERO;
+        } else if self.watch.pending() >= MAX_UNCHECKED_STEPS {
+            self.watch.check()?;
         }
-        self.model = Some(out.model);
         Ok(())
     }
 
-    /// Step-count triggers: checkpoint and evaluation.
-    fn after_step(&mut self) -> Result<(), TrainError> {
-        let every = self.prep.config.run.checkpoint_every_steps;
-        if every > 0 && self.state.step.is_multiple_of(every) {
+    /// The checkpoint and evaluation due after a step (`epoch_over`: it ended an epoch). At
+    /// most one checkpoint and one evaluation per step.
+    fn after_step(&mut self, epoch_over: bool) -> Result<(), TrainError> {
+        let config = &self.prep.config;
+        let every = config.run.checkpoint_every_steps;
+        let step = self.state.step;
+        if (every > 0 && step.is_multiple_of(every))
+            || (epoch_over && config.run.checkpoint_at_epoch_end)
+        {
             self.checkpoint()?;
         }
-        if self.prep.config.eval.due_after_step(self.state.step) {
+        let config = &self.prep.config;
+        if (config.eval.due_after_step(step)
+            || (epoch_over && config.eval.due_after_epoch(self.state.epoch)))
+            && self.last_eval_step != Some(step)
+        {
             self.evaluate()?;
         }
         Ok(())
     }
 
+    /// Writes a checkpoint of the current step, once per step, and only of finite values.
     fn checkpoint(&mut self) -> Result<(), TrainError> {
+        if self.last_checkpoint_step == Some(self.state.step) {
+            return Ok(());
+        }
+        self.watch.check()?;
         let model = self
             .model
             .as_ref()
             .expect("the model is present between steps");
+        check_weights_and_moments(model, &self.optimizer, self.state.step)?;
         let path = save_checkpoint(
             &self.run_dir.join(CHECKPOINTS_DIR),
             CheckpointContents {
@@ -756,6 +1019,7 @@ impl<B: AutodiffBackend> Runner<B> {
         let Some(suite) = &self.prep.eval else {
             return Ok(());
         };
+        self.watch.check()?;
         let model = self
             .model
             .as_ref()
@@ -780,5 +1044,13 @@ impl<B: AutodiffBackend> Runner<B> {
         self.last_eval = Some(metrics);
         self.last_eval_step = Some(self.state.step);
         Ok(())
+    }
+}
+
+/// Whether `a` and `b` name the same directory.
+fn same_dir(a: Option<&Path>, b: &Path) -> bool {
+    match (a.and_then(|a| a.canonicalize().ok()), b.canonicalize().ok()) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
     }
 }

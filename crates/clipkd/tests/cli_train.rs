@@ -4,25 +4,16 @@
 #![cfg(feature = "flex")]
 
 mod common;
+#[path = "common/train_setup.rs"]
+mod train_setup;
 
 use common::{TempDir, clipkd, ok};
+use train_setup::metric_rows;
 
 use std::path::{Path, PathBuf};
 
 use burn_flex::Flex;
-use clipkd_models::{ClipConfig, load_open_clip, save_open_clip};
-
-const STUDENT_JSON: &str = r#"{
-  "embed_dim": 16,
-  "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-}"#;
-
-const TEACHER_JSON: &str = r#"{
-  "embed_dim": 24,
-  "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "head_width": 16, "patch_size": 8},
-  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 48, "heads": 3, "layers": 1}
-}"#;
+use clipkd_models::{ClipConfig, load_open_clip};
 
 fn fails(args: &[&str]) -> String {
     let out = clipkd(args);
@@ -30,91 +21,14 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A 24-bit BMP of `w` x `h` pixels, `rgb(x, y)` each.
-fn write_bmp(path: &Path, w: usize, h: usize, rgb: impl Fn(usize, usize) -> [u8; 3]) {
-    let row = (w * 3).div_ceil(4) * 4;
-    let size = 54 + row * h;
-    let mut b = Vec::with_capacity(size);
-    b.extend_from_slice(b"BM");
-    b.extend_from_slice(&(size as u32).to_le_bytes());
-    b.extend_from_slice(&[0; 4]);
-    b.extend_from_slice(&54u32.to_le_bytes());
-    b.extend_from_slice(&40u32.to_le_bytes());
-    b.extend_from_slice(&(w as i32).to_le_bytes());
-    b.extend_from_slice(&(h as i32).to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&24u16.to_le_bytes());
-    b.extend_from_slice(&[0; 24]);
-    for y in (0..h).rev() {
-        let start = b.len();
-        for x in 0..w {
-            let [r, g, bl] = rgb(x, y);
-            b.extend_from_slice(&[bl, g, r]);
-        }
-        b.resize(start + row, 0);
-    }
-    std::fs::write(path, b).unwrap();
-}
-
-/// Models, teacher weights, 16 captioned images and a run config in `dir`; returns the config.
+/// Models, teacher weights, 16 captioned images and a run config in `dir`, evaluated by
+/// retrieval on the training images every 4 steps; returns the config.
 fn setup(dir: &Path) -> PathBuf {
-    std::fs::write(dir.join("student.json"), STUDENT_JSON).unwrap();
-    std::fs::write(dir.join("teacher.json"), TEACHER_JSON).unwrap();
-    let teacher = ClipConfig::from_open_clip_json(dir.join("teacher.json")).unwrap();
-    let model = teacher.init::<Flex>(&Default::default()).unwrap();
-    save_open_clip(&model, dir.join("teacher.safetensors")).unwrap();
-
-    let colours = [
-        ("red", [220, 30, 30]),
-        ("green", [30, 200, 40]),
-        ("blue", [30, 40, 220]),
-        ("yellow", [230, 220, 30]),
-    ];
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    let mut csv = String::from("title\tfilepath\n");
-    for i in 0..16 {
-        let (name, colour) = colours[i % 4];
-        let file = format!("images/{i:02}.bmp");
-        let offset = i * 3 % 10;
-        write_bmp(&dir.join(&file), 40, 40, |x, y| {
-            if (offset..offset + 28).contains(&x) && (offset..offset + 28).contains(&y) {
-                colour
-            } else {
-                [128, 128, 128]
-            }
-        });
-        csv.push_str(&format!("a photo of a {name} square\t{file}\n"));
-    }
-    std::fs::write(dir.join("train.csv"), csv).unwrap();
-
     let d = dir.display();
-    let config = dir.join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"# 16 images, batches of 4: 4 steps per epoch.
-[data]
-train_data = "{d}/train.csv"
-data_root = "{d}"
-batch_size = 4
-workers = 2
-
-[student]
-model = "{d}/student.json"
-
-[teacher]
-model = "{d}/teacher.json"
-weights = "{d}/teacher.safetensors"
-
-[optim]
-epochs = 2
-warmup = 1
-lr = 2e-3
-
-[run]
-output_dir = "{d}/run"
-log_every_steps = 1
-
+    train_setup::setup(
+        dir,
+        &format!(
+            r#"
 # Retrieval on the training images themselves, every 4 steps and every epoch.
 [eval]
 every_steps = 4
@@ -127,16 +41,6 @@ root = "{d}"
 "#
         ),
     )
-    .unwrap();
-    config
-}
-
-fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

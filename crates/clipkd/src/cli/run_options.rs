@@ -247,6 +247,12 @@ fn print_summary(summary: &RunSummary, quiet: bool) {
         let shown: Vec<String> = eval.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
         eprintln!("last eval: {}", shown.join(", "));
     }
+    if !summary.skipped.is_empty() {
+        eprintln!(
+            "skipped samples: {}",
+            clipkd_train::trainer::skip_details(&summary.skipped)
+        );
+    }
     if let Some(ckpt) = &summary.checkpoint {
         eprintln!("checkpoint: {}", ckpt.display());
     }

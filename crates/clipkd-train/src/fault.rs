@@ -1,0 +1,59 @@
+//! Crash injection for the fault tests: every file-system change of the run directory
+//! (creating, writing, flushing, renaming, removing checkpoints and metrics) goes through
+//! [`point`], and the process can be made to die at the `N`-th one.
+//!
+//! Set `CLIPKD_KILL_AT_FS_OP=N` and the process aborts (`SIGABRT`: no destructor, no flush,
+//! like `kill -9`) just before its `N`-th file-system change, counted from 1 in the order the
+//! run makes them. `CLIPKD_KILL_AT_FS_OP=list` prints each change (`fs-op N: what path`) to
+//! stderr instead, so a test can choose its points. Unset (always, outside tests), [`point`] is
+//! one relaxed atomic load and a comparison.
+//!
+//! `crates/clipkd/tests/cli_faults.rs` kills `clipkd distill` at every point of a run and checks
+//! that a complete checkpoint survives and that the resumed run ends with the uninterrupted
+//! run's weights.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The environment variable that arms the crash injection.
+pub const KILL_AT_ENV: &str = "CLIPKD_KILL_AT_FS_OP";
+
+enum Mode {
+    Off,
+    List,
+    KillAt(u64),
+}
+
+fn mode() -> &'static Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    MODE.get_or_init(|| match std::env::var(KILL_AT_ENV) {
+        Ok(v) if v == "list" => Mode::List,
+        Ok(v) => v.parse().map_or(Mode::Off, Mode::KillAt),
+        Err(_) => Mode::Off,
+    })
+}
+
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Marks a file-system change about to be made (`what` on `path`): counts it and, when
+/// [`KILL_AT_ENV`] names this one, aborts the process before it happens.
+pub fn point(what: &str, path: &Path) {
+    match mode() {
+        Mode::Off => {}
+        Mode::List => {
+            let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+            eprintln!("fs-op {n}: {what} {}", path.display());
+        }
+        Mode::KillAt(at) => {
+            let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == *at {
+                eprintln!(
+                    "fs-op {n}: {what} {}: killed here ({KILL_AT_ENV})",
+                    path.display()
+                );
+                std::process::abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Catching NaN and infinity without a device sync per step.
+//!
+//! Reading a value back from a GPU waits for all the work queued before it, so the trainer
+//! never reads the loss on every step. Instead:
+//! - [`LossWatch`] keeps each step's loss terms on the device (one `[T]` tensor a step, made
+//!   by a single concatenation) and reads all the steps since the last check in one transfer,
+//!   at the points where the trainer reads the device anyway: logged steps, and before every
+//!   checkpoint and evaluation. A non-finite term is reported with its step and name.
+//! - [`non_finite_count`] sums `x - x` over every weight (0 when all are finite, NaN
+//!   otherwise) and the optimizer's moments into one scalar, read once before a checkpoint is
+//!   written: a diverging update whose loss was still finite is caught before it is saved.
+//!
+//! So a checkpoint is only written when every step before it had finite losses and the
+//! weights and moments it holds are finite.
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::optim::AdamW;
+use burn::optim::record::AdaptorRecord;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use clipkd_losses::LossTerms;
+
+use crate::error::TrainError;
+use crate::optim::{GroupedAdamW, ParamPaths};
+
+/// The last step a [`LossWatch::check`] read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedStep {
+    /// The optimizer step (counted from 1).
+    pub step: u64,
+    /// Its loss terms by name.
+    pub terms: Vec<(String, f64)>,
+}
+
+/// The loss terms of the steps not yet checked, on the device.
+#[derive(Debug)]
+pub struct LossWatch<B: Backend> {
+    names: Vec<String>,
+    pending: Vec<(u64, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> Default for LossWatch<B> {
+    fn default() -> Self {
+        LossWatch {
+            names: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> LossWatch<B> {
+    /// An empty watch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the terms of optimizer step `step` (counted from 1) on the device; no transfer.
+    pub fn push(&mut self, step: u64, terms: &LossTerms<B>) {
+        if self.names.is_empty() {
+            self.names = terms.iter().map(|t| t.name.clone()).collect();
+        }
+        let values: Vec<Tensor<B, 1>> = terms.iter().map(|t| t.value.clone()).collect();
+        self.pending.push((step, Tensor::cat(values, 0)));
+    }
+
+    /// Steps pushed and not yet checked.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reads every pending step's terms in one transfer and checks them. Returns the last
+    /// step's terms by name (`None` when nothing was pending), or
+    /// [`TrainError::NonFiniteLoss`] for the first step with a NaN or infinite term.
+    pub fn check(&mut self) -> Result<Option<CheckedStep>, TrainError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let steps: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
+        let all = Tensor::cat(pending.into_iter().map(|(_, t)| t).collect(), 0);
+        let values: Vec<f64> = all.into_data().iter::<f64>().collect();
+        let t = self.names.len();
+        let named = |row: &[f64]| -> Vec<(String, f64)> {
+            self.names
+                .iter()
+                .cloned()
+                .zip(row.iter().copied())
+                .collect()
+        };
+        for (i, &step) in steps.iter().enumerate() {
+            let row = &values[i * t..(i + 1) * t];
+            if row.iter().any(|v| !v.is_finite()) {
+                // The non-finite terms first: they are the news.
+                let mut terms = named(row);
+                terms.sort_by_key(|(_, v)| v.is_finite());
+                let shown: Vec<String> = terms.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                return Err(TrainError::NonFiniteLoss {
+                    step,
+                    terms: shown.join(", "),
+                });
+            }
+        }
+        let last = steps.len() - 1;
+        Ok(Some(CheckedStep {
+            step: steps[last],
+            terms: named(&values[last * t..(last + 1) * t]),
+        }))
+    }
+}
+
+/// Sums `x - x` over every float parameter: 0 when all are finite, NaN otherwise.
+struct FiniteProbe<B: Backend> {
+    sum: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> FiniteProbe<B> {
+    fn add<const D: usize>(&mut self, x: Tensor<B, D>) {
+        let s = (x.clone() - x).sum();
+        self.sum = Some(match self.sum.take() {
+            None => s,
+            Some(acc) => acc + s,
+        });
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for FiniteProbe<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.add(param.val());
+    }
+}
+
+/// Names and counts the non-finite values of each float parameter (the slow path, after
+/// [`FiniteProbe`] found some).
+#[derive(Default)]
+struct NonFiniteNames {
+    found: Vec<(String, u64)>,
+    path: Vec<String>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for NonFiniteNames {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n: i64 = param
+            .val()
+            .is_finite()
+            .bool_not()
+            .int()
+            .sum()
+            .into_scalar()
+            .elem();
+        if n > 0 {
+            self.found.push((self.path.join("."), n as u64));
+        }
+    }
+}
+
+fn describe(found: &[(String, u64)]) -> String {
+    let total: u64 = found.iter().map(|(_, n)| n).sum();
+    let first: Vec<String> = found
+        .iter()
+        .take(5)
+        .map(|(name, n)| format!("{name}: {n}"))
+        .collect();
+    format!(
+        "{total} values in {} tensors; {}{}",
+        found.len(),
+        first.join(", "),
+        if found.len() > 5 { ", ..." } else { "" }
+    )
+}
+
+/// Checks that every weight of `model` and every AdamW moment of `optimizer` is finite, with
+/// one value read from the device. `step` only goes into the error:
+/// [`TrainError::NonFiniteWeights`], naming the tensors.
+pub fn check_weights_and_moments<B, M>(
+    model: &M,
+    optimizer: &GroupedAdamW<B, M>,
+    step: u64,
+) -> Result<(), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    let inner = model.valid();
+    let mut probe = FiniteProbe::<B::InnerBackend> { sum: None };
+    inner.visit(&mut probe);
+    let mut paths = ParamPaths::default();
+    model.visit(&mut paths);
+    let rank_path: HashMap<ParamId, (usize, String)> = paths
+        .params
+        .into_iter()
+        .map(|(path, rank, id)| (id, (rank, path)))
+        .collect();
+    let records = optimizer.to_records();
+    for group in &records {
+        for (id, record) in group {
+            if let Some((rank, _)) = rank_path.get(id) {
+                add_moments::<B>(&mut probe, record.clone(), *rank);
+            }
+        }
+    }
+    let Some(sum) = probe.sum else {
+        return Ok(());
+    };
+    let sum: f64 = sum.into_scalar().elem();
+    if sum.is_finite() {
+        return Ok(());
+    }
+    let mut names = NonFiniteNames::default();
+    inner.visit(&mut names);
+    if !names.found.is_empty() {
+        return Err(TrainError::NonFiniteWeights {
+            step,
+            what: "weights",
+            details: describe(&names.found),
+        });
+    }
+    let mut found = Vec::new();
+    for group in records {
+        for (id, record) in group {
+            if let Some((rank, path)) = rank_path.get(&id) {
+                let mut one = FiniteProbe::<B::InnerBackend> { sum: None };
+                add_moments::<B>(&mut one, record, *rank);
+                if let Some(s) = one.sum
+                    && !s.into_scalar().elem::<f64>().is_finite()
+                {
+                    found.push((path.clone(), 1));
+                }
+            }
+        }
+    }
+    Err(TrainError::NonFiniteWeights {
+        step,
+        what: "optimizer moments",
+        details: format!(
+            "the AdamW moments of {} tensors: {}",
+            found.len(),
+            found
+                .iter()
+                .take(5)
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+type Record<B> = AdaptorRecord<AdamW, B>;
+
+/// Adds the moments of one parameter's AdamW state (rank `rank`) to `probe`.
+fn add_moments<B: AutodiffBackend>(
+    probe: &mut FiniteProbe<B::InnerBackend>,
+    record: Record<B>,
+    rank: usize,
+) {
+    macro_rules! moments {
+        ($d:literal) => {{
+            let state = record.into_state::<$d>();
+            probe.add(state.momentum.moment_1);
+            probe.add(state.momentum.moment_2);
+        }};
+    }
+    match rank {
+        1 => moments!(1),
+        2 => moments!(2),
+        3 => moments!(3),
+        4 => moments!(4),
+        5 => moments!(5),
+        6 => moments!(6),
+        // Parameters of higher rank do not occur in CLIP models; their moments are not checked.
+        _ => {}
+    }
+}
