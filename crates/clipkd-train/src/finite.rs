@@ -131,27 +131,14 @@ impl<B: Backend> ModuleVisitor<B> for FiniteProbe<B> {
     }
 }
 
-/// Names and counts the non-finite values of each float parameter (the slow path, after
-/// [`FiniteProbe`] found some).
+/// Counts the non-finite values of each float parameter (the slow path, after
+/// [`FiniteProbe`] found some), by parameter id.
 #[derive(Default)]
-struct NonFiniteNames {
-    found: Vec<(String, u64)>,
-    path: Vec<String>,
+struct NonFiniteCounts {
+    found: Vec<(ParamId, u64)>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for NonFiniteNames {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.push(name.to_string());
-        }
-    }
-
-    fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.pop();
-        }
-    }
-
+impl<B: Backend> ModuleVisitor<B> for NonFiniteCounts {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let n: i64 = param
             .val()
@@ -162,7 +149,7 @@ impl<B: Backend> ModuleVisitor<B> for NonFiniteNames {
             .into_scalar()
             .elem();
         if n > 0 {
-            self.found.push((self.path.join("."), n as u64));
+            self.found.push((param.id, n as u64));
         }
     }
 }
@@ -219,13 +206,23 @@ where
     if sum.is_finite() {
         return Ok(());
     }
-    let mut names = NonFiniteNames::default();
-    inner.visit(&mut names);
-    if !names.found.is_empty() {
+    let mut counts = NonFiniteCounts::default();
+    inner.visit(&mut counts);
+    if !counts.found.is_empty() {
+        let named: Vec<(String, u64)> = counts
+            .found
+            .iter()
+            .map(|(id, n)| {
+                let path = rank_path
+                    .get(id)
+                    .map_or_else(|| id.to_string(), |p| p.1.clone());
+                (path, *n)
+            })
+            .collect();
         return Err(TrainError::NonFiniteWeights {
             step,
             what: "weights",
-            details: describe(&names.found),
+            details: describe(&named),
         });
     }
     let mut found = Vec::new();
@@ -282,5 +279,103 @@ fn add_moments<B: AutodiffBackend>(
         6 => moments!(6),
         // Parameters of higher rank do not occur in CLIP models; their moments are not checked.
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::GradientsParams;
+    use burn::tensor::TensorData;
+    use burn_flex::Flex;
+
+    use crate::optim::{AdamWParams, GroupKind};
+
+    type B = Autodiff<Flex>;
+
+    #[derive(Module, Debug)]
+    struct Tiny<B: Backend> {
+        layer: Linear<B>,
+    }
+
+    fn tiny() -> (Tiny<B>, GroupedAdamW<B, Tiny<B>>) {
+        let device = Default::default();
+        let model = Tiny {
+            layer: LinearConfig::new(3, 2).init::<B>(&device),
+        };
+        let optim = GroupedAdamW::new(&model, AdamWParams::vit(), |_, _| GroupKind::Decay);
+        (model, optim)
+    }
+
+    fn terms(values: &[f32]) -> LossTerms<Flex> {
+        let mut t = LossTerms::new();
+        for (i, v) in values.iter().enumerate() {
+            let value = Tensor::from_data(TensorData::new(vec![*v], [1]), &Default::default());
+            t.push(["task", "fd"][i], 1.0, value);
+        }
+        t
+    }
+
+    #[test]
+    fn the_watch_names_the_first_non_finite_step_and_term() {
+        let mut watch = LossWatch::<Flex>::new();
+        assert_eq!(watch.check().unwrap(), None);
+        watch.push(1, &terms(&[1.0, 2.0]));
+        watch.push(2, &terms(&[1.5, 2.5]));
+        let last = watch.check().unwrap().unwrap();
+        assert_eq!(last.step, 2);
+        assert_eq!(last.terms, [("task".into(), 1.5), ("fd".into(), 2.5)]);
+        assert_eq!(watch.pending(), 0);
+        watch.push(3, &terms(&[1.0, 2.0]));
+        watch.push(4, &terms(&[1.0, f32::NAN]));
+        watch.push(5, &terms(&[f32::INFINITY, f32::NAN]));
+        let e = watch.check().unwrap_err().to_string();
+        assert!(e.contains("step 4") && e.contains("fd=NaN, task=1"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_weights_are_named_with_their_count() {
+        let (model, optim) = tiny();
+        check_weights_and_moments(&model, &optim, 7).unwrap();
+        let model = Tiny {
+            layer: Linear {
+                weight: model.layer.weight.map(|w| {
+                    let mut data = w.to_data().to_vec::<f32>().unwrap();
+                    data[1] = f32::INFINITY;
+                    data[4] = f32::NAN;
+                    Tensor::from_data(TensorData::new(data, [3, 2]), &Default::default())
+                }),
+                bias: model.layer.bias,
+            },
+        };
+        let e = check_weights_and_moments(&model, &optim, 7)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("weights after step 7") && e.contains("layer.weight: 2"),
+            "{e}"
+        );
+    }
+
+    /// Gradients of 1e30 overflow AdamW's second moment (1e60 > f32::MAX) while the update,
+    /// m / sqrt(v), is 0: finite weights, infinite moments. Saving them would poison the run
+    /// on resume, so they are caught too.
+    #[test]
+    fn infinite_moments_behind_finite_weights_are_caught() {
+        let (model, mut optim) = tiny();
+        let x = Tensor::<B, 2>::ones([1, 3], &Default::default());
+        let loss = model.layer.forward(x).sum().mul_scalar(1e30);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-3, model, grads);
+        let e = check_weights_and_moments(&model, &optim, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optimizer moments") && e.contains("layer.weight"),
+            "{e}"
+        );
     }
 }

@@ -196,25 +196,31 @@ fn all_finite(path: &Path) -> bool {
     })
 }
 
-/// lr 1e8, the loss logged every 100 steps, a checkpoint every step, keep 2: the run stops
-/// with an error naming the step and the term, and the checkpoints left are finite.
-#[test]
-fn a_diverging_run_stops_before_saving_non_finite_weights() {
-    let dir = TempDir::new("rel-nan");
+/// A run of 3 steps with a checkpoint every step, keeping 2: its directory, config and run.
+fn three_steps_checkpointed(name: &str) -> (TempDir, PathBuf, PathBuf) {
+    let dir = TempDir::new(name);
     let config = setup(
         &dir.0,
         "plots = false\ncheckpoint_every_steps = 1\nkeep_checkpoints = 2",
     );
-    let c = s(&config);
-    let run = dir.0.join("run");
     ok_err(&[
         "distill",
         "--config",
-        c,
+        s(&config),
         "--set",
         "run.stop_after_steps=3",
         "-q",
     ]);
+    let run = dir.0.join("run");
+    (dir, config, run)
+}
+
+/// lr 1e8, the loss logged every 100 steps, a checkpoint every step, keep 2: the run stops
+/// with an error naming the step and the term, and the checkpoints left are finite.
+#[test]
+fn a_diverging_run_stops_before_saving_non_finite_weights() {
+    let (_dir, config, run) = three_steps_checkpointed("rel-nan");
+    let c = s(&config);
     let e = fails(&[
         "distill",
         "--config",
@@ -373,21 +379,8 @@ fn lying_png() -> Vec<u8> {
 
 #[test]
 fn a_damaged_latest_checkpoint_resumes_from_the_previous_one() {
-    let dir = TempDir::new("rel-damaged");
-    let config = setup(
-        &dir.0,
-        "plots = false\ncheckpoint_every_steps = 1\nkeep_checkpoints = 2",
-    );
+    let (_dir, config, run) = three_steps_checkpointed("rel-damaged");
     let c = s(&config);
-    let run = dir.0.join("run");
-    ok_err(&[
-        "distill",
-        "--config",
-        c,
-        "--set",
-        "run.stop_after_steps=3",
-        "-q",
-    ]);
     let latest: PathBuf = run.join("checkpoints").join("step-00000003");
     let model = latest.join("model.mpk");
     let len = std::fs::metadata(&model).unwrap().len();
