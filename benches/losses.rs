@@ -125,7 +125,7 @@ impl Batch {
 /// work is done when it returns).
 fn step(set: &LossSet<B>, batch: &Batch) -> f64 {
     let start = Instant::now();
-    let total = set.forward(&batch.input()).unwrap().total();
+    let total = set.forward(&batch.input()).unwrap().total().unwrap();
     let grads = total.backward();
     let g = batch.s_txt.grad(&grads).unwrap(); // every loss here reaches the text side
     let _ = g.into_data();
@@ -209,6 +209,7 @@ fn gd_memory(n: usize, d: usize, naive: bool) -> (usize, f64) {
             set.forward(&DistillInput::new(student, teacher).unwrap())
                 .unwrap()
                 .total()
+                .unwrap()
         };
         let grads = loss.backward();
         let _ = s_img.grad(&grads).unwrap().into_data();

@@ -144,7 +144,7 @@ fn main() {
             )
             .expect("step");
             // Read the loss back: the step's work is done when this returns.
-            let total: f32 = out.terms.total().into_scalar();
+            let total: f32 = out.terms.total().unwrap().into_scalar();
             last_terms = Some(out.terms);
             model = Some(out.model);
             let s = t.elapsed().as_secs_f64();

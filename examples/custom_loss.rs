@@ -137,7 +137,7 @@ fn main() -> Result<(), LossError> {
             teacher_tokens.clone(),
         )?;
         let terms = losses.forward(&input)?;
-        let total = terms.total();
+        let total = terms.total()?;
         let report: Vec<String> = terms
             .to_scalars()
             .iter()

@@ -40,6 +40,17 @@ pub enum LossError {
     /// The batch is empty.
     #[error("the distillation batch is empty (0 samples)")]
     EmptyBatch,
+    /// A total was asked of a list without terms.
+    #[error("no loss terms: a loss must return at least one term to be minimized")]
+    NoTerms,
+    /// Two lists of terms to be added do not hold the same terms.
+    #[error("cannot add loss terms {left:?} and {right:?}: the names differ")]
+    TermsMismatch {
+        /// The names of the first list.
+        left: Vec<String>,
+        /// The names of the second.
+        right: Vec<String>,
+    },
     /// The local rows of a gathered batch fall outside it.
     #[error(
         "local rows {offset}..{end} are outside the gathered batch of {batch} samples (or empty)",

@@ -41,7 +41,7 @@
 //! let terms = losses.forward(&DistillInput::new(student, teacher)?)?;
 //! let names: Vec<_> = terms.iter().map(|t| t.name.as_str()).collect();
 //! assert_eq!(names, ["task", "crd", "icl", "fd"]);
-//! let total = terms.total(); // call `backward` on this with an autodiff backend
+//! let total = terms.total()?; // call `backward` on this with an autodiff backend
 //! # let _ = total;
 //! # Ok::<(), clipkd_losses::LossError>(())
 //! ```

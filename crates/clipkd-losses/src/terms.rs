@@ -1,6 +1,9 @@
 //! Named loss terms: what every loss returns.
 
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, backend::Backend};
+
+use crate::error::LossError;
 
 /// One named scalar term of a loss.
 #[derive(Debug, Clone)]
@@ -71,26 +74,73 @@ impl<B: Backend> LossTerms<B> {
         self.terms.is_empty()
     }
 
-    /// The sum of all (weighted) terms, shape `[1]`: what to call `backward` on.
-    ///
-    /// # Panics
-    /// If there are no terms (a [`LossSet`](crate::LossSet) always has at least one).
-    pub fn total(&self) -> Tensor<B, 1> {
+    /// The sum of all (weighted) terms, shape `[1]`: what to call `backward` on. An empty
+    /// list has no total ([`LossError::NoTerms`]).
+    pub fn total(&self) -> Result<Tensor<B, 1>, LossError> {
         let mut iter = self.terms.iter();
-        let first = iter
-            .next()
-            .expect("LossTerms::total called on an empty list of terms")
-            .value
-            .clone();
-        iter.fold(first, |acc, t| acc + t.value.clone())
+        let first = iter.next().ok_or(LossError::NoTerms)?.value.clone();
+        Ok(iter.fold(first, |acc, t| acc + t.value.clone()))
     }
 
-    /// The terms' values as numbers, for logging (reads the tensors back from the device).
+    /// The terms' values as one `[len]` tensor, in order (one concatenation, on the device).
+    pub fn values(&self) -> Result<Tensor<B, 1>, LossError> {
+        if self.terms.is_empty() {
+            return Err(LossError::NoTerms);
+        }
+        Ok(Tensor::cat(
+            self.terms.iter().map(|t| t.value.clone()).collect(),
+            0,
+        ))
+    }
+
+    /// The terms' values as numbers, for logging: one read-back from the device for all.
     pub fn to_scalars(&self) -> Vec<(String, f64)> {
+        let Ok(values) = self.values() else {
+            return Vec::new();
+        };
+        let values: Vec<f64> = values.into_data().iter::<f64>().collect();
         self.terms
             .iter()
-            .map(|t| (t.name.clone(), scalar(&t.value)))
+            .zip(values)
+            .map(|(t, v)| (t.name.clone(), v))
             .collect()
+    }
+
+    /// Term-by-term sum with `other` (e.g. over the micro-batches of a step). Both lists must
+    /// hold the same names in the same order.
+    pub fn plus(self, other: LossTerms<B>) -> Result<Self, LossError> {
+        let names = |t: &LossTerms<B>| t.terms.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        if names(&self) != names(&other) {
+            return Err(LossError::TermsMismatch {
+                left: names(&self),
+                right: names(&other),
+            });
+        }
+        Ok(LossTerms {
+            terms: self
+                .terms
+                .into_iter()
+                .zip(other.terms)
+                .map(|(a, b)| LossTerm {
+                    value: a.value + b.value,
+                    ..a
+                })
+                .collect(),
+        })
+    }
+
+    /// Every value multiplied by `factor` (the weights stay as they were).
+    pub fn scale(self, factor: f64) -> Self {
+        LossTerms {
+            terms: self
+                .terms
+                .into_iter()
+                .map(|t| LossTerm {
+                    value: t.value.mul_scalar(factor),
+                    ..t
+                })
+                .collect(),
+        }
     }
 
     /// The terms.
@@ -108,10 +158,22 @@ impl<B: Backend> IntoIterator for LossTerms<B> {
     }
 }
 
-/// A `[1]` tensor's value as `f64`.
-pub(crate) fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
-    use burn::tensor::ElementConversion;
-    t.clone().into_scalar().elem::<f64>()
+impl<B: AutodiffBackend> LossTerms<B> {
+    /// Detached copies of the values on the inner backend (no autodiff graph kept): for
+    /// logging and checks after the backward pass.
+    pub fn detached(&self) -> LossTerms<B::InnerBackend> {
+        LossTerms {
+            terms: self
+                .terms
+                .iter()
+                .map(|t| LossTerm {
+                    name: t.name.clone(),
+                    weight: t.weight,
+                    value: t.value.clone().inner(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -131,12 +193,21 @@ mod tests {
         );
         assert_eq!(terms.get("b").unwrap().clone().into_scalar(), 4.0);
         assert!(terms.get("c").is_none());
-        assert_eq!(terms.total().into_scalar(), 5.5);
+        assert_eq!(terms.total().unwrap().into_scalar(), 5.5);
+        let doubled = terms.clone().plus(terms.clone()).unwrap().scale(0.25);
+        assert_eq!(
+            doubled.to_scalars(),
+            vec![("a".to_string(), 0.75), ("b".to_string(), 2.0)]
+        );
+        let other = LossTerms::<Flex>::single("c", Tensor::from_floats([1.0], &device));
+        let e = terms.plus(other).unwrap_err().to_string();
+        assert!(e.contains("\"a\", \"b\"") && e.contains("\"c\""), "{e}");
     }
 
     #[test]
-    #[should_panic(expected = "empty list of terms")]
-    fn total_of_nothing_panics() {
-        let _ = LossTerms::<Flex>::new().total();
+    fn nothing_has_no_total() {
+        let e = LossTerms::<Flex>::new().total().unwrap_err();
+        assert!(matches!(e, LossError::NoTerms), "{e}");
+        assert!(LossTerms::<Flex>::new().to_scalars().is_empty());
     }
 }

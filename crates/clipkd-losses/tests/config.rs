@@ -95,7 +95,7 @@ fn weights_are_applied_once_and_total_is_their_sum() {
     let b = terms.to_scalars();
     assert!((b[0].1 - 0.5 * a[0].1).abs() < 1e-6 * a[0].1.abs());
     assert!((b[1].1 - 2000.0 * a[1].1).abs() < 1e-5 * b[1].1.abs());
-    let total = values(&terms.total())[0] as f64;
+    let total = values(&terms.total().unwrap())[0] as f64;
     assert!((total - (b[0].1 + b[1].1)).abs() < 1e-5 * total.abs());
 }
 
@@ -257,7 +257,7 @@ fn optimizer_trains_and_record_saves_the_loss_parameters() {
         .unwrap();
     let before = snapshot(&set.valid());
     let terms = set.forward(&input(6, 4, 8, false)).unwrap();
-    let grads = GradientsParams::from_grads(terms.total().backward(), &set);
+    let grads = GradientsParams::from_grads(terms.total().unwrap().backward(), &set);
     let mut optim = AdamWConfig::new().init();
     let set = optim.step(1e-2, set, grads);
     let after = snapshot(&set.valid());

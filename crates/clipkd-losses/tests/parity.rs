@@ -231,7 +231,7 @@ fn check_case(case: &str) {
         let leaves = Leaves::new(&fixture);
         let set = loss_set(name, &leaves);
         let terms = set.forward(&leaves.input()).unwrap();
-        let total = terms.total();
+        let total = terms.total().unwrap();
         let expected = &fixture[&format!("loss.{name}.value")].values;
         assert_close(
             &format!("{case}/{name} value"),

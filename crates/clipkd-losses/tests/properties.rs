@@ -241,7 +241,7 @@ fn assert_all_finite(what: &str, set: &LossSet<B>, batch: &Batch) {
     for (name, value) in scalars(&terms) {
         assert!(value.is_finite(), "{what}: {name} = {value}");
     }
-    let grads = terms.total().backward();
+    let grads = terms.total().unwrap().backward();
     for (leaf, t) in [
         ("s_img", &batch.s_img),
         ("s_txt", &batch.s_txt),
@@ -396,7 +396,7 @@ fn global_batch_contract_matches_single_device() {
     let set = all_losses(ds, dt).init::<B>(&device).unwrap();
     let batch = Batch::random(n, ds, dt, 2.6, 4.0, 55);
     let global = set.forward(&batch.input()).unwrap();
-    let g_global = global.total().backward();
+    let g_global = global.total().unwrap().backward();
     // one device: declaring all rows local is the plain form
     let all = set
         .forward(&batch.input().with_local_rows(0, n).unwrap())
@@ -413,7 +413,7 @@ fn global_batch_contract_matches_single_device() {
                 "{ranks} ranks: {name}: global {a} vs mean over ranks {b}"
             );
         }
-        let g_mean = mean.total().backward();
+        let g_mean = mean.total().unwrap().backward();
         for (leaf, t) in [
             ("s_img", &batch.s_img),
             ("s_txt", &batch.s_txt),

@@ -61,8 +61,9 @@ impl<B: Backend> LossWatch<B> {
         if self.names.is_empty() {
             self.names = terms.iter().map(|t| t.name.clone()).collect();
         }
-        let values: Vec<Tensor<B, 1>> = terms.iter().map(|t| t.value.clone()).collect();
-        self.pending.push((step, Tensor::cat(values, 0)));
+        if let Ok(values) = terms.values() {
+            self.pending.push((step, values));
+        }
     }
 
     /// Steps pushed and not yet checked.

@@ -221,17 +221,18 @@ pub fn train_step<B: AutodiffBackend>(
             batch.tokens,
             options.mask_ratio,
         )?;
+        let total = terms.total()?;
         let total = if k == 1 {
-            terms.total()
+            total
         } else {
-            terms.total().div_scalar(k as f64)
+            total.div_scalar(k as f64)
         };
         let grads = GradientsParams::from_grads(total.backward(), &model);
         accumulator.accumulate(&model, grads);
-        let logged = terms.valid();
+        let logged = terms.detached();
         sums = Some(match sums {
             None => logged,
-            Some(acc) => add_terms(acc, logged),
+            Some(acc) => acc.plus(logged)?,
         });
     }
     let grads = accumulator.grads();
@@ -246,46 +247,13 @@ pub fn train_step<B: AutodiffBackend>(
     let model = optimizer.step(options.lr, model, grads);
     let mut terms = sums.expect("at least one micro-batch");
     if k > 1 {
-        terms = scale_terms(terms, 1.0 / k as f64);
+        terms = terms.scale(1.0 / k as f64);
     }
     Ok(StepOutput {
         model: clamp_logit_scale(model),
         terms,
         grad_norm,
     })
-}
-
-/// Term-by-term sum of two lists with the same names.
-fn add_terms<B: Backend>(a: LossTerms<B>, b: LossTerms<B>) -> LossTerms<B> {
-    let mut out = LossTerms::new();
-    for (x, y) in a.into_iter().zip(b) {
-        out.push(x.name, x.weight, x.value + y.value);
-    }
-    out
-}
-
-/// Every term multiplied by `factor`.
-fn scale_terms<B: Backend>(terms: LossTerms<B>, factor: f64) -> LossTerms<B> {
-    let mut out = LossTerms::new();
-    for t in terms {
-        out.push(t.name, t.weight, t.value.mul_scalar(factor));
-    }
-    out
-}
-
-/// Detached copies of loss terms on the inner backend.
-trait ValidTerms<B: AutodiffBackend> {
-    fn valid(&self) -> LossTerms<B::InnerBackend>;
-}
-
-impl<B: AutodiffBackend> ValidTerms<B> for LossTerms<B> {
-    fn valid(&self) -> LossTerms<B::InnerBackend> {
-        let mut out = LossTerms::new();
-        for term in self.iter() {
-            out.push(term.name.clone(), term.weight, term.value.clone().inner());
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -409,7 +377,7 @@ mod tests {
             tokens: batch(4).tokens,
         };
         let out = train_step(None, m, &mut optim, [b], &StepOptions::new(1e-3)).unwrap();
-        let total: f32 = out.terms.total().into_scalar();
+        let total: f32 = out.terms.total().unwrap().into_scalar();
         assert!(total.is_finite());
     }
 
@@ -422,6 +390,7 @@ mod tests {
             distill_terms::<B>(None, &m, b.images.clone(), b.tokens.clone(), None)
                 .unwrap()
                 .total()
+                .unwrap()
                 .into_scalar()
         };
         let expected = (one(&b1) + one(&b2)) / 2.0;
@@ -436,7 +405,7 @@ mod tests {
             },
         )
         .unwrap();
-        let total: f32 = out.terms.total().into_scalar();
+        let total: f32 = out.terms.total().unwrap().into_scalar();
         assert!((total - expected).abs() < 1e-5, "{total} vs {expected}");
         let norm: f32 = out
             .grad_norm
@@ -449,6 +418,7 @@ mod tests {
             distill_terms::<B>(None, &m, batch(4).images, batch(4).tokens, None)
                 .unwrap()
                 .total()
+                .unwrap()
                 .backward(),
             &m,
         );

@@ -61,7 +61,7 @@ fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
             &StepOptions::new(2e-4),
         )
         .unwrap();
-        totals.push(out.terms.total().into_scalar());
+        totals.push(out.terms.total().unwrap().into_scalar());
         model = Some(out.model);
     }
     // Chance level for 6 pairs is ln 6 = 1.79: a step that does not train stays there, and so
