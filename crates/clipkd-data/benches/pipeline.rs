@@ -95,7 +95,7 @@ fn main() {
     for i in 0..images {
         let img = DecodedImage::open(dir.path().join(format!("{i:05}.jpg"))).expect("decode");
         transform.train_into(&img, &mut rng, &mut out);
-        std::hint::black_box(tok.tokenize(&format!("a photo of scene {i}"), 77));
+        std::hint::black_box(tok.tokenize(&format!("a photo of scene {i}"), 77).unwrap());
     }
     let direct = images as f64 / t0.elapsed().as_secs_f64();
     println!("{:>28}: {direct:8.1} images/s", "direct loop, 1 thread");

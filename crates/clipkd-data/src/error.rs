@@ -15,6 +15,25 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// A file or folder could not be written (or created).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tokenizer was asked for rows of `context_length` 0, which cannot hold
+    /// `<end_of_text>`.
+    #[error(
+        "tokenizer: context_length must be at least 1 (each row ends with <end_of_text>), \
+         got {context_length}"
+    )]
+    ContextLength {
+        /// The context length asked for.
+        context_length: usize,
+    },
     /// A BPE vocabulary (merges) file for the tokenizer is malformed.
     #[error("invalid BPE merges file {path}, line {line}: {what}")]
     BpeMerges {

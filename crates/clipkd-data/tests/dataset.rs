@@ -336,7 +336,7 @@ fn webdataset_layout_captions_and_every_skip_kind() {
         "caption t0000",
         "caption t0001",
     ]) {
-        assert_eq!(t, &tok.tokenize(caption, 77), "{caption}");
+        assert_eq!(t, &tok.tokenize(caption, 77).unwrap(), "{caption}");
     }
     assert_eq!(skipped.count(SkipReason::NoCaption), 2, "{skipped}"); // c, e
     assert_eq!(skipped.count(SkipReason::NoImage), 2, "{skipped}"); // d, g
@@ -570,7 +570,10 @@ fn retrieval_json_and_csv_formats() {
     assert_eq!(b.len(), 2);
     assert_eq!(b.tokens_shape(), [4, 6]);
     assert_eq!(b.text_image, [0, 1, 1, 1]);
-    assert_eq!(b.text(2), &Tokenizer::new().tokenize("second", 6)[..]);
+    assert_eq!(
+        b.text(2),
+        &Tokenizer::new().tokenize("second", 6).unwrap()[..]
+    );
 
     let bad = r.join("bad.json");
     std::fs::write(

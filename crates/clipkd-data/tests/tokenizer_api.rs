@@ -18,7 +18,7 @@ fn rows_are_sot_ids_eot_then_padding() {
     let tok = Tokenizer::new();
     let text = "a photo of a golden retriever";
     let ids = tok.encode(text);
-    let row = tok.tokenize(text, DEFAULT_CONTEXT_LENGTH);
+    let row = tok.tokenize(text, DEFAULT_CONTEXT_LENGTH).unwrap();
     assert_eq!(row.len(), DEFAULT_CONTEXT_LENGTH);
     assert_eq!(row[0], SOT_TOKEN);
     assert_eq!(&row[1..=ids.len()], ids.as_slice());
@@ -31,21 +31,47 @@ fn empty_and_whitespace_texts_are_sot_eot() {
     let tok = Tokenizer::new();
     for text in ["", "   ", "\t\n\u{a0}\u{3000}", "\u{feff}\x1c "] {
         assert_eq!(
-            tok.tokenize(text, 4),
+            tok.tokenize(text, 4).unwrap(),
             vec![SOT_TOKEN, EOT_TOKEN, 0, 0],
             "text {text:?}"
         );
     }
     // U+0085 (NEL) is whitespace to Python, but ftfy first reads it as Windows-1252 "…" (959).
     assert_eq!(
-        tok.tokenize("\u{85}", 4),
+        tok.tokenize("\u{85}", 4).unwrap(),
         vec![SOT_TOKEN, 959, EOT_TOKEN, 0]
     );
     // U+FEFF is removed by ftfy, but U+200B is not whitespace to Python: it stays, as one token
     // (open_clip 3.3.0 gives [49406, 9844, 49407, 0]).
     assert_eq!(
-        tok.tokenize("\u{200b}\u{feff}", 4),
+        tok.tokenize("\u{200b}\u{feff}", 4).unwrap(),
         vec![SOT_TOKEN, 9844, EOT_TOKEN, 0]
+    );
+}
+
+#[test]
+fn context_length_zero_is_an_error_naming_the_value() {
+    let tok = Tokenizer::new();
+    for result in [
+        tok.tokenize("a photo of a cat", 0),
+        tok.tokenize_batch(&["a dog", "a cat"], 0),
+        tok.tokenize_batch(&[] as &[&str], 0),
+    ] {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error, DataError::ContextLength { context_length: 0 }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("context_length") && message.contains("got 0"),
+            "{message}"
+        );
+    }
+    // One position holds only <end_of_text>, as in open_clip.
+    assert_eq!(
+        tok.tokenize_batch(&["a dog", ""], 1).unwrap(),
+        vec![EOT_TOKEN, EOT_TOKEN]
     );
 }
 
@@ -56,7 +82,7 @@ fn truncation_keeps_eot_last_for_every_context_length() {
     let ids = tok.encode(text);
     assert_eq!(ids.len(), 10);
     for cl in 1..=14 {
-        let row = tok.tokenize(text, cl);
+        let row = tok.tokenize(text, cl).unwrap();
         assert_eq!(row.len(), cl);
         let used = (ids.len() + 2).min(cl);
         assert_eq!(row[used - 1], EOT_TOKEN, "context {cl}");
@@ -104,8 +130,8 @@ fn custom_merges_files_gz_and_plain() {
     assert_eq!(from_gz.vocab_size(), VOCAB_SIZE);
     let text = "A bicycle replica with a clock as the front wheel.";
     assert_eq!(
-        from_gz.tokenize(text, 77),
-        Tokenizer::new().tokenize(text, 77)
+        from_gz.tokenize(text, 77).unwrap(),
+        Tokenizer::new().tokenize(text, 77).unwrap()
     );
 
     // A tiny plain-text vocabulary: 512 byte symbols + 3 merges + 2 specials.
@@ -117,7 +143,7 @@ fn custom_merges_files_gz_and_plain() {
     assert_eq!(tiny.vocab_size(), 512 + 4 + 2);
     assert_eq!((tiny.sot_token(), tiny.eot_token()), (516, 517));
     assert_eq!(tiny.encode("cat"), vec![513]);
-    assert_eq!(tiny.tokenize("cat", 4), vec![516, 513, 517, 0]);
+    assert_eq!(tiny.tokenize("cat", 4).unwrap(), vec![516, 513, 517, 0]);
     assert_eq!(tiny.decode(&[513]), "cat ");
 }
 
@@ -147,14 +173,16 @@ fn shared_across_threads_gives_the_same_rows() {
     let texts: Vec<String> = (0..200)
         .map(|i| format!("caption number {i}: a scene with {} objects", i * 7 % 13))
         .collect();
-    let reference = Tokenizer::new().tokenize_batch(&texts, DEFAULT_CONTEXT_LENGTH);
+    let reference = Tokenizer::new()
+        .tokenize_batch(&texts, DEFAULT_CONTEXT_LENGTH)
+        .unwrap();
     let tok = Tokenizer::new();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let tok = tok.clone();
                 let texts = &texts;
-                s.spawn(move || tok.tokenize_batch(texts, DEFAULT_CONTEXT_LENGTH))
+                s.spawn(move || tok.tokenize_batch(texts, DEFAULT_CONTEXT_LENGTH).unwrap())
             })
             .collect();
         for h in handles {

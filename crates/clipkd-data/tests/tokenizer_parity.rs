@@ -77,7 +77,7 @@ fn ids_and_cleaned_text_match_open_clip_on_every_fixture_text() {
 
         let got_clean = Clean::Lower.apply(text);
         let got_encode = tok.encode(text);
-        let got_row = tok.tokenize(text, DEFAULT_CONTEXT_LENGTH);
+        let got_row = tok.tokenize(text, DEFAULT_CONTEXT_LENGTH).unwrap();
         assert_eq!(got_row.len(), DEFAULT_CONTEXT_LENGTH);
         let got_ids = trim_padding(got_row);
         if got_clean != want_clean || got_encode != want_encode || got_ids != want_ids {
@@ -129,7 +129,7 @@ fn other_context_lengths_match_open_clip() {
     for row in &rows {
         let text = row["text"].as_str().expect("text");
         let cl = row["context_length"].as_u64().expect("context_length") as usize;
-        let got = tok.tokenize(text, cl);
+        let got = tok.tokenize(text, cl).unwrap();
         assert_eq!(got, ids(&row["ids"]), "context_length {cl}, text {text:?}");
         assert_eq!(
             *got.iter().rfind(|&&id| id != 0).expect("non-empty"),
@@ -153,7 +153,7 @@ fn whitespace_and_canonicalize_cleaning_match_open_clip() {
             "canonicalize" => &canonicalize,
             other => panic!("unknown mode {other}"),
         };
-        let got = trim_padding(tok.tokenize(text, DEFAULT_CONTEXT_LENGTH));
+        let got = trim_padding(tok.tokenize(text, DEFAULT_CONTEXT_LENGTH).unwrap());
         assert_eq!(
             got,
             ids(&row["ids"]),
@@ -190,17 +190,22 @@ fn batch_is_the_rows_of_single_calls_concatenated() {
         "Ünïcödé &amp; ÃƒÂ©motions 😀",
         &"long ".repeat(90),
     ];
-    let batch = tok.tokenize_batch(&texts, DEFAULT_CONTEXT_LENGTH);
+    let batch = tok.tokenize_batch(&texts, DEFAULT_CONTEXT_LENGTH).unwrap();
     assert_eq!(batch.len(), texts.len() * DEFAULT_CONTEXT_LENGTH);
     for (i, text) in texts.iter().enumerate() {
         let row = &batch[i * DEFAULT_CONTEXT_LENGTH..(i + 1) * DEFAULT_CONTEXT_LENGTH];
         assert_eq!(
             row,
-            tok.tokenize(text, DEFAULT_CONTEXT_LENGTH).as_slice(),
+            tok.tokenize(text, DEFAULT_CONTEXT_LENGTH)
+                .unwrap()
+                .as_slice(),
             "row {i}"
         );
     }
     // Owned strings work too.
     let owned: Vec<String> = texts.iter().map(|s| s.to_string()).collect();
-    assert_eq!(tok.tokenize_batch(&owned, DEFAULT_CONTEXT_LENGTH), batch);
+    assert_eq!(
+        tok.tokenize_batch(&owned, DEFAULT_CONTEXT_LENGTH).unwrap(),
+        batch
+    );
 }

@@ -2,16 +2,16 @@
 //! modules at the top level, and the learned logit scale.
 
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-use crate::config::{ClipConfig, TextPool, TextProjType, VisionConfig};
+use crate::config::{Activation, ClipConfig, VisionConfig};
 use crate::error::ModelError;
 use crate::resnet::ModifiedResNet;
-use crate::transformer::{
-    BlockInit, MlpActivation, Transformer, TransformerSpec, layer_norm, linear, normal,
-};
+pub use crate::text::TextProjection;
+use crate::text::{TextTowerRef, TextTransformer};
+use crate::transformer::Transformer;
 use crate::vit::VisionTransformer;
 
 /// The vision tower of a [`Clip`] (state-dict prefix `visual.`).
@@ -47,23 +47,28 @@ impl<B: Backend> VisionTower<B> {
     }
 }
 
-/// The text projection (state-dict key `text_projection`).
-#[derive(Module, Debug)]
-pub enum TextProjection<B: Backend> {
-    /// A raw `[width, embed_dim]` matrix applied as `x @ text_projection` (the default).
-    Matrix(Param<Tensor<B, 2>>),
-    /// An `nn.Linear` with bias (`proj_bias: true`; keys `text_projection.weight` / `.bias`).
-    Linear(Linear<B>),
-}
-
-impl<B: Backend> TextProjection<B> {
-    /// # Shapes
-    /// - `x`: `[N, width]` -> `[N, embed_dim]`
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self {
-            TextProjection::Matrix(p) => x.matmul(p.val()),
-            TextProjection::Linear(l) => l.forward(x),
-        }
+impl VisionConfig {
+    /// Builds the vision tower, projecting to `embed_dim`: [`VitConfig::init`] (with
+    /// `activation`) or [`ModifiedResNetConfig::init`] (which has no use for it).
+    ///
+    /// [`VitConfig::init`]: crate::VitConfig::init
+    /// [`ModifiedResNetConfig::init`]: crate::ModifiedResNetConfig::init
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`], naming the field, if the tower's config is invalid or
+    /// `embed_dim` is 0.
+    pub fn init<B: Backend>(
+        &self,
+        embed_dim: usize,
+        activation: Activation,
+        device: &B::Device,
+    ) -> Result<VisionTower<B>, ModelError> {
+        Ok(match self {
+            VisionConfig::Vit(v) => VisionTower::Vit(v.init(embed_dim, activation, device)?),
+            VisionConfig::ModifiedResNet(r) => {
+                VisionTower::ModifiedResNet(r.init(embed_dim, device)?)
+            }
+        })
     }
 }
 
@@ -152,56 +157,30 @@ impl ClipConfig {
     /// `ModifiedResNet.init_parameters` (zero `bn3` weights, attention pool normal
     /// `width^-0.5`); `logit_scale = init_logit_scale` (default ln(1/0.07)). Parameters are
     /// created lazily, so building a model only to load weights into it is cheap.
+    ///
+    /// The towers are built by [`VisionConfig::init`] and
+    /// [`TextConfig::init`](crate::TextConfig::init), which also build one alone.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`], naming the field, if [`ClipConfig::validate`] fails.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Clip<B>, ModelError> {
         self.validate()?;
-        let visual = match &self.vision {
-            VisionConfig::Vit(v) => VisionTower::Vit(VisionTransformer::new(
-                v,
-                self.embed_dim,
-                self.activation,
-                device,
-            )),
-            VisionConfig::ModifiedResNet(r) => {
-                VisionTower::ModifiedResNet(ModifiedResNet::new(r, self.embed_dim, device))
-            }
-        };
-        let t = &self.text;
-        let width = t.width as f64;
-        let spec = TransformerSpec {
-            width: t.width,
-            layers: t.layers,
-            heads: t.heads,
-            mlp_width: t.mlp_width(),
-            ls_init_value: t.ls_init_value,
-            activation: MlpActivation::resolve(self.activation, t.gelu_approximate),
-            norm_eps: t.norm_eps,
-            init: BlockInit::Normal {
-                attn_std: width.powf(-0.5),
-                proj_std: width.powf(-0.5) * ((2 * t.layers.max(1)) as f64).powf(-0.5),
-                fc_std: (2.0 * width).powf(-0.5),
-            },
-        };
-        let text_projection = match (t.proj_type, t.proj_bias) {
-            (TextProjType::None, _) => None,
-            (TextProjType::Linear, false) => Some(TextProjection::Matrix(
-                normal(width.powf(-0.5)).init([t.width, self.embed_dim], device),
-            )),
-            (TextProjType::Linear, true) => Some(TextProjection::Linear(linear(
-                t.width,
-                self.embed_dim,
-                normal(width.powf(-0.5)),
-                Some(Initializer::Zeros),
-                device,
-            ))),
-        };
+        let visual = self.vision.init(self.embed_dim, self.activation, device)?;
+        // The text tower's modules sit at the top level of open_clip's `CLIP`, and of `Clip`.
+        let TextTransformer {
+            transformer,
+            token_embedding,
+            positional_embedding,
+            ln_final,
+            text_projection,
+            ..
+        } = self.text.init(self.embed_dim, self.activation, device)?;
         Ok(Clip {
             visual,
-            transformer: Transformer::new(&spec, device),
-            token_embedding: EmbeddingConfig::new(t.vocab_size, t.width)
-                .with_initializer(normal(0.02))
-                .init(device),
-            positional_embedding: normal(0.01).init([t.context_length, t.width], device),
-            ln_final: layer_norm(t.width, t.norm_eps, device),
+            transformer,
+            token_embedding,
+            positional_embedding,
+            ln_final,
             text_projection,
             logit_scale: Initializer::Constant {
                 value: self.init_logit_scale,
@@ -310,30 +289,15 @@ impl<B: Backend> Clip<B> {
     /// # Panics
     /// If `L > context_length`.
     pub fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        let [n, l] = tokens.dims();
-        let t = &self.config.text;
-        assert!(
-            l <= t.context_length,
-            "encode_text: {l} tokens per sequence, but the context length is {}",
-            t.context_length
-        );
-        let pos = self.positional_embedding.val().narrow(0, 0, l);
-        let x = self.token_embedding.forward(tokens.clone()) + pos.unsqueeze::<3>();
-        let x = self.transformer.forward(x, !t.no_causal_mask);
-        let [_, _, w] = x.dims();
-        // LayerNorm acts per token, so pooling before `ln_final` equals open_clip's
-        // normalise-everything-then-pool, on N instead of N x L tokens.
-        let pooled = match t.pool_type {
-            TextPool::First => x.narrow(1, 0, 1).reshape([n, w]),
-            TextPool::Last => x.narrow(1, l - 1, 1).reshape([n, w]),
-            TextPool::Argmax => take_positions(x, tokens.argmax(1)),
-            TextPool::Eos => take_positions(x, tokens.equal_elem(t.eos_id).int().argmax(1)),
-        };
-        let pooled = self.ln_final.forward(pooled);
-        match &self.text_projection {
-            Some(p) => p.forward(pooled),
-            None => pooled,
+        TextTowerRef {
+            transformer: &self.transformer,
+            token_embedding: &self.token_embedding,
+            positional_embedding: &self.positional_embedding,
+            ln_final: &self.ln_final,
+            text_projection: self.text_projection.as_ref(),
+            config: &self.config.text,
         }
+        .forward(tokens)
     }
 
     /// L2-normalized text embeddings.
@@ -366,17 +330,4 @@ impl<B: Backend> Clip<B> {
             logit_bias: self.logit_bias(),
         }
     }
-}
-
-/// `x[i, positions[i], :]` for every `i`, as one index-select on the flattened batch.
-///
-/// # Shapes
-/// - `x`: `[N, L, W]`, `positions`: `[N, 1]` -> `[N, W]`
-fn take_positions<B: Backend>(x: Tensor<B, 3>, positions: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-    let [n, l, w] = x.dims();
-    // Same integer type as the positions (token tensors may be i32 or i64).
-    let offsets = Tensor::<B, 1, Int>::arange(0..n as i64, (&x.device(), positions.dtype()))
-        .mul_scalar(l as i64);
-    let idx = positions.reshape([n]) + offsets;
-    x.reshape([n * l, w]).select(0, idx)
 }

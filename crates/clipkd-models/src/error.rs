@@ -199,6 +199,14 @@ pub enum ModelError {
         source: safetensors::SafeTensorError,
     },
 
+    /// An intermediate feature was asked that the model does not have.
+    #[error("no image feature named `{name}` (this model has: {})", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    UnknownFeature {
+        /// The name asked.
+        name: String,
+        /// The names the model has.
+        available: Vec<String>,
+    },
     /// The masked forward (MFD) was asked of a vision tower that has no patch tokens.
     #[error("masked image forward needs a ViT vision tower; this model's vision tower is {tower}")]
     MaskedForwardUnsupported {

@@ -19,9 +19,11 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod encoder;
 pub mod error;
 mod presets;
 pub mod resnet;
+pub mod text;
 pub mod transformer;
 pub mod vit;
 
@@ -33,6 +35,8 @@ pub use config::{
     Activation, ClipConfig, GeluApproximate, ModifiedResNetConfig, PosEmbedType, TextConfig,
     TextPool, TextProjType, VisionConfig, VisionPool, VitConfig,
 };
+pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};
 pub use resnet::ModifiedResNet;
+pub use text::TextTransformer;
 pub use vit::VisionTransformer;

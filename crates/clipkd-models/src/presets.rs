@@ -5,6 +5,14 @@
 //! (Yang et al., CVPR 2024; `src/open_clip/model_configs/ViT-T-16.json` in winycg/CLIP-KD):
 //! vision width 192, 12 layers, head width 64 (3 heads), patch 16 at 224 px; text width 384,
 //! 6 heads, 12 layers; embedding 512.
+//!
+//! [`ClipConfig::preset`] reads one by name, [`ClipConfig::resolve`] takes a preset name or a
+//! path to a JSON file.
+
+use std::path::Path;
+
+use crate::config::ClipConfig;
+use crate::error::ModelError;
 
 macro_rules! presets {
     ($($name:literal),* $(,)?) => {
@@ -44,11 +52,303 @@ presets!(
 );
 
 /// The JSON text of a preset, if `name` is one.
-pub(crate) fn preset_json(name: &str) -> Option<&'static str> {
+fn preset_json(name: &str) -> Option<&'static str> {
     NAMES.iter().position(|n| *n == name).map(|i| FILES[i])
 }
 
-/// All preset names.
-pub(crate) fn names() -> &'static [&'static str] {
-    NAMES
+impl ClipConfig {
+    /// A bundled preset by open_clip name (`"ViT-B-16"`, `"RN50-quickgelu"`, `"ViT-T-16"`, ...);
+    /// see [`ClipConfig::preset_names`].
+    pub fn preset(name: &str) -> Result<Self, ModelError> {
+        match preset_json(name) {
+            Some(json) => Self::from_open_clip_json_str(json),
+            None => Err(ModelError::UnknownPreset {
+                name: name.to_string(),
+                known: NAMES.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+
+    /// Names accepted by [`ClipConfig::preset`].
+    pub fn preset_names() -> &'static [&'static str] {
+        NAMES
+    }
+
+    /// A preset name, or a path to an open_clip model-config JSON file.
+    ///
+    /// A string ending in `.json` or containing a path separator is read as a file; anything
+    /// else is looked up as a preset, then as a file if no preset has that name.
+    pub fn resolve(name_or_path: &str) -> Result<Self, ModelError> {
+        let looks_like_path = name_or_path.ends_with(".json")
+            || name_or_path.contains('/')
+            || name_or_path.contains('\\');
+        if looks_like_path {
+            return Self::from_open_clip_json(name_or_path);
+        }
+        match Self::preset(name_or_path) {
+            Err(ModelError::UnknownPreset { .. }) if Path::new(name_or_path).is_file() => {
+                Self::from_open_clip_json(name_or_path)
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        Activation, DEFAULT_LOGIT_SCALE, ModifiedResNetConfig, VisionConfig, VitConfig,
+    };
+
+    fn vit(config: &ClipConfig) -> &VitConfig {
+        match &config.vision {
+            VisionConfig::Vit(v) => v,
+            other => panic!("expected a ViT, got {other:?}"),
+        }
+    }
+
+    fn resnet(config: &ClipConfig) -> &ModifiedResNetConfig {
+        match &config.vision {
+            VisionConfig::ModifiedResNet(r) => r,
+            other => panic!("expected a ModifiedResNet, got {other:?}"),
+        }
+    }
+
+    /// (name, embed, vision width, layers, heads, patch, image, text width, heads, layers,
+    /// context, quick_gelu) as written in open_clip 3.3.0's JSON (ViT-T-16: CLIP-KD's).
+    #[allow(clippy::type_complexity)]
+    const VITS: &[(
+        &str,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        bool,
+    )] = &[
+        ("ViT-T-16", 512, 192, 12, 3, 16, 224, 384, 6, 12, 77, false),
+        ("ViT-B-32", 512, 768, 12, 12, 32, 224, 512, 8, 12, 77, false),
+        (
+            "ViT-B-32-quickgelu",
+            512,
+            768,
+            12,
+            12,
+            32,
+            224,
+            512,
+            8,
+            12,
+            77,
+            true,
+        ),
+        ("ViT-B-16", 512, 768, 12, 12, 16, 224, 512, 8, 12, 77, false),
+        (
+            "ViT-B-16-quickgelu",
+            512,
+            768,
+            12,
+            12,
+            16,
+            224,
+            512,
+            8,
+            12,
+            77,
+            true,
+        ),
+        (
+            "ViT-L-14", 768, 1024, 24, 16, 14, 224, 768, 12, 12, 77, false,
+        ),
+        (
+            "ViT-L-14-quickgelu",
+            768,
+            1024,
+            24,
+            16,
+            14,
+            224,
+            768,
+            12,
+            12,
+            77,
+            true,
+        ),
+        (
+            "ViT-L-14-336",
+            768,
+            1024,
+            24,
+            16,
+            14,
+            336,
+            768,
+            12,
+            12,
+            77,
+            false,
+        ),
+        (
+            "ViT-L-14-336-quickgelu",
+            768,
+            1024,
+            24,
+            16,
+            14,
+            336,
+            768,
+            12,
+            12,
+            77,
+            true,
+        ),
+        (
+            "ViT-H-14", 1024, 1280, 32, 16, 14, 224, 1024, 16, 24, 77, false,
+        ),
+        (
+            "ViT-H-14-quickgelu",
+            1024,
+            1280,
+            32,
+            16,
+            14,
+            224,
+            1024,
+            16,
+            24,
+            77,
+            true,
+        ),
+    ];
+
+    #[test]
+    fn vit_presets_match_open_clip_json() {
+        for &(name, embed, width, layers, heads, patch, image, tw, th, tl, ctx, quick) in VITS {
+            let c = ClipConfig::preset(name).unwrap();
+            let v = vit(&c);
+            assert_eq!(c.embed_dim, embed, "{name} embed_dim");
+            assert_eq!(v.width, width, "{name} vision width");
+            assert_eq!(v.layers, layers, "{name} vision layers");
+            assert_eq!(v.heads(), heads, "{name} vision heads");
+            assert_eq!(v.patch_size, [patch, patch], "{name} patch size");
+            assert_eq!(v.image_size, [image, image], "{name} image size");
+            assert_eq!(v.mlp_width(), 4 * width, "{name} mlp width");
+            assert_eq!(c.text.width, tw, "{name} text width");
+            assert_eq!(c.text.heads, th, "{name} text heads");
+            assert_eq!(c.text.layers, tl, "{name} text layers");
+            assert_eq!(c.text.context_length, ctx, "{name} context");
+            assert_eq!(c.text.vocab_size, 49408, "{name} vocab");
+            let expected = if quick {
+                Activation::QuickGelu
+            } else {
+                Activation::Gelu
+            };
+            assert_eq!(c.activation, expected, "{name} activation");
+            assert_eq!(c.init_logit_scale, DEFAULT_LOGIT_SCALE);
+        }
+    }
+
+    #[test]
+    fn resnet_presets_match_open_clip_json() {
+        // (name, embed, layers, width, attnpool heads, image, text width, heads, layers)
+        #[allow(clippy::type_complexity)]
+        let cases: &[(
+            &str,
+            usize,
+            [usize; 4],
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+        )] = &[
+            ("RN50", 1024, [3, 4, 6, 3], 64, 32, 224, 512, 8, 12),
+            (
+                "RN50-quickgelu",
+                1024,
+                [3, 4, 6, 3],
+                64,
+                32,
+                224,
+                512,
+                8,
+                12,
+            ),
+            ("RN101", 512, [3, 4, 23, 3], 64, 32, 224, 512, 8, 12),
+            (
+                "RN101-quickgelu",
+                512,
+                [3, 4, 23, 3],
+                64,
+                32,
+                224,
+                512,
+                8,
+                12,
+            ),
+            ("RN50x4", 640, [4, 6, 10, 6], 80, 40, 288, 640, 10, 12),
+            (
+                "RN50x4-quickgelu",
+                640,
+                [4, 6, 10, 6],
+                80,
+                40,
+                288,
+                640,
+                10,
+                12,
+            ),
+        ];
+        for &(name, embed, layers, width, heads, image, tw, th, tl) in cases {
+            let c = ClipConfig::preset(name).unwrap();
+            let r = resnet(&c);
+            assert_eq!(c.embed_dim, embed, "{name} embed_dim");
+            assert_eq!(r.layers, layers, "{name} layers");
+            assert_eq!(r.width, width, "{name} width");
+            assert_eq!(r.heads(), heads, "{name} attnpool heads");
+            assert_eq!(r.image_size, image, "{name} image size");
+            assert_eq!(c.text.width, tw, "{name} text width");
+            assert_eq!(c.text.heads, th, "{name} text heads");
+            assert_eq!(c.text.layers, tl, "{name} text layers");
+            assert_eq!(c.text.context_length, 77, "{name} context");
+            assert_eq!(
+                c.activation == Activation::QuickGelu,
+                name.ends_with("quickgelu"),
+                "{name} activation"
+            );
+        }
+    }
+
+    #[test]
+    fn resolve_presets_and_paths() {
+        assert_eq!(
+            ClipConfig::resolve("RN50").unwrap(),
+            ClipConfig::preset("RN50").unwrap()
+        );
+        assert!(matches!(
+            ClipConfig::resolve("ViT-Z-99"),
+            Err(ModelError::UnknownPreset { name, .. }) if name == "ViT-Z-99"
+        ));
+        let path =
+            std::env::temp_dir().join(format!("clipkd-models-{}-cfg.json", std::process::id()));
+        std::fs::write(
+            &path,
+            ClipConfig::preset("ViT-T-16").unwrap().to_open_clip_json(),
+        )
+        .unwrap();
+        let from_file = ClipConfig::resolve(path.to_str().unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(from_file, ClipConfig::preset("ViT-T-16").unwrap());
+        assert!(matches!(
+            ClipConfig::resolve("/nonexistent/model.json"),
+            Err(ModelError::Io { .. })
+        ));
+    }
 }

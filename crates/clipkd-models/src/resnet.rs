@@ -16,7 +16,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::config::ModifiedResNetConfig;
+use crate::config::{ModifiedResNetConfig, check_embed_dim};
+use crate::error::ModelError;
 use crate::transformer::{linear, linear_tokens, normal, uniform};
 
 /// `nn.AvgPool2d(k)` (kernel = stride = k, no padding, floor mode).
@@ -216,8 +217,31 @@ pub struct ModifiedResNet<B: Backend> {
     pub attnpool: AttentionPool2d<B>,
 }
 
+impl ModifiedResNetConfig {
+    /// Builds the ModifiedResNet, its attention pool projecting to `embed_dim`, as open_clip's
+    /// `_build_vision_tower(embed_dim, vision_cfg)` for a list of `layers` (its activations are
+    /// ReLUs, so `quick_gelu` does not apply). The initialisation is
+    /// `ModifiedResNet.init_parameters`: zero `bn3` weights, attention-pool weights normal
+    /// `feature_width^-0.5`, convolutions at PyTorch's defaults. Parameters are created
+    /// lazily, so building a tower only to load weights into it is cheap.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`], naming the field, if [`ModifiedResNetConfig::validate`]
+    /// fails or `embed_dim` is 0.
+    pub fn init<B: Backend>(
+        &self,
+        embed_dim: usize,
+        device: &B::Device,
+    ) -> Result<ModifiedResNet<B>, ModelError> {
+        check_embed_dim(embed_dim)?;
+        self.validate()?;
+        Ok(ModifiedResNet::new(self, embed_dim, device))
+    }
+}
+
 impl<B: Backend> ModifiedResNet<B> {
-    pub(crate) fn new(config: &ModifiedResNetConfig, embed_dim: usize, device: &B::Device) -> Self {
+    /// The tower of a valid config (see [`ModifiedResNetConfig::init`]).
+    fn new(config: &ModifiedResNetConfig, embed_dim: usize, device: &B::Device) -> Self {
         let width = config.width;
         let mut inplanes = width;
         let mut stage = |planes: usize, blocks: usize, stride: usize| {

@@ -332,4 +332,40 @@ impl<B: Backend> Transformer<B> {
             .iter()
             .fold(x, |x, block| block.forward(x, causal))
     }
+
+    /// [`Transformer::forward`], also returning the output of each block in `taps` (block
+    /// indices, in the order asked; an index may repeat).
+    ///
+    /// # Shapes
+    /// - `x`: `[N, L, width]` -> `[N, L, width]` and `taps.len()` tensors `[N, L, width]`
+    ///
+    /// # Panics
+    /// If a tap is not below the number of blocks (callers check names first).
+    pub fn forward_with_taps(
+        &self,
+        x: Tensor<B, 3>,
+        causal: bool,
+        taps: &[usize],
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        assert!(
+            taps.iter().all(|&t| t < self.resblocks.len()),
+            "taps {taps:?} beyond {} blocks",
+            self.resblocks.len()
+        );
+        let mut outputs: Vec<Option<Tensor<B, 3>>> = vec![None; taps.len()];
+        let mut x = x;
+        for (i, block) in self.resblocks.iter().enumerate() {
+            x = block.forward(x, causal);
+            for (slot, _) in taps.iter().enumerate().filter(|(_, t)| **t == i) {
+                outputs[slot] = Some(x.clone());
+            }
+        }
+        (
+            x,
+            outputs
+                .into_iter()
+                .map(|o| o.expect("every tap is a block"))
+                .collect(),
+        )
+    }
 }

@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
-use crate::config::{Activation, PosEmbedType, VisionPool, VitConfig};
+use crate::config::{Activation, PosEmbedType, VisionPool, VitConfig, check_embed_dim};
 use crate::error::ModelError;
 use crate::transformer::{
     BlockInit, MlpActivation, Transformer, TransformerSpec, layer_norm, normal,
@@ -46,11 +46,32 @@ pub struct VisionTransformer<B: Backend> {
     settings: VitSettings,
 }
 
+impl VitConfig {
+    /// Builds the ViT, projecting to `embed_dim`, with `activation` in its MLPs (the top-level
+    /// `quick_gelu` of a [`crate::ClipConfig`]), as open_clip's
+    /// `_build_vision_tower(embed_dim, vision_cfg, quick_gelu)`. The initialisation is
+    /// open_clip's: PyTorch's module defaults, and `class_embedding`, `positional_embedding`
+    /// (unless `sin_cos_2d`) and `proj` as `width^-0.5 * randn`. Parameters are created lazily,
+    /// so building a tower only to load weights into it is cheap.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`], naming the field, if [`VitConfig::validate`] fails or
+    /// `embed_dim` is 0.
+    pub fn init<B: Backend>(
+        &self,
+        embed_dim: usize,
+        activation: Activation,
+        device: &B::Device,
+    ) -> Result<VisionTransformer<B>, ModelError> {
+        check_embed_dim(embed_dim)?;
+        self.validate()?;
+        Ok(VisionTransformer::new(self, embed_dim, activation, device))
+    }
+}
+
 impl<B: Backend> VisionTransformer<B> {
-    /// Builds the tower with open_clip's initialisation (open_clip leaves the ViT at PyTorch's
-    /// module defaults; `class_embedding`, `positional_embedding` and `proj` are
-    /// `width^-0.5 * randn`).
-    pub(crate) fn new(
+    /// The tower of a valid config (see [`VitConfig::init`]).
+    fn new(
         config: &VitConfig,
         embed_dim: usize,
         activation: Activation,
@@ -201,6 +222,38 @@ impl<B: Backend> VisionTransformer<B> {
     /// # Shapes
     /// - `patches`: `[N, K, width]` -> `[N, embed_dim]`
     fn head(&self, patches: Tensor<B, 3>) -> Tensor<B, 2> {
+        self.head_with_taps(patches, &[]).0
+    }
+
+    /// Image embeddings and the token outputs of the transformer blocks in `blocks` (open_clip's
+    /// `visual.transformer.resblocks.{i}`, class token first): for feature distillation. All
+    /// patches are used (no patch dropout), so that two models' tokens correspond.
+    ///
+    /// # Shapes
+    /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]` and `blocks.len()` tensors
+    ///   `[N, 1 + patches, width]`
+    ///
+    /// # Panics
+    /// If a block index is not below `layers`.
+    pub fn forward_with_block_outputs(
+        &self,
+        images: Tensor<B, 4>,
+        blocks: &[usize],
+    ) -> (Tensor<B, 2>, Vec<Tensor<B, 3>>) {
+        let patches = self.patch_tokens(images);
+        self.head_with_taps(patches, blocks)
+    }
+
+    /// Number of transformer blocks.
+    pub fn layers(&self) -> usize {
+        self.transformer.resblocks.len()
+    }
+
+    fn head_with_taps(
+        &self,
+        patches: Tensor<B, 3>,
+        taps: &[usize],
+    ) -> (Tensor<B, 2>, Vec<Tensor<B, 3>>) {
         let [n, _, w] = patches.dims();
         let cls = self.class_embedding.val().unsqueeze::<2>()
             + self.positional_embedding.val().narrow(0, 0, 1);
@@ -210,7 +263,7 @@ impl<B: Backend> VisionTransformer<B> {
             Some(ln) => ln.forward(x),
             None => x,
         };
-        let x = self.transformer.forward(x, false);
+        let (x, tapped) = self.transformer.forward_with_taps(x, false, taps);
         let [_, t, _] = x.dims();
         let pooled = match (self.settings.pool, self.settings.final_ln_after_pool) {
             // LayerNorm acts per token, so normalising only the class token is the same as
@@ -225,7 +278,7 @@ impl<B: Backend> VisionTransformer<B> {
                 .mean_dim(1)
                 .reshape([n, w]),
         };
-        pooled.matmul(self.proj.val())
+        (pooled.matmul(self.proj.val()), tapped)
     }
 }
 

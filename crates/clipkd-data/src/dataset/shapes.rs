@@ -818,12 +818,12 @@ pub const SHAPES_METADATA: &str = "dataset.json";
 /// layout in the [module docs](self)); existing files of the same names are replaced.
 ///
 /// # Errors
-/// An invalid config ([`DataError::DatasetSpec`]); a file that cannot be written (an
-/// [`std::io::Error`] whose message names the file, as [`DataError::Io`] is for reading).
+/// An invalid config ([`DataError::DatasetSpec`]); a file or folder that cannot be written or
+/// created ([`DataError::Write`], naming it).
 pub fn write_shapes_dataset(
     config: &ShapesConfig,
     root: impl AsRef<Path>,
-) -> Result<ShapesFiles, ShapesWriteError> {
+) -> Result<ShapesFiles, DataError> {
     let root = root.as_ref();
     config.validate()?;
     let train = ShapesDataset::generate(config, ShapesSplit::Train)?;
@@ -899,40 +899,25 @@ pub fn write_shapes_dataset(
     Ok(files)
 }
 
-/// Why [`write_shapes_dataset`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ShapesWriteError {
-    /// The config is invalid.
-    #[error(transparent)]
-    Config(#[from] DataError),
-    /// A file or folder could not be written.
-    #[error("writing {path}: {source}")]
-    Write {
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn create_dir(path: &Path) -> Result<(), ShapesWriteError> {
-    std::fs::create_dir_all(path).map_err(|source| ShapesWriteError::Write {
+/// A [`DataError::Write`] for `path`.
+fn write_error(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Write {
         path: path.to_path_buf(),
         source,
-    })
+    }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ShapesWriteError> {
-    std::fs::write(path, bytes).map_err(|source| ShapesWriteError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+fn create_dir(path: &Path) -> Result<(), DataError> {
+    std::fs::create_dir_all(path).map_err(write_error(path))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    std::fs::write(path, bytes).map_err(write_error(path))
 }
 
 /// A tab-separated CSV with the header `title<TAB>filepath`. Captions never contain tabs, quotes
 /// or newlines, so no field needs quoting.
-fn write_csv(path: &Path, rows: &[(String, String)]) -> Result<(), ShapesWriteError> {
+fn write_csv(path: &Path, rows: &[(String, String)]) -> Result<(), DataError> {
     let mut text = String::from("title\tfilepath\n");
     for (caption, file) in rows {
         debug_assert!(!caption.contains(['\t', '"', '\n']));
@@ -945,29 +930,19 @@ fn write_csv(path: &Path, rows: &[(String, String)]) -> Result<(), ShapesWriteEr
 }
 
 /// An 8-bit RGB PNG.
-fn write_png(path: &Path, side: usize, rgb: &[u8]) -> Result<(), ShapesWriteError> {
+fn write_png(path: &Path, side: usize, rgb: &[u8]) -> Result<(), DataError> {
     let mut bytes = Vec::with_capacity(rgb.len() + 256);
     {
         let mut encoder = png::Encoder::new(&mut bytes, side as u32, side as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        let io = |e: png::EncodingError| ShapesWriteError::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        };
-        let mut writer = encoder.write_header().map_err(io)?;
-        writer.write_image_data(rgb).map_err(io)?;
-        writer.finish().map_err(io)?;
+        let png_error = |e: png::EncodingError| write_error(path)(std::io::Error::other(e));
+        let mut writer = encoder.write_header().map_err(png_error)?;
+        writer.write_image_data(rgb).map_err(png_error)?;
+        writer.finish().map_err(png_error)?;
     }
-    let mut file = std::fs::File::create(path).map_err(|source| ShapesWriteError::Write {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    file.write_all(&bytes)
-        .map_err(|source| ShapesWriteError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    let mut file = std::fs::File::create(path).map_err(write_error(path))?;
+    file.write_all(&bytes).map_err(write_error(path))
 }
 
 #[cfg(test)]
@@ -1280,6 +1255,15 @@ mod tests {
                 .contains("heldout_samples")
         );
         let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            write_shapes_dataset(&c, dir.path()),
+            Err(DataError::DatasetSpec { what }) if what.contains("heldout_samples")
+        ));
+    }
+
+    #[test]
+    fn unwritable_files_are_errors_that_name_them() {
+        let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("file");
         std::fs::write(&blocker, "x").unwrap();
         let e = write_shapes_dataset(
@@ -1290,8 +1274,15 @@ mod tests {
             },
             &blocker,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("writing") && e.contains("file"), "{e}");
+        .unwrap_err();
+        match &e {
+            DataError::Write { path, .. } => assert!(path.starts_with(&blocker), "{e}"),
+            other => panic!("expected DataError::Write, got {other:?}"),
+        }
+        let message = e.to_string();
+        assert!(
+            message.contains("cannot write") && message.contains(&*blocker.to_string_lossy()),
+            "{message}"
+        );
     }
 }

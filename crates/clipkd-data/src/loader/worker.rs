@@ -153,10 +153,11 @@ pub(crate) fn prepare(
         }
         Mode::Eval => ctx.transform.eval_into(img, out),
     }
-    let mut tokens = Vec::with_capacity(captions.len() * ctx.context_length);
-    for c in &captions {
-        tokens.extend_from_slice(&ctx.tokenizer.tokenize(c, ctx.context_length));
-    }
+    // The loader config's validation rejects context_length 0, the tokenizer's only error.
+    let tokens = ctx
+        .tokenizer
+        .tokenize_batch(&captions, ctx.context_length)
+        .expect("the loader config has context_length >= 1");
     Ok(Prepared {
         id,
         key,

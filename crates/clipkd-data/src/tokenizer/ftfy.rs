@@ -29,12 +29,12 @@ use regex::Regex;
 use regex::bytes::Regex as BytesRegex;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
-use super::clean::in_ranges;
 use super::html::{ENTITIES, html_unescape};
 use super::tables::{
     BADNESS_PATTERN, CHARMAPS, Charmap, PY_UNASSIGNED, UTF8_CONTINUATION, UTF8_CONTINUATION_STRICT,
     UTF8_FIRST_OF_2, UTF8_FIRST_OF_3, UTF8_FIRST_OF_4, WIDTH_MAP,
 };
+use super::unicode::in_ranges;
 
 /// ftfy's `max_decode_length`: the longest segment (in characters) fixed at once.
 const MAX_DECODE_LENGTH: usize = 1_000_000;

@@ -1,0 +1,261 @@
+//! Validation: the invariants a model needs, per tower and for the whole [`ClipConfig`].
+//!
+//! The open_clip reader validates what it parses; these checks are for configs built or edited
+//! in code, and the tower constructors (`init`) run them. Errors name the field by its path in
+//! open_clip's JSON (`vision_cfg.head_width`, `text_cfg.heads`, ...) and its value.
+
+use serde_json::{Value, json};
+
+use super::types::{
+    ClipConfig, ModifiedResNetConfig, PosEmbedType, TextConfig, VisionConfig, VitConfig,
+};
+use crate::error::ModelError;
+
+/// A [`ModelError::InvalidConfig`] for `field` with `value`.
+pub(crate) fn invalid(field: &str, value: &Value, reason: &str) -> ModelError {
+    ModelError::InvalidConfig {
+        field: field.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `field` must not be 0.
+fn positive(field: &str, value: usize) -> Result<(), ModelError> {
+    if value == 0 {
+        Err(invalid(field, &json!(value), "must be positive"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `embed_dim` (the joint embedding width a tower projects to) must not be 0.
+pub(crate) fn check_embed_dim(embed_dim: usize) -> Result<(), ModelError> {
+    positive("embed_dim", embed_dim)
+}
+
+impl VitConfig {
+    /// Checks the invariants a [`crate::VisionTransformer`] needs: positive sizes, a width
+    /// that splits into `width / head_width` equal heads, an image at least one patch large, a
+    /// non-empty MLP, `patch_dropout` in `[0, 1)`, and for `sin_cos_2d` positions a square grid
+    /// and a width divisible by 4. [`VitConfig::init`] calls it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        positive("vision_cfg.width", self.width)?;
+        positive("vision_cfg.head_width", self.head_width)?;
+        positive(
+            "vision_cfg.patch_size",
+            self.patch_size[0].min(self.patch_size[1]),
+        )?;
+        let heads = self.heads();
+        if heads == 0 || !self.width.is_multiple_of(heads) {
+            return Err(invalid(
+                "vision_cfg.head_width",
+                &json!(self.head_width),
+                &format!(
+                    "width {} must split into width // head_width = {heads} equal heads",
+                    self.width
+                ),
+            ));
+        }
+        let [gh, gw] = self.grid_size();
+        if gh == 0 || gw == 0 {
+            return Err(invalid(
+                "vision_cfg.image_size",
+                &json!(self.image_size),
+                &format!("smaller than the patch size {:?}", self.patch_size),
+            ));
+        }
+        if self.mlp_width() == 0 {
+            return Err(invalid(
+                "vision_cfg.mlp_ratio",
+                &json!(self.mlp_ratio),
+                "MLP width is 0",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.patch_dropout) {
+            return Err(invalid(
+                "vision_cfg.patch_dropout",
+                &json!(self.patch_dropout),
+                "must be in [0, 1)",
+            ));
+        }
+        if self.pos_embed_type == PosEmbedType::SinCos2d
+            && (gh != gw || !self.width.is_multiple_of(4))
+        {
+            return Err(invalid(
+                "vision_cfg.pos_embed_type",
+                &json!("sin_cos_2d"),
+                "needs a square patch grid and a width divisible by 4",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ModifiedResNetConfig {
+    /// Checks the invariants a [`crate::ModifiedResNet`] needs: positive widths and block
+    /// counts, a feature width `32 * width` that splits into equal attention-pool heads, and
+    /// an image of at least 32 px. [`ModifiedResNetConfig::init`] calls it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        positive("vision_cfg.width", self.width)?;
+        positive("vision_cfg.head_width", self.head_width)?;
+        for (i, &n) in self.layers.iter().enumerate() {
+            positive(&format!("vision_cfg.layers[{i}]"), n)?;
+        }
+        let heads = self.heads();
+        if heads == 0 || !self.feature_width().is_multiple_of(heads) {
+            return Err(invalid(
+                "vision_cfg.head_width",
+                &json!(self.head_width),
+                &format!(
+                    "feature width 32 * {} must split into 32 * width // head_width = {heads} equal heads",
+                    self.width
+                ),
+            ));
+        }
+        if self.grid_size() == 0 {
+            return Err(invalid(
+                "vision_cfg.image_size",
+                &json!(self.image_size),
+                "a ModifiedResNet needs at least 32 px",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl VisionConfig {
+    /// Checks the tower's invariants ([`VitConfig::validate`] or
+    /// [`ModifiedResNetConfig::validate`]).
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match self {
+            VisionConfig::Vit(v) => v.validate(),
+            VisionConfig::ModifiedResNet(r) => r.validate(),
+        }
+    }
+}
+
+impl TextConfig {
+    /// Checks the invariants a [`crate::TextTransformer`] needs: positive context length,
+    /// vocabulary, width and heads, a width divisible by the heads, and a non-empty MLP.
+    /// [`TextConfig::init`] calls it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        positive("text_cfg.context_length", self.context_length)?;
+        positive("text_cfg.vocab_size", self.vocab_size)?;
+        positive("text_cfg.width", self.width)?;
+        positive("text_cfg.heads", self.heads)?;
+        if !self.width.is_multiple_of(self.heads) {
+            return Err(invalid(
+                "text_cfg.heads",
+                &json!(self.heads),
+                &format!("width {} is not divisible by it", self.width),
+            ));
+        }
+        if self.mlp_width() == 0 {
+            return Err(invalid(
+                "text_cfg.mlp_ratio",
+                &json!(self.mlp_ratio),
+                "MLP width is 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ClipConfig {
+    /// Checks the invariants the model needs (the parser already ensures them; this is for
+    /// configs built or edited in code): a positive `embed_dim`, then
+    /// [`VisionConfig::validate`] and [`TextConfig::validate`]. [`ClipConfig::init`] calls it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        check_embed_dim(self.embed_dim)?;
+        self.vision.validate()?;
+        self.text.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(result: Result<(), ModelError>) -> String {
+        match result {
+            Err(ModelError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        VitConfig::default().validate().unwrap();
+        ModifiedResNetConfig::default().validate().unwrap();
+        TextConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn vit_errors_name_the_field() {
+        type Edit = fn(&mut VitConfig);
+        let cases: [(Edit, &str); 6] = [
+            (|v| v.width = 0, "vision_cfg.width"),
+            (|v| v.head_width = 1000, "vision_cfg.head_width"),
+            (|v| v.patch_size = [16, 0], "vision_cfg.patch_size"),
+            (|v| v.image_size = [8, 224], "vision_cfg.image_size"),
+            (|v| v.mlp_ratio = 0.0, "vision_cfg.mlp_ratio"),
+            (|v| v.patch_dropout = -0.1, "vision_cfg.patch_dropout"),
+        ];
+        for (edit, field) in cases {
+            let mut v = VitConfig::default();
+            edit(&mut v);
+            assert_eq!(field_of(v.validate()), field);
+        }
+        let rect_sincos = VitConfig {
+            image_size: [224, 160],
+            pos_embed_type: PosEmbedType::SinCos2d,
+            ..VitConfig::default()
+        };
+        assert_eq!(
+            field_of(rect_sincos.validate()),
+            "vision_cfg.pos_embed_type"
+        );
+    }
+
+    #[test]
+    fn resnet_and_text_errors_name_the_field() {
+        let r = ModifiedResNetConfig {
+            layers: [3, 0, 6, 3],
+            ..ModifiedResNetConfig::default()
+        };
+        assert_eq!(field_of(r.validate()), "vision_cfg.layers[1]");
+        let r = ModifiedResNetConfig {
+            image_size: 31,
+            ..ModifiedResNetConfig::default()
+        };
+        assert_eq!(field_of(r.validate()), "vision_cfg.image_size");
+        let t = TextConfig {
+            heads: 7,
+            ..TextConfig::default()
+        };
+        assert_eq!(field_of(t.validate()), "text_cfg.heads");
+        let t = TextConfig {
+            context_length: 0,
+            ..TextConfig::default()
+        };
+        assert_eq!(field_of(t.validate()), "text_cfg.context_length");
+    }
+
+    #[test]
+    fn clip_validation_checks_embed_dim_then_each_tower() {
+        let mut c = ClipConfig::preset("ViT-T-16").unwrap();
+        c.validate().unwrap();
+        c.embed_dim = 0;
+        assert_eq!(field_of(c.validate()), "embed_dim");
+        c.embed_dim = 512;
+        c.text.width = 0;
+        assert_eq!(field_of(c.validate()), "text_cfg.width");
+        c.text.width = 384;
+        c.vision = VisionConfig::ModifiedResNet(ModifiedResNetConfig {
+            head_width: 0,
+            ..ModifiedResNetConfig::default()
+        });
+        assert_eq!(field_of(c.validate()), "vision_cfg.head_width");
+    }
+}
