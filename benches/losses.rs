@@ -175,7 +175,7 @@ fn naive_gd(
 
 fn normalized(n: usize, d: usize, grad: bool) -> Tensor<B, 2> {
     let x = Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &Default::default());
-    let x = clipkd_losses::ops::l2_normalize(x);
+    let x = clipkd_losses::ops::l2_normalize_smooth(x);
     if grad { x.require_grad() } else { x }
 }
 

@@ -14,7 +14,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
-use clipkd_losses::ops::{cosine_distance_normalized, l2_normalize};
+use clipkd_losses::ops::{cosine_distance_normalized, l2_normalize_smooth};
 use clipkd_losses::{
     BuiltinLoss, DistillBatch, DistillInput, DistillLoss, Embeddings, LossError, LossSet,
     LossSetConfig, LossTerms,
@@ -54,7 +54,8 @@ impl<B: Backend> DistillLoss<B> for TokenLoss<B> {
             .forward(pair.student.clone())
             .reshape([n * l, c_t]);
         let teacher = pair.teacher.clone().reshape([n * l, c_t]);
-        let value = cosine_distance_normalized(l2_normalize(student), l2_normalize(teacher));
+        let value =
+            cosine_distance_normalized(l2_normalize_smooth(student), l2_normalize_smooth(teacher));
         Ok(LossTerms::single("tokens", value))
     }
 }

@@ -3,9 +3,13 @@
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::LossError;
-use crate::ops::l2_normalize;
+use crate::ops::{LocalRows, l2_normalize_smooth};
 
-/// One model's embeddings of a batch: raw and L2-normalized, with its logit scale.
+/// One model's embeddings of a batch: raw and L2-normalized (with [`l2_normalize_smooth`]),
+/// with its logit scale.
+///
+/// It is also what the losses' tensor-level `forward`s take: build one from plain tensors with
+/// [`Embeddings::new`] or [`Embeddings::from_log_scale`].
 ///
 /// `logit_scale` is the *multiplier* `s = exp(logit_scale parameter)`, as open_clip's (and
 /// CLIP-KD's) `forward` returns it; [`Embeddings::from_log_scale`] takes the parameter instead.
@@ -59,8 +63,8 @@ impl<B: Backend> Embeddings<B> {
             });
         }
         Ok(Self {
-            image_normalized: l2_normalize(image.clone()),
-            text_normalized: l2_normalize(text.clone()),
+            image_normalized: l2_normalize_smooth(image.clone()),
+            text_normalized: l2_normalize_smooth(text.clone()),
             image,
             text,
             logit_scale,
@@ -112,7 +116,8 @@ impl<B: Backend> Embeddings<B> {
         self.image.dims()[1]
     }
 
-    fn detach(self) -> Self {
+    /// The same embeddings without gradient (the teacher side of every loss).
+    pub(crate) fn detach(self) -> Self {
         Self {
             image: self.image.detach(),
             text: self.text.detach(),
@@ -120,25 +125,6 @@ impl<B: Backend> Embeddings<B> {
             text_normalized: self.text_normalized.detach(),
             logit_scale: self.logit_scale.detach(),
         }
-    }
-}
-
-/// The rows of a gathered global batch that belong to this device.
-///
-/// Single device: all rows (`offset` 0, `len` N), the default. See [`DistillInput`] for the
-/// multi-device contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalRows {
-    /// Index of this device's first sample in the global batch.
-    pub offset: usize,
-    /// Number of this device's samples.
-    pub len: usize,
-}
-
-impl LocalRows {
-    /// Whether these rows cover the whole batch of `n` samples.
-    pub fn is_all(&self, n: usize) -> bool {
-        self.offset == 0 && self.len == n
     }
 }
 
@@ -205,7 +191,7 @@ impl<B: Backend> DistillInput<B> {
             teacher: teacher.detach(),
             student_masked_image: None,
             features: Vec::new(),
-            rows: LocalRows { offset: 0, len: n },
+            rows: LocalRows::all(n),
         })
     }
 

@@ -21,6 +21,11 @@
 //! paper's recipe and ablations as [`LossPreset`]s) and owns the [`Projector`] that maps student
 //! embeddings into the teacher's space when the sizes differ.
 //!
+//! Each loss also works on its own, in one call: its tensor-level `forward` takes two
+//! [`Embeddings`] (e.g. [`CrdLoss::forward`]), and [`functional`] has every loss as a function
+//! of tensors and this device's [`LocalRows`]. The list of built-in losses is one macro
+//! invocation ([`builtin`]).
+//!
 //! ```
 //! use burn::tensor::Tensor;
 //! use burn_flex::Flex;
@@ -47,24 +52,30 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod builtin;
 pub mod error;
+pub mod functional;
 pub mod input;
 pub mod loss;
 pub mod losses;
+pub mod objective;
 pub mod ops;
 pub mod projector;
 pub mod set;
 pub mod terms;
 
+pub use builtin::{BuiltinLoss, LossConfig, LossKind};
 pub use error::LossError;
-pub use input::{DistillInput, Embeddings, FeaturePair, LocalRows};
-pub use loss::{DistillLoss, LearnableScale, LearnableScaleConfig, ScaleMode};
+pub use input::{DistillInput, Embeddings, FeaturePair};
+pub use loss::{BuiltinLossConfig, DistillLoss, LearnableScale, LearnableScaleConfig, ScaleMode};
 pub use losses::{
     AfdLoss, AfdLossConfig, CrdLoss, CrdLossConfig, CrossKdLoss, CrossKdLossConfig, FdLoss,
     FdLossConfig, FeatureDistance, GdLoss, GdLossConfig, GdScaleUse, IclLoss, IclLossConfig,
     MfdLoss, MfdLossConfig, OpenClipDistillLoss, OpenClipDistillLossConfig, TaskLoss,
     TaskLossConfig, contrastive_gradients,
 };
+pub use objective::DistillObjective;
+pub use ops::LocalRows;
 pub use projector::{DistillBatch, Projector, ProjectorConfig};
-pub use set::{BuiltinLoss, LossConfig, LossPreset, LossSet, LossSetConfig, WeightedLossConfig};
+pub use set::{LossPreset, LossSet, LossSetConfig, WeightedLossConfig};
 pub use terms::{LossTerm, LossTerms};

@@ -1,4 +1,5 @@
-//! The loss trait and the learnable logit scale shared by ICL, AFD and cross-KD.
+//! The loss trait, the trait every built-in loss's config implements, and the learnable logit
+//! scale shared by ICL, AFD and cross-KD.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -12,6 +13,10 @@ use crate::terms::LossTerms;
 ///
 /// Implement it for your own module to use it beside the built-in losses in a
 /// [`LossSet`](crate::LossSet) (see `examples/custom_loss.rs`).
+///
+/// The built-in losses also have an inherent, tensor-level `forward` (e.g.
+/// [`CrdLoss::forward`](crate::CrdLoss::forward) on two [`Embeddings`](crate::Embeddings)),
+/// which method-call syntax picks first; call this one as `DistillLoss::forward(&loss, &batch)`.
 pub trait DistillLoss<B: Backend> {
     /// The loss's terms for this batch (unweighted: the loss set applies the weights).
     fn forward(&self, batch: &DistillBatch<B>) -> Result<LossTerms<B>, LossError>;
@@ -19,6 +24,50 @@ pub trait DistillLoss<B: Backend> {
     /// Whether this loss reads the student's masked-view image embeddings (MFD does).
     fn requires_masked_view(&self) -> bool {
         false
+    }
+}
+
+/// What a [`LossSet`](crate::LossSet) and a run config need to know about a built-in loss:
+/// implemented by the config of each one (`CrdLossConfig`, …).
+///
+/// The list of built-in losses is one macro invocation in `builtin.rs`, which generates
+/// [`LossConfig`](crate::LossConfig), [`BuiltinLoss`](crate::BuiltinLoss) and
+/// [`LossKind`](crate::LossKind) and their dispatch from these items. Adding a built-in loss
+/// is: its module and config, this trait for the config, and one line in that list.
+pub trait BuiltinLossConfig: Sized {
+    /// The loss module the config creates.
+    type Loss<B: Backend>: Module<B> + DistillLoss<B>;
+
+    /// The loss's term name, and its default entry name in a loss set (`"crd"`).
+    const NAME: &'static str;
+
+    /// Whether the loss reads the student features aligned to the teacher's space (so a loss
+    /// set needs a projector when `D_s != D_t`).
+    const USES_ALIGNED_FEATURES: bool;
+
+    /// Whether the loss reads the teacher's embeddings.
+    const NEEDS_TEACHER: bool = true;
+
+    /// Whether the loss reads the student's masked-view image embeddings (MFD does).
+    const REQUIRES_MASKED_VIEW: bool = false;
+
+    /// The configuration with every option at its default, for a teacher of embedding size
+    /// `teacher_dim` (only AFD's depends on it).
+    fn defaults(teacher_dim: usize) -> Self;
+
+    /// Creates the loss on `device`; errors name the invalid option.
+    fn init_loss<B: Backend>(&self, device: &B::Device) -> Result<Self::Loss<B>, LossError>;
+
+    /// Checks the options that depend on the loss set's sizes; `entry` names the entry in
+    /// the error. Default: nothing to check.
+    fn check_sizes(
+        &self,
+        entry: &str,
+        student_dim: usize,
+        teacher_dim: usize,
+    ) -> Result<(), LossError> {
+        let _ = (entry, student_dim, teacher_dim);
+        Ok(())
     }
 }
 

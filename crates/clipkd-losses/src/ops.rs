@@ -9,20 +9,46 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
-use crate::input::LocalRows;
-
-/// Epsilon of [`l2_normalize`], as `torch.nn.functional.normalize`'s default.
+/// Epsilon of [`l2_normalize_smooth`], as `torch.nn.functional.normalize`'s default.
 pub const NORM_EPS: f64 = 1e-12;
 
-/// Rows divided by their L2 norm.
+/// The rows of a gathered global batch that belong to this device.
 ///
-/// Computes `x / sqrt(‖x‖² + ε²)` with `ε = 1e-12`: the same value as PyTorch's
-/// `x / max(‖x‖, ε)` for every row with a norm above ~1e-6 (in f32), and with a finite
-/// gradient (zero) for an all-zero row, where PyTorch's is undefined.
+/// Single device: all rows (`offset` 0, `len` N), the default. See
+/// [`DistillInput`](crate::DistillInput) for the multi-device contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalRows {
+    /// Index of this device's first sample in the global batch.
+    pub offset: usize,
+    /// Number of this device's samples.
+    pub len: usize,
+}
+
+impl LocalRows {
+    /// All `n` rows of a batch (one device).
+    pub fn all(n: usize) -> Self {
+        Self { offset: 0, len: n }
+    }
+
+    /// Whether these rows cover the whole batch of `n` samples.
+    pub fn is_all(&self, n: usize) -> bool {
+        self.offset == 0 && self.len == n
+    }
+}
+
+/// Rows divided by their *smoothed* L2 norm: `x / sqrt(‖x‖² + ε²)`, `ε = 1e-12`.
+///
+/// Not the clamped form `x / max(‖x‖, ε)` of PyTorch's `F.normalize` (and of
+/// `clipkd_models::l2_normalize`): the value is the same for every row whose norm is above
+/// ~4e-9 in f32 (`‖x‖² + ε²` rounds to `‖x‖²`; in exact arithmetic the relative difference
+/// is `ε² / (2‖x‖²)`, 5e-25 for a unit norm). At an all-zero row both give 0, but the
+/// gradient differs: here it is the incoming gradient divided by `ε` (finite, as PyTorch's),
+/// whereas the clamped form in Burn gives NaN (`0 · ∞` through the `sqrt` at 0). See
+/// `docs/losses.md`.
 ///
 /// # Shapes
 /// - `x`: `[n, d]` -> `[n, d]`
-pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn l2_normalize_smooth<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x
         .clone()
         .square()
@@ -140,9 +166,34 @@ mod tests {
 
     #[test]
     fn normalize_gives_unit_rows_and_keeps_zero_rows() {
-        let x = l2_normalize(t2(&[&[3.0, 4.0], &[0.0, 0.0]]));
+        let x = l2_normalize_smooth(t2(&[&[3.0, 4.0], &[0.0, 0.0]]));
         let v = x.to_data().to_vec::<f32>().unwrap();
         assert_eq!(v, vec![0.6, 0.8, 0.0, 0.0]);
+    }
+
+    /// Away from zero the smooth form is the clamped one (`F.normalize`); at zero its gradient
+    /// is the incoming one divided by ε, finite, where the clamped form's is NaN in Burn.
+    #[test]
+    fn smooth_normalize_equals_the_clamped_form_and_has_a_gradient_at_zero() {
+        for norm in [1e-8f32, 1e-3, 1.0, 1e3] {
+            let x = t2(&[&[0.6 * norm, -0.8 * norm, 0.0]]);
+            let clamped = x.clone() / x.clone().square().sum_dim(1).sqrt().clamp_min(NORM_EPS);
+            let smooth = l2_normalize_smooth(x);
+            let (a, b) = (
+                smooth.to_data().to_vec::<f32>().unwrap(),
+                clamped.to_data().to_vec::<f32>().unwrap(),
+            );
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() <= 1e-7, "norm {norm}: {a} vs {b}");
+            }
+        }
+        type Ad = burn::backend::Autodiff<Flex>;
+        let device = Default::default();
+        let x = Tensor::<Ad, 2>::from_floats([[0.0, 0.0]], &device).require_grad();
+        let w = Tensor::<Ad, 2>::from_floats([[1.0, -2.0]], &device);
+        let grads = (l2_normalize_smooth(x.clone()) * w).sum().backward();
+        let g = x.grad(&grads).unwrap().to_data().to_vec::<f32>().unwrap();
+        assert_eq!(g, vec![1e12, -2e12]);
     }
 
     #[test]

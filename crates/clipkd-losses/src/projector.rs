@@ -7,8 +7,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::LossError;
-use crate::input::DistillInput;
-use crate::ops::l2_normalize;
+use crate::input::{DistillInput, Embeddings};
+use crate::ops::l2_normalize_smooth;
 
 /// Configuration of a [`Projector`].
 #[derive(Config, Debug)]
@@ -66,32 +66,47 @@ impl<B: Backend> Projector<B> {
         }
     }
 
+    /// The student's embeddings mapped into the teacher's space: raw `P s`, normalized
+    /// `ŝ = normalize(P s)`, the student's logit scale unchanged. The identity returns them as
+    /// they are. This is what the tensor-level `forward` of a loss that reads aligned features
+    /// (FD, MFD, GD, ICL, AFD, cross-KD) takes as its student when `D_s != D_t`.
+    ///
+    /// Errors if the student's embedding size is not the projector's input size.
+    ///
+    /// # Shapes
+    /// - `student`: `[N, D_s]` embeddings -> `[N, D_t]` embeddings (`[N, D_s]` for the identity)
+    pub fn project(&self, student: &Embeddings<B>) -> Result<Embeddings<B>, LossError> {
+        match (&self.image, &self.text) {
+            (None, None) => Ok(student.clone()),
+            _ => Embeddings::new(
+                self.project_image(student.image())?,
+                project(self.text.as_ref(), student.text(), "text")?,
+                student.logit_scale().clone(),
+            ),
+        }
+    }
+
+    /// Raw image embeddings mapped into the teacher's space, `P x` (not normalized), e.g. the
+    /// student's masked view for MFD; the identity returns them as they are.
+    ///
+    /// # Shapes
+    /// - `image`: `[N, D_s]` -> `[N, D_t]`
+    pub fn project_image(&self, image: &Tensor<B, 2>) -> Result<Tensor<B, 2>, LossError> {
+        project(self.image.as_ref(), image, "image")
+    }
+
     /// The batch the losses read: the input plus the aligned student features.
     ///
     /// Errors if the student's embedding size is not the projector's input size.
     pub fn align(&self, input: &DistillInput<B>) -> Result<DistillBatch<B>, LossError> {
-        let student = input.student();
-        let image_aligned = project(
-            self.image.as_ref(),
-            student.image(),
-            student.image_normalized(),
-            "image",
-        )?;
-        let text_aligned = project(
-            self.text.as_ref(),
-            student.text(),
-            student.text_normalized(),
-            "text",
-        )?;
-        // `DistillInput` guarantees the masked view has the student's size.
-        let masked_image_aligned = input.student_masked_image().map(|m| match &self.image {
-            Some(linear) => l2_normalize(linear.forward(m.clone())),
-            None => l2_normalize(m.clone()),
-        });
+        let aligned = self.project(input.student())?;
+        let masked_image_aligned = input
+            .student_masked_image()
+            .map(|m| self.project_image(m).map(l2_normalize_smooth))
+            .transpose()?;
         Ok(DistillBatch {
             input: input.clone(),
-            image_aligned,
-            text_aligned,
+            aligned,
             masked_image_aligned,
         })
     }
@@ -111,7 +126,6 @@ pub(crate) fn eager<B: Backend>(linear: Linear<B>) -> Linear<B> {
 fn project<B: Backend>(
     linear: Option<&Linear<B>>,
     raw: &Tensor<B, 2>,
-    normalized: &Tensor<B, 2>,
     modality: &str,
 ) -> Result<Tensor<B, 2>, LossError> {
     match linear {
@@ -125,9 +139,9 @@ fn project<B: Backend>(
                     got: d,
                 });
             }
-            Ok(l2_normalize(linear.forward(raw.clone())))
+            Ok(linear.forward(raw.clone()))
         }
-        None => Ok(normalized.clone()),
+        None => Ok(raw.clone()),
     }
 }
 
@@ -139,8 +153,7 @@ fn project<B: Backend>(
 #[derive(Debug, Clone)]
 pub struct DistillBatch<B: Backend> {
     input: DistillInput<B>,
-    image_aligned: Tensor<B, 2>,
-    text_aligned: Tensor<B, 2>,
+    aligned: Embeddings<B>,
     masked_image_aligned: Option<Tensor<B, 2>>,
 }
 
@@ -158,14 +171,20 @@ impl<B: Backend> DistillBatch<B> {
         &self.input
     }
 
+    /// The student's embeddings in the teacher's space ([`Projector::project`]): raw `P s`,
+    /// normalized `ŝ`, the student's logit scale.
+    pub fn student_aligned(&self) -> &Embeddings<B> {
+        &self.aligned
+    }
+
     /// `ŝ_img = normalize(P s_img)`, `[N, D_t]`.
     pub fn image_aligned(&self) -> &Tensor<B, 2> {
-        &self.image_aligned
+        self.aligned.image_normalized()
     }
 
     /// `ŝ_txt = normalize(P s_txt)`, `[N, D_t]`.
     pub fn text_aligned(&self) -> &Tensor<B, 2> {
-        &self.text_aligned
+        self.aligned.text_normalized()
     }
 
     /// `normalize(P s_img_masked)`, `[N, D_t]`, when the input has a masked view.
@@ -177,7 +196,7 @@ impl<B: Backend> DistillBatch<B> {
     /// that needs them is used without a projector while `D_s != D_t`).
     pub fn check_aligned(&self, loss: &str) -> Result<(), LossError> {
         let expected = self.input.teacher().dim();
-        let got = self.image_aligned.dims()[1];
+        let got = self.aligned.dim();
         if got != expected {
             return Err(LossError::DimMismatch {
                 what: format!(

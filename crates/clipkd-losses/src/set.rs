@@ -10,132 +10,16 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 
+use crate::builtin::{BuiltinLoss, LossConfig};
 use crate::error::LossError;
 use crate::input::DistillInput;
 use crate::loss::DistillLoss;
 use crate::losses::{
-    AfdLoss, AfdLossConfig, CrdLoss, CrdLossConfig, CrossKdLoss, CrossKdLossConfig, FdLoss,
-    FdLossConfig, GdLoss, GdLossConfig, IclLoss, IclLossConfig, MfdLoss, MfdLossConfig,
-    OpenClipDistillLoss, OpenClipDistillLossConfig, TaskLoss, TaskLossConfig,
+    AfdLossConfig, CrdLossConfig, FdLossConfig, GdLossConfig, IclLossConfig, MfdLossConfig,
+    OpenClipDistillLossConfig, TaskLossConfig,
 };
 use crate::projector::{DistillBatch, Projector, ProjectorConfig};
 use crate::terms::LossTerms;
-
-/// Any built-in loss, so that a [`LossSet`] of them is one concrete Burn module (trained by the
-/// optimizer and saved by a recorder or `burn-store`, learnable scales and layers included).
-// A set holds a handful of these, once: the AFD variant's size does not matter, and Burn has no
-// `Module` implementation for `Box` to shrink it with.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum BuiltinLoss<B: Backend> {
-    /// CLIP's InfoNCE.
-    Task(TaskLoss),
-    /// Contrastive relational distillation.
-    Crd(CrdLoss),
-    /// Feature distillation.
-    Fd(FdLoss),
-    /// Masked feature distillation.
-    Mfd(MfdLoss),
-    /// Gradient distillation.
-    Gd(GdLoss),
-    /// Interactive contrastive learning.
-    Icl(IclLoss<B>),
-    /// Augmented feature distillation.
-    Afd(AfdLoss<B>),
-    /// Cross-model KD.
-    CrossKd(CrossKdLoss<B>),
-    /// open_clip's `DistillClipLoss` term.
-    OpenClipDistill(OpenClipDistillLoss),
-}
-
-impl<B: Backend> DistillLoss<B> for BuiltinLoss<B> {
-    fn forward(&self, batch: &DistillBatch<B>) -> Result<LossTerms<B>, LossError> {
-        match self {
-            BuiltinLoss::Task(l) => DistillLoss::<B>::forward(l, batch),
-            BuiltinLoss::Crd(l) => DistillLoss::<B>::forward(l, batch),
-            BuiltinLoss::Fd(l) => DistillLoss::<B>::forward(l, batch),
-            BuiltinLoss::Mfd(l) => DistillLoss::<B>::forward(l, batch),
-            BuiltinLoss::Gd(l) => DistillLoss::<B>::forward(l, batch),
-            BuiltinLoss::Icl(l) => l.forward(batch),
-            BuiltinLoss::Afd(l) => l.forward(batch),
-            BuiltinLoss::CrossKd(l) => l.forward(batch),
-            BuiltinLoss::OpenClipDistill(l) => DistillLoss::<B>::forward(l, batch),
-        }
-    }
-
-    fn requires_masked_view(&self) -> bool {
-        matches!(self, BuiltinLoss::Mfd(_))
-    }
-}
-
-/// Configuration of one built-in loss.
-#[derive(Config, Debug)]
-pub enum LossConfig {
-    /// CLIP's InfoNCE.
-    Task(TaskLossConfig),
-    /// Contrastive relational distillation.
-    Crd(CrdLossConfig),
-    /// Feature distillation.
-    Fd(FdLossConfig),
-    /// Masked feature distillation (ViT students only).
-    Mfd(MfdLossConfig),
-    /// Gradient distillation.
-    Gd(GdLossConfig),
-    /// Interactive contrastive learning.
-    Icl(IclLossConfig),
-    /// Augmented feature distillation.
-    Afd(AfdLossConfig),
-    /// Cross-model KD.
-    CrossKd(CrossKdLossConfig),
-    /// open_clip's `DistillClipLoss` term.
-    OpenClipDistill(OpenClipDistillLossConfig),
-}
-
-impl LossConfig {
-    /// The name of the loss's term (and its default entry name in a loss set).
-    pub fn default_name(&self) -> &'static str {
-        match self {
-            LossConfig::Task(_) => TaskLoss::NAME,
-            LossConfig::Crd(_) => CrdLoss::NAME,
-            LossConfig::Fd(_) => FdLoss::NAME,
-            LossConfig::Mfd(_) => MfdLoss::NAME,
-            LossConfig::Gd(_) => GdLoss::NAME,
-            LossConfig::Icl(_) => "icl",
-            LossConfig::Afd(_) => "afd",
-            LossConfig::CrossKd(_) => "cross_kd",
-            LossConfig::OpenClipDistill(_) => OpenClipDistillLoss::NAME,
-        }
-    }
-
-    /// Whether the loss reads the student's masked view.
-    pub fn requires_masked_view(&self) -> bool {
-        matches!(self, LossConfig::Mfd(_))
-    }
-
-    /// Whether the loss reads the student features aligned to the teacher's space (so needs the
-    /// projector when `D_s != D_t`).
-    pub fn uses_aligned_features(&self) -> bool {
-        !matches!(
-            self,
-            LossConfig::Task(_) | LossConfig::Crd(_) | LossConfig::OpenClipDistill(_)
-        )
-    }
-
-    /// Creates the loss on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<BuiltinLoss<B>, LossError> {
-        Ok(match self {
-            LossConfig::Task(c) => BuiltinLoss::Task(c.init()),
-            LossConfig::Crd(c) => BuiltinLoss::Crd(c.init()?),
-            LossConfig::Fd(c) => BuiltinLoss::Fd(c.init()),
-            LossConfig::Mfd(c) => BuiltinLoss::Mfd(c.init()),
-            LossConfig::Gd(c) => BuiltinLoss::Gd(c.init()),
-            LossConfig::Icl(c) => BuiltinLoss::Icl(c.init(device)?),
-            LossConfig::Afd(c) => BuiltinLoss::Afd(c.init(device)?),
-            LossConfig::CrossKd(c) => BuiltinLoss::CrossKd(c.init(device)?),
-            LossConfig::OpenClipDistill(c) => BuiltinLoss::OpenClipDistill(c.init()),
-        })
-    }
-}
 
 /// One entry of a [`LossSetConfig`]: a loss and its weight.
 #[derive(Config, Debug)]
@@ -357,17 +241,9 @@ impl LossSetConfig {
                     weight: entry.weight,
                 });
             }
-            if let LossConfig::Afd(afd) = &entry.loss
-                && afd.teacher_dim != self.teacher_dim
-            {
-                return Err(LossError::InvalidConfig {
-                    what: format!("loss `{name}` (AFD) teacher_dim"),
-                    reason: format!(
-                        "{} differs from the loss set's teacher_dim {}",
-                        afd.teacher_dim, self.teacher_dim
-                    ),
-                });
-            }
+            entry
+                .loss
+                .check_sizes(name, self.student_dim, self.teacher_dim)?;
         }
         Ok(())
     }

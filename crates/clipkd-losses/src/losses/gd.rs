@@ -5,10 +5,11 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::common::check_pair;
 use crate::error::LossError;
-use crate::input::LocalRows;
-use crate::loss::DistillLoss;
-use crate::ops::{local, mse};
+use crate::input::Embeddings;
+use crate::loss::{BuiltinLossConfig, DistillLoss};
+use crate::ops::{LocalRows, local, mse};
 use crate::projector::DistillBatch;
 use crate::terms::LossTerms;
 
@@ -82,6 +83,20 @@ impl GdLossConfig {
     }
 }
 
+impl BuiltinLossConfig for GdLossConfig {
+    type Loss<B: Backend> = GdLoss;
+    const NAME: &'static str = GdLoss::NAME;
+    const USES_ALIGNED_FEATURES: bool = true;
+
+    fn defaults(_teacher_dim: usize) -> Self {
+        Self::new()
+    }
+
+    fn init_loss<B: Backend>(&self, _device: &B::Device) -> Result<GdLoss, LossError> {
+        Ok(self.init())
+    }
+}
+
 /// Gradient distillation (term `"gd"`): the student's contrastive-loss gradients with respect to
 /// its features follow the teacher's.
 ///
@@ -98,26 +113,83 @@ pub struct GdLoss {
 impl GdLoss {
     /// The term's name.
     pub const NAME: &'static str = "gd";
+
+    /// The loss of one batch; the same value as the loss in a [`LossSet`](crate::LossSet).
+    /// The student must already be in the teacher's space: when `D_s != D_t`, map it with a
+    /// (learnable) [`Projector`](crate::Projector) first, as a loss set does. The teacher is
+    /// detached. [`gd_loss`] is the form for a gathered global batch.
+    ///
+    /// Errors if the batch sizes or the embedding sizes differ.
+    ///
+    /// # Shapes
+    /// - `student`: `[N, D_t]` (aligned), `teacher`: `[N, D_t]`, logit scales `[1]` -> `[1]`
+    ///
+    /// ```
+    /// use burn::tensor::{Distribution, Tensor};
+    /// use burn_flex::Flex;
+    /// use clipkd_losses::{Embeddings, GdLossConfig, GdScaleUse};
+    ///
+    /// let device = Default::default();
+    /// let randn = |d| Tensor::<Flex, 2>::random([4, d], Distribution::Normal(0.0, 1.0), &device);
+    /// let student = Embeddings::from_log_scale(randn(12), randn(12), Tensor::from_floats([2.659], &device))?;
+    /// let teacher = Embeddings::from_log_scale(randn(12), randn(12), Tensor::from_floats([4.6], &device))?;
+    /// let gd = GdLossConfig::new().with_scale_use(GdScaleUse::Multiply).init();
+    /// assert!(gd.forward(&student, &teacher)?.into_scalar() > 0.0);
+    /// # Ok::<(), clipkd_losses::LossError>(())
+    /// ```
+    pub fn forward<B: Backend>(
+        &self,
+        student: &Embeddings<B>,
+        teacher: &Embeddings<B>,
+    ) -> Result<Tensor<B, 1>, LossError> {
+        gd_loss(
+            student,
+            teacher,
+            self.scale_use,
+            LocalRows::all(student.batch_size()),
+        )
+    }
+}
+
+/// GD of this device's `rows` of a (gathered) batch: what [`GdLoss`] computes, in both of its
+/// `forward`s. `student_aligned` is the student in the teacher's space
+/// ([`Projector::project`](crate::Projector::project)), with the student's logit scale; the
+/// teacher is detached.
+///
+/// Errors if the batch sizes or the embedding sizes differ, or `rows` fall outside the batch.
+///
+/// # Shapes
+/// - `student_aligned`, `teacher`: `[N, D_t]`, logit scales `[1]` -> `[1]`
+pub fn gd_loss<B: Backend>(
+    student_aligned: &Embeddings<B>,
+    teacher: &Embeddings<B>,
+    scale_use: GdScaleUse,
+    rows: LocalRows,
+) -> Result<Tensor<B, 1>, LossError> {
+    check_pair("GD", student_aligned, teacher, true, rows)?;
+    let (s, t) = (student_aligned, teacher.clone().detach());
+    let grads = |p: &Tensor<B, 2>, k: &Tensor<B, 2>, scale: &Tensor<B, 1>| {
+        contrastive_gradients(p, k, scale, scale_use, rows)
+    };
+    let (t_p_img, t_k_txt) = grads(t.image_normalized(), t.text_normalized(), t.logit_scale());
+    let (t_p_txt, t_k_img) = grads(t.text_normalized(), t.image_normalized(), t.logit_scale());
+    let (s_p_img, s_k_txt) = grads(s.image_normalized(), s.text_normalized(), s.logit_scale());
+    let (s_p_txt, s_k_img) = grads(s.text_normalized(), s.image_normalized(), s.logit_scale());
+    Ok(mse(s_p_img, t_p_img)
+        + mse(s_k_txt, t_k_txt)
+        + mse(s_p_txt, t_p_txt)
+        + mse(s_k_img, t_k_img))
 }
 
 impl<B: Backend> DistillLoss<B> for GdLoss {
     fn forward(&self, batch: &DistillBatch<B>) -> Result<LossTerms<B>, LossError> {
-        batch.check_aligned("GD")?;
         let input = batch.input();
-        let (t, s, rows) = (input.teacher(), input.student(), input.rows());
-        let grads = |p: &Tensor<B, 2>, k: &Tensor<B, 2>, scale: &Tensor<B, 1>| {
-            contrastive_gradients(p, k, scale, self.scale_use, rows)
-        };
-        let (t_p_img, t_k_txt) = grads(t.image_normalized(), t.text_normalized(), t.logit_scale());
-        let (t_p_txt, t_k_img) = grads(t.text_normalized(), t.image_normalized(), t.logit_scale());
-        let (s_p_img, s_k_txt) =
-            grads(batch.image_aligned(), batch.text_aligned(), s.logit_scale());
-        let (s_p_txt, s_k_img) =
-            grads(batch.text_aligned(), batch.image_aligned(), s.logit_scale());
-        let value = mse(s_p_img, t_p_img)
-            + mse(s_k_txt, t_k_txt)
-            + mse(s_p_txt, t_p_txt)
-            + mse(s_k_img, t_k_img);
+        let value = gd_loss(
+            batch.student_aligned(),
+            input.teacher(),
+            self.scale_use,
+            input.rows(),
+        )?;
         Ok(LossTerms::single(Self::NAME, value))
     }
 }
