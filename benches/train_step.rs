@@ -113,12 +113,12 @@ fn main() {
         } else {
             (LossPreset::Baseline, student_cfg.embed_dim)
         };
-        let model = DistillModel {
-            student: student_cfg.init::<B>(&device).expect("student"),
-            losses: LossSetConfig::preset(preset, student_cfg.embed_dim, teacher_dim)
+        let model = DistillModel::new(
+            student_cfg.init::<B>(&device).expect("student"),
+            LossSetConfig::preset(preset, student_cfg.embed_dim, teacher_dim)
                 .init::<B>(&device)
                 .expect("losses"),
-        };
+        );
         force_init(&model);
         let mut optimizer = distill_optimizer(&model, clipkd_train::AdamWParams::vit());
         let mut model = Some(model);

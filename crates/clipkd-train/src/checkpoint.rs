@@ -50,15 +50,16 @@ use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::fault;
 use crate::optim::{GroupRecord, GroupedAdamW};
-use crate::step::DistillModel;
+use crate::step::{DistillModel, TrainableObjective};
+use crate::student::Student;
 
 /// The folder of a run directory that holds its checkpoints.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 
 const STATE_FILE: &str = "state.json";
 const CONFIG_FILE: &str = "config.toml";
-const STUDENT_FILE: &str = "student.safetensors";
-const STUDENT_CONFIG_FILE: &str = "student_config.json";
+const STUDENT_FILE: &str = crate::student::OPEN_CLIP_WEIGHTS_FILE;
+const STUDENT_CONFIG_FILE: &str = crate::student::OPEN_CLIP_CONFIG_FILE;
 const MODEL_RECORD: &str = "model";
 const OPTIMIZER_RECORD: &str = "optimizer";
 const MANIFEST_FILE: &str = "manifest.json";
@@ -327,11 +328,11 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
 }
 
 /// Everything a checkpoint stores.
-pub struct CheckpointContents<'a, B: AutodiffBackend> {
+pub struct CheckpointContents<'a, B: AutodiffBackend, S: Student<B>, L: TrainableObjective<B>> {
     /// The student and loss module.
-    pub model: &'a DistillModel<B>,
+    pub model: &'a DistillModel<B, S, L>,
     /// The optimizer.
-    pub optimizer: &'a GroupedAdamW<B, DistillModel<B>>,
+    pub optimizer: &'a GroupedAdamW<B, DistillModel<B, S, L>>,
     /// The run's position.
     pub state: &'a TrainState,
     /// The run config.
@@ -342,9 +343,9 @@ pub struct CheckpointContents<'a, B: AutodiffBackend> {
 /// folder) atomically, then deletes all but the last `keep` checkpoints (never the one just
 /// written). Returns the checkpoint's path. See the module docs for what a crash at any point
 /// leaves.
-pub fn save_checkpoint<B: AutodiffBackend>(
+pub fn save_checkpoint<B: AutodiffBackend, S: Student<B>, L: TrainableObjective<B>>(
     dir: &Path,
-    contents: CheckpointContents<'_, B>,
+    contents: CheckpointContents<'_, B, S, L>,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
     if !dir.is_dir() {
@@ -387,20 +388,12 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     Ok(final_path)
 }
 
-fn write_contents<B: AutodiffBackend>(
+fn write_contents<B: AutodiffBackend, S: Student<B>, L: TrainableObjective<B>>(
     dir: &Path,
-    contents: &CheckpointContents<'_, B>,
+    contents: &CheckpointContents<'_, B, S, L>,
 ) -> Result<(), TrainError> {
-    let student_path = dir.join(STUDENT_FILE);
-    fault::point("write", &student_path);
-    save_open_clip(&contents.model.student, &student_path)?;
-    let student_config = dir.join(STUDENT_CONFIG_FILE);
-    fault::point("write", &student_config);
-    fs::write(
-        &student_config,
-        contents.model.student.config().to_open_clip_json(),
-    )
-    .map_err(|e| TrainError::io("writing", &student_config, e))?;
+    // The student's own files (CLIP: open_clip state dict and config).
+    let exported = contents.model.student.export(dir)?;
     let recorder = FileRecorder::new();
     let model_path = dir.join(MODEL_RECORD);
     fault::point("write", &dir.join(MODEL_FILE));
@@ -426,14 +419,13 @@ fn write_contents<B: AutodiffBackend>(
     fs::write(&state_path, json).map_err(|e| TrainError::io("writing", &state_path, e))?;
     // Last: the check of everything above.
     let mut manifest = Manifest::default();
-    for name in [
-        STUDENT_FILE,
-        STUDENT_CONFIG_FILE,
+    let names = exported.iter().map(String::as_str).chain([
         MODEL_FILE,
         OPTIMIZER_FILE,
         CONFIG_FILE,
         STATE_FILE,
-    ] {
+    ]);
+    for name in names {
         let path = dir.join(name);
         let check = FileCheck::of(&path).map_err(|e| TrainError::io("reading", &path, e))?;
         manifest.files.insert(name.to_string(), check);
@@ -568,11 +560,11 @@ pub fn student_weights_path(dir: &Path) -> PathBuf {
 /// Loads the student and loss module saved in checkpoint `dir` into `model` (same
 /// architecture and losses), parameter identities included (the optimizer state refers to
 /// them).
-pub fn load_model<B: AutodiffBackend>(
+pub fn load_model<B: AutodiffBackend, S: Student<B>, L: TrainableObjective<B>>(
     dir: &Path,
-    model: DistillModel<B>,
+    model: DistillModel<B, S, L>,
     device: &B::Device,
-) -> Result<DistillModel<B>, TrainError> {
+) -> Result<DistillModel<B, S, L>, TrainError> {
     let path = dir.join(MODEL_RECORD);
     let record = FileRecorder::new()
         .load(path.clone(), device)
@@ -588,13 +580,13 @@ pub fn load_model<B: AutodiffBackend>(
 
 /// Loads the optimizer state saved in checkpoint `dir` into `optimizer`, built for the model
 /// returned by [`load_model`].
-pub fn load_optimizer<B: AutodiffBackend>(
+pub fn load_optimizer<B: AutodiffBackend, S: Student<B>, L: TrainableObjective<B>>(
     dir: &Path,
-    optimizer: GroupedAdamW<B, DistillModel<B>>,
+    optimizer: GroupedAdamW<B, DistillModel<B, S, L>>,
     device: &B::Device,
-) -> Result<GroupedAdamW<B, DistillModel<B>>, TrainError> {
+) -> Result<GroupedAdamW<B, DistillModel<B, S, L>>, TrainError> {
     let path = dir.join(OPTIMIZER_RECORD);
-    let records: Vec<GroupRecord<B, DistillModel<B>>> = FileRecorder::new()
+    let records: Vec<GroupRecord<B, DistillModel<B, S, L>>> = FileRecorder::new()
         .load(path.clone(), device)
         .map_err(|e| TrainError::Record {
             path: path.with_extension("mpk"),

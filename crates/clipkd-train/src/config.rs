@@ -29,11 +29,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clipkd_losses::{
-    AfdLossConfig, CrdLossConfig, CrossKdLossConfig, FdLossConfig, GdLossConfig, IclLossConfig,
-    LossConfig, LossPreset, LossSetConfig, MfdLossConfig, OpenClipDistillLossConfig,
-    TaskLossConfig, WeightedLossConfig,
-};
+use clipkd_losses::{LossConfig, LossPreset, LossSetConfig, WeightedLossConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -220,53 +216,10 @@ impl Default for StudentConfig {
     }
 }
 
-/// The kind of one explicit loss term (`[[loss.terms]]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossKind {
-    /// CLIP's InfoNCE.
-    Task,
-    /// Contrastive relational distillation.
-    Crd,
-    /// Feature distillation.
-    Fd,
-    /// Masked feature distillation (ViT students).
-    Mfd,
-    /// Gradient distillation.
-    Gd,
-    /// Interactive contrastive learning.
-    Icl,
-    /// Augmented feature distillation.
-    Afd,
-    /// Cross-model KD.
-    CrossKd,
-    /// open_clip's `DistillClipLoss` term.
-    OpenClipDistill,
-}
-
-impl LossKind {
-    /// The loss's configuration with every option at its default.
-    pub fn default_config(self, teacher_dim: usize) -> LossConfig {
-        match self {
-            LossKind::Task => LossConfig::Task(TaskLossConfig::new()),
-            LossKind::Crd => LossConfig::Crd(CrdLossConfig::new()),
-            LossKind::Fd => LossConfig::Fd(FdLossConfig::new()),
-            LossKind::Mfd => LossConfig::Mfd(MfdLossConfig::new()),
-            LossKind::Gd => LossConfig::Gd(GdLossConfig::new()),
-            LossKind::Icl => LossConfig::Icl(IclLossConfig::new()),
-            LossKind::Afd => LossConfig::Afd(AfdLossConfig::new(teacher_dim)),
-            LossKind::CrossKd => LossConfig::CrossKd(CrossKdLossConfig::new()),
-            LossKind::OpenClipDistill => {
-                LossConfig::OpenClipDistill(OpenClipDistillLossConfig::new())
-            }
-        }
-    }
-
-    /// Whether the loss reads the teacher's embeddings.
-    pub fn needs_teacher(self) -> bool {
-        self != LossKind::Task
-    }
-}
+/// The kind of one explicit loss term (`[[loss.terms]]`, `kind = "fd"`): the losses crate's
+/// list of built-in losses, so a loss added there is a kind here too. Its `default_config`
+/// gives the options an explicit term's are merged onto.
+pub use clipkd_losses::LossKind;
 
 /// One explicit loss term: `kind`, `weight`, an optional `name`, and any option of that loss
 /// (the fields of its `clipkd_losses` config, e.g. `distance = "Cosine"` for FD or
@@ -458,13 +411,9 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
-    /// The AdamW settings for a ViT student (`is_vit`) or another one.
-    pub fn adamw_params(&self, is_vit: bool) -> AdamWParams {
-        let auto = if is_vit {
-            AdamWParams::vit()
-        } else {
-            AdamWParams::resnet()
-        };
+    /// The AdamW settings: `auto` (the student's architecture defaults, e.g. CLIP-KD's ViT or
+    /// ResNet betas and epsilon) where `betas` and `eps` are not set, and the weight decays.
+    pub fn adamw_params(&self, auto: AdamWParams) -> AdamWParams {
         AdamWParams {
             beta_1: self.betas.map_or(auto.beta_1, |b| b[0] as f32),
             beta_2: self.betas.map_or(auto.beta_2, |b| b[1] as f32),
@@ -1115,9 +1064,9 @@ mod tests {
         assert_eq!(c.data.crop_scale, [0.9, 1.0]);
         assert_eq!(c.loss.mask_ratio, 0.75);
         assert_eq!(c.run.seed, 0);
-        let vit = c.optim.adamw_params(true);
+        let vit = c.optim.adamw_params(AdamWParams::vit());
         assert_eq!((vit.beta_1, vit.beta_2, vit.epsilon), (0.9, 0.98, 1e-6));
-        let rn = c.optim.adamw_params(false);
+        let rn = c.optim.adamw_params(AdamWParams::resnet());
         assert_eq!((rn.beta_2, rn.epsilon), (0.999, 1e-8));
         let set = c
             .loss

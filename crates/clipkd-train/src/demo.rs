@@ -31,9 +31,8 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use clipkd_data::dataset::shapes::{
-    ShapesConfig, ShapesFiles, ShapesWriteError, write_shapes_dataset,
-};
+use clipkd_data::DataError;
+use clipkd_data::dataset::shapes::{ShapesConfig, ShapesFiles, write_shapes_dataset};
 use clipkd_losses::LossPreset;
 use clipkd_models::{ClipConfig, load_open_clip, save_open_clip};
 use serde::{Deserialize, Serialize};
@@ -422,8 +421,8 @@ pub fn run_demo<B: AutodiffBackend>(
         layout.data.display()
     ));
     let files = write_shapes_dataset(&config.data, &layout.data).map_err(|e| match e {
-        ShapesWriteError::Config(e) => TrainError::Data(e),
-        ShapesWriteError::Write { path, source } => TrainError::io("writing", path, source),
+        DataError::Write { path, source } => TrainError::io("writing", path, source),
+        e => TrainError::Data(e),
     })?;
     let data_s = t.elapsed().as_secs_f64();
 

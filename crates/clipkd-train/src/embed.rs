@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clipkd_data::image::{DecodedImage, ImageTransform, TransformConfig};
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::{Clip, ClipConfig, ModelError};
+use clipkd_models::{ClipEncoder, ModelError};
 
 use crate::error::TrainError;
 
@@ -47,13 +47,14 @@ fn check_finite(
     }
 }
 
-/// The eval transform of a model: its image size, OpenAI mean/std, bicubic, `shortest` resize,
-/// then whatever an open_clip `preprocess_cfg` object overrides.
+/// The eval transform of a model taking `image_size` (`[height, width]`,
+/// [`ClipEncoder::image_size`]): OpenAI mean/std, bicubic, `shortest` resize, then whatever an
+/// open_clip `preprocess_cfg` object overrides.
 pub fn eval_transform_config(
-    config: &ClipConfig,
+    image_size: [usize; 2],
     preprocess_cfg: Option<&serde_json::Value>,
 ) -> Result<TransformConfig, TrainError> {
-    let [h, w] = config.image_size();
+    let [h, w] = image_size;
     let base = TransformConfig::default().with_size(h, w);
     Ok(match preprocess_cfg {
         Some(cfg) => base.merge_preprocess_cfg(cfg)?,
@@ -64,8 +65,8 @@ pub fn eval_transform_config(
 /// Normalized (unit-norm) image embeddings of image files, in order, `batch_size` at a time.
 /// The first file that cannot be read or decoded, or whose embedding is not finite
 /// ([`ModelError::NonFiniteEmbedding`]), stops it with an error naming the file.
-pub fn embed_image_files<B: Backend>(
-    model: &Clip<B>,
+pub fn embed_image_files<B: Backend, M: ClipEncoder<B>>(
+    model: &M,
     transform: &ImageTransform,
     paths: &[PathBuf],
     batch_size: usize,
@@ -99,15 +100,15 @@ pub fn embed_image_files<B: Backend>(
 /// tokenization, truncated to the model's context length with the end-of-text token kept).
 /// A text whose embedding is not finite stops it with [`ModelError::NonFiniteEmbedding`]
 /// naming its index (from 0) and its start.
-pub fn embed_texts<B: Backend>(
-    model: &Clip<B>,
+pub fn embed_texts<B: Backend, M: ClipEncoder<B>>(
+    model: &M,
     tokenizer: &Tokenizer,
     texts: &[impl AsRef<str>],
     batch_size: usize,
     device: &B::Device,
 ) -> Result<HostEmbeddings, TrainError> {
     let context = model.context_length();
-    let vocab = model.config().text.vocab_size;
+    let vocab = model.vocab_size();
     if vocab < tokenizer.vocab_size() && !texts.is_empty() {
         return Err(TrainError::TokenizerMismatch {
             model_vocab: vocab,
@@ -121,7 +122,7 @@ pub fn embed_texts<B: Backend>(
     };
     for chunk in texts.chunks(batch_size.max(1)) {
         let ids: Vec<i64> = tokenizer
-            .tokenize_batch(chunk, context)
+            .tokenize_batch(chunk, context)?
             .into_iter()
             .map(i64::from)
             .collect();
@@ -164,6 +165,7 @@ mod tests {
     use clipkd_data::image::ImageTransform;
 
     use super::*;
+    use clipkd_models::{Clip, ClipConfig};
 
     type B = Flex;
 
@@ -226,7 +228,8 @@ mod tests {
     fn non_finite_embeddings_are_errors_naming_the_input() {
         let device = Default::default();
         let (config, good) = model(1.0);
-        let transform = ImageTransform::new(eval_transform_config(&config, None).unwrap()).unwrap();
+        let transform =
+            ImageTransform::new(eval_transform_config(config.image_size(), None).unwrap()).unwrap();
         let texts = ["a photo of a cat", "a diagram"];
         let paths = images();
         // A healthy model embeds them.

@@ -45,7 +45,7 @@ use burn::tensor::backend::Backend;
 use clipkd_data::DataError;
 use clipkd_data::dataset::CsvConfig;
 use clipkd_data::image::ImageTransform;
-use clipkd_models::Clip;
+use clipkd_models::ClipEncoder;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::eval_transform_config;
@@ -343,9 +343,9 @@ pub struct EvalSuite {
 
 impl EvalSuite {
     /// Runs every configured evaluation on `model` (see [`EvalSuite::run_with_progress`]).
-    pub fn run<B: Backend>(
+    pub fn run<B: Backend, M: ClipEncoder<B>>(
         &self,
-        model: &Clip<B>,
+        model: &M,
         device: &B::Device,
     ) -> Result<EvalReport, TrainError> {
         self.run_with_progress(model, device, &mut |_| {})
@@ -355,14 +355,14 @@ impl EvalSuite {
     /// stage and after each batch.
     /// Images go through the model's eval transform (its image size, OpenAI mean/std,
     /// bicubic resize of the short side, center crop; then `preprocess_cfg`).
-    pub fn run_with_progress<B: Backend>(
+    pub fn run_with_progress<B: Backend, M: ClipEncoder<B>>(
         &self,
-        model: &Clip<B>,
+        model: &M,
         device: &B::Device,
         progress: &mut dyn FnMut(EvalProgress),
     ) -> Result<EvalReport, TrainError> {
         let transform = ImageTransform::new(eval_transform_config(
-            model.config(),
+            model.image_size(),
             self.preprocess_cfg.as_ref(),
         )?)?;
         let zero_shot = match &self.zero_shot {

@@ -3,7 +3,9 @@
 //! - [`config`]: the run config (TOML/JSON, the paper's recipe as defaults, presets, CLI
 //!   overrides);
 //! - [`trainer`]: validation of a run before any work, then the training loop
-//!   ([`PreparedRun`]);
+//!   ([`PreparedRun`]), for the open_clip models of a config or any [`Student`], teacher
+//!   ([`clipkd_models::ClipEncoder`]) and loss module ([`clipkd_losses::DistillObjective`]);
+//! - [`student`]: what the trainer needs of a student beyond an encoder;
 //! - [`step`]: one optimizer step (teacher forward without autodiff, student forward, losses,
 //!   backward with gradient accumulation, global-norm clipping, AdamW, `logit_scale` clamp);
 //! - [`optim`]: AdamW with CLIP-KD's parameter groups;
@@ -29,6 +31,7 @@ pub mod progress;
 pub mod run_dir;
 pub mod schedule;
 pub mod step;
+pub mod student;
 pub mod trainer;
 
 pub use config::{Override, RunConfig, TrainMode};
@@ -37,4 +40,5 @@ pub use optim::{AdamWParams, GroupKind, GroupedAdamW, excluded_from_weight_decay
 pub use step::{
     DistillModel, MicroBatch, StepOptions, StepOutput, distill_optimizer, distill_terms, train_step,
 };
-pub use trainer::{PreparedRun, RunSummary};
+pub use student::Student;
+pub use trainer::{Models, PreparedRun, RunSummary};

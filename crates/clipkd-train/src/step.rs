@@ -1,67 +1,86 @@
 //! One distillation step: teacher forward (no autodiff), student forward, losses, backward,
-//! AdamW with CLIP-KD's parameter groups, `logit_scale` clamp.
+//! AdamW with the student's parameter groups, the student's step-end hook (CLIP's
+//! `logit_scale` clamp).
+//!
+//! Generic over the student ([`Student`]), the teacher ([`ClipEncoder`] on the inner backend)
+//! and the loss module ([`DistillObjective`]); `Clip` and `LossSet` are the defaults.
 
-use burn::module::{Module, ParamId};
+use std::marker::PhantomData;
+
+use burn::module::{AutodiffModule, Module, ModuleDisplay, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
-use clipkd_losses::{DistillInput, Embeddings, LossSet, LossTerms};
-use clipkd_models::{Clip, StoredDType, open_clip_state_dict_spec};
+use clipkd_losses::{DistillInput, DistillObjective, Embeddings, LossSet, LossTerms};
+use clipkd_models::{Clip, ClipEncoder};
 
 use crate::error::TrainError;
 use crate::optim::{
-    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_grad_norm, excluded_from_weight_decay,
-    global_grad_norm,
+    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_grad_norm, global_grad_norm,
 };
+use crate::student::Student;
 
-/// Upper bound of the student's log logit scale after each step: ln 100 (CLIP, CLIP-KD).
-pub const MAX_LOG_LOGIT_SCALE: f64 = 4.605_170_185_988_092;
+pub use crate::student::MAX_LOG_LOGIT_SCALE;
 
 /// What the optimizer trains: the student and the loss module's own parameters (projectors,
 /// ICL/AFD scales), together so that one optimizer and one checkpoint cover both.
 ///
-/// Parameter paths are `student.<open_clip key>` and `losses.<...>`.
+/// Parameter names are the student's ([`Student::parameter_names`]) and `losses.<path>`.
 #[derive(Module, Debug)]
-pub struct DistillModel<B: Backend> {
-    /// The student CLIP model.
-    pub student: Clip<B>,
-    /// The weighted loss set (with its projector and learnable scales).
-    pub losses: LossSet<B>,
+pub struct DistillModel<B: Backend, M: Module<B> = Clip<B>, L: Module<B> = LossSet<B>> {
+    /// The student.
+    pub student: M,
+    /// The loss module (with its projector and learnable scales).
+    pub losses: L,
+    /// Burn's derive needs the backend in a field; a module without state or record entry.
+    pub backend: PhantomData<B>,
 }
 
-/// CLIP-KD's parameter groups for a [`DistillModel`]: the loss module's parameters in their
-/// own group; the student's split by [`excluded_from_weight_decay`] applied to their open_clip
-/// state-dict names (`visual.transformer.resblocks.0.ln_1.weight`, `logit_scale`, ...), as
-/// CLIP-KD names them, rather than Burn's paths. Returns `(open_clip key or loss path, rank,
-/// id, group)` for every parameter, in model order.
-pub fn distill_param_groups<B: Backend>(
-    model: &DistillModel<B>,
-) -> Vec<(String, usize, ParamId, GroupKind)> {
-    let mut student = ParamPaths::default();
-    model.student.visit(&mut student);
-    // The spec lists the student's tensors in the same visiting order, plus BatchNorm
-    // `num_batches_tracked` counters (int64), which are not parameters.
-    let keys: Vec<String> = open_clip_state_dict_spec(&model.student)
+impl<B: Backend, M: Module<B>, L: Module<B>> DistillModel<B, M, L> {
+    /// The student and the loss module, trained together.
+    pub fn new(student: M, losses: L) -> Self {
+        DistillModel {
+            student,
+            losses,
+            backend: PhantomData,
+        }
+    }
+}
+
+/// The bounds the trainer puts on a loss module: a [`DistillObjective`] that is a Burn module
+/// on an autodiff backend. Implemented for every such type; nothing to implement.
+pub trait TrainableObjective<B: AutodiffBackend>:
+    AutodiffModule<B, InnerModule: ModuleDisplay> + ModuleDisplay + DistillObjective<B>
+{
+}
+
+impl<B, L> TrainableObjective<B> for L
+where
+    B: AutodiffBackend,
+    L: AutodiffModule<B> + ModuleDisplay + DistillObjective<B>,
+    L::InnerModule: ModuleDisplay,
+{
+}
+
+/// The parameter groups of a [`DistillModel`]: the loss module's parameters in their own
+/// group; the student's by [`Student::parameter_group`] of their
+/// [`Student::parameter_names`] (for `Clip`, CLIP-KD's rule on open_clip names). Returns
+/// `(name, rank, id, group)` for every parameter, in model order.
+pub fn distill_param_groups<B, S, L>(
+    model: &DistillModel<B, S, L>,
+) -> Vec<(String, usize, ParamId, GroupKind)>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
+    let mut out: Vec<(String, usize, ParamId, GroupKind)> = model
+        .student
+        .parameter_names()
         .into_iter()
-        .filter(|spec| spec.dtype != StoredDType::I64)
-        .map(|spec| spec.key)
-        .collect();
-    assert_eq!(
-        keys.len(),
-        student.params.len(),
-        "the open_clip key list follows the student's parameters"
-    );
-    let mut out: Vec<(String, usize, ParamId, GroupKind)> = student
-        .params
-        .into_iter()
-        .zip(keys)
-        .map(|((_, rank, id), key)| {
-            let kind = if excluded_from_weight_decay(&key, rank) {
-                GroupKind::NoDecay
-            } else {
-                GroupKind::Decay
-            };
-            (key, rank, id, kind)
+        .map(|(name, rank, id)| {
+            let kind = model.student.parameter_group(&name, rank);
+            (name, rank, id, kind)
         })
         .collect();
     let mut losses = ParamPaths::default();
@@ -75,11 +94,16 @@ pub fn distill_param_groups<B: Backend>(
     out
 }
 
-/// The AdamW of a [`DistillModel`] with CLIP-KD's groups ([`distill_param_groups`]).
-pub fn distill_optimizer<B: AutodiffBackend>(
-    model: &DistillModel<B>,
+/// The AdamW of a [`DistillModel`] with its parameter groups ([`distill_param_groups`]).
+pub fn distill_optimizer<B, S, L>(
+    model: &DistillModel<B, S, L>,
     params: AdamWParams,
-) -> GroupedAdamW<B, DistillModel<B>> {
+) -> GroupedAdamW<B, DistillModel<B, S, L>>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
     let kinds: Vec<(ParamId, GroupKind)> = distill_param_groups(model)
         .into_iter()
         .map(|(_, _, id, kind)| (id, kind))
@@ -91,19 +115,25 @@ pub fn distill_optimizer<B: AutodiffBackend>(
 /// weighted loss terms (with the autodiff graph of the student and the loss module).
 ///
 /// The teacher runs on the inner backend, so it builds no autodiff graph. With no teacher, the
-/// loss set must only hold losses that do not read the teacher (the task loss): the student's
-/// own detached embeddings fill the teacher slot. `mask_ratio` adds the student's masked view
-/// (MFD) when the loss set needs it.
+/// loss module must only hold losses that do not read the teacher (the task loss): the
+/// student's own detached embeddings fill the teacher slot. `mask_ratio` adds the student's
+/// masked view (MFD) when the loss module needs it.
 ///
 /// # Shapes
 /// - `images`: `[N, 3, H, W]` normalized pixels; `tokens`: `[N, C]`
-pub fn distill_terms<B: AutodiffBackend>(
-    teacher: Option<&Clip<B::InnerBackend>>,
-    model: &DistillModel<B>,
+pub fn distill_terms<B, S, T, L>(
+    teacher: Option<&T>,
+    model: &DistillModel<B, S, L>,
     images: Tensor<B::InnerBackend, 4>,
     tokens: Tensor<B::InnerBackend, 2, Int>,
     mask_ratio: Option<f64>,
-) -> Result<LossTerms<B>, TrainError> {
+) -> Result<LossTerms<B>, TrainError>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    T: ClipEncoder<B::InnerBackend>,
+    L: TrainableObjective<B>,
+{
     let teacher = teacher.map(|t| {
         (
             Tensor::<B, 2>::from_inner(t.encode_image(images.clone())),
@@ -118,8 +148,11 @@ pub fn distill_terms<B: AutodiffBackend>(
         }
         _ => None,
     };
-    let out = model.student.forward(images, Tensor::from_inner(tokens));
-    let student = Embeddings::from_log_scale(out.image_embeds, out.text_embeds, out.logit_scale)?;
+    let student = Embeddings::from_log_scale(
+        model.student.encode_image(images),
+        model.student.encode_text(Tensor::from_inner(tokens)),
+        model.student.logit_scale(),
+    )?;
     let teacher = match teacher {
         Some((image, text, log_scale)) => Embeddings::from_log_scale(image, text, log_scale)?,
         None => student.clone(),
@@ -129,15 +162,6 @@ pub fn distill_terms<B: AutodiffBackend>(
         input = input.with_masked_student_image(masked)?;
     }
     Ok(model.losses.forward(&input)?)
-}
-
-/// Clamps the student's log logit scale to `[0, ln 100]` (after each optimizer step).
-pub fn clamp_logit_scale<B: Backend>(mut model: DistillModel<B>) -> DistillModel<B> {
-    model.student.logit_scale = model
-        .student
-        .logit_scale
-        .map(|t| t.clamp(0.0, MAX_LOG_LOGIT_SCALE).detach().require_grad());
-    model
 }
 
 /// One micro-batch on the device: normalized images and their captions' tokens.
@@ -176,9 +200,9 @@ impl StepOptions {
 
 /// What [`train_step`] returns.
 #[derive(Debug)]
-pub struct StepOutput<B: AutodiffBackend> {
+pub struct StepOutput<B: AutodiffBackend, S: Module<B> = Clip<B>, L: Module<B> = LossSet<B>> {
     /// The updated student and loss module.
-    pub model: DistillModel<B>,
+    pub model: DistillModel<B, S, L>,
     /// The loss terms, averaged over the micro-batches (detached, on the device).
     pub terms: LossTerms<B::InnerBackend>,
     /// The global gradient norm before clipping, when clipping or `compute_grad_norm` asked
@@ -189,20 +213,26 @@ pub struct StepOutput<B: AutodiffBackend> {
 /// One full optimizer step over `k >= 1` micro-batches (gradient accumulation): for each,
 /// teacher and student forward and backward of `total / k`, gradients summed, so the step uses
 /// their mean; then optional global-norm clipping, AdamW (all groups) at `options.lr`, and the
-/// `logit_scale` clamp.
+/// student's [`Student::after_step`] (CLIP: the `logit_scale` clamp).
 ///
 /// CLIP-KD's losses are batch-level (contrastive over the micro-batch), so `k` micro-batches of
 /// `N` are not the same as one batch of `k N`: each sample's negatives are the `N - 1` others
 /// of its micro-batch.
 ///
 /// Nothing is read back from the device: the terms and the norm stay tensors.
-pub fn train_step<B: AutodiffBackend>(
-    teacher: Option<&Clip<B::InnerBackend>>,
-    model: DistillModel<B>,
-    optimizer: &mut GroupedAdamW<B, DistillModel<B>>,
+pub fn train_step<B, S, T, L>(
+    teacher: Option<&T>,
+    model: DistillModel<B, S, L>,
+    optimizer: &mut GroupedAdamW<B, DistillModel<B, S, L>>,
     micro_batches: impl IntoIterator<Item = MicroBatch<B::InnerBackend>>,
     options: &StepOptions,
-) -> Result<StepOutput<B>, TrainError> {
+) -> Result<StepOutput<B, S, L>, TrainError>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    T: ClipEncoder<B::InnerBackend>,
+    L: TrainableObjective<B>,
+{
     let micro_batches: Vec<MicroBatch<B::InnerBackend>> = micro_batches.into_iter().collect();
     let k = micro_batches.len();
     if k == 0 {
@@ -211,7 +241,7 @@ pub fn train_step<B: AutodiffBackend>(
             "a step needs at least one micro-batch",
         ));
     }
-    let mut accumulator = GradientsAccumulator::<DistillModel<B>>::new();
+    let mut accumulator = GradientsAccumulator::<DistillModel<B, S, L>>::new();
     let mut sums: Option<LossTerms<B::InnerBackend>> = None;
     for batch in micro_batches {
         let terms = distill_terms(
@@ -244,13 +274,14 @@ pub fn train_step<B: AutodiffBackend>(
         }
         None => (grads, None),
     };
-    let model = optimizer.step(options.lr, model, grads);
+    let mut model = optimizer.step(options.lr, model, grads);
     let mut terms = sums.expect("at least one micro-batch");
     if k > 1 {
         terms = terms.scale(1.0 / k as f64);
     }
+    model.student = model.student.after_step();
     Ok(StepOutput {
-        model: clamp_logit_scale(model),
+        model,
         terms,
         grad_norm,
     })
@@ -266,6 +297,8 @@ mod tests {
     use clipkd_models::ClipConfig;
 
     type B = Autodiff<Flex>;
+    /// No teacher (the baseline): `None` of the default teacher type.
+    const NO_TEACHER: Option<&Clip<Flex>> = None;
 
     const STUDENT: &str = r#"{"embed_dim": 16,
       "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
@@ -274,12 +307,12 @@ mod tests {
     fn model(preset: LossPreset, teacher_dim: usize) -> DistillModel<B> {
         let device = Default::default();
         let cfg = ClipConfig::from_open_clip_json_str(STUDENT).unwrap();
-        DistillModel {
-            student: cfg.init::<B>(&device).unwrap(),
-            losses: LossSetConfig::preset(preset, 16, teacher_dim)
+        DistillModel::new(
+            cfg.init::<B>(&device).unwrap(),
+            LossSetConfig::preset(preset, 16, teacher_dim)
                 .init::<B>(&device)
                 .unwrap(),
-        }
+        )
     }
 
     fn batch(n: usize) -> MicroBatch<Flex> {
@@ -355,12 +388,12 @@ mod tests {
                            "layers": 1}}"#,
         )
         .unwrap();
-        let m = DistillModel::<B> {
-            student: cfg.init::<B>(&device).unwrap(),
-            losses: LossSetConfig::preset(LossPreset::Baseline, 16, 16)
+        let m = DistillModel::<B>::new(
+            cfg.init::<B>(&device).unwrap(),
+            LossSetConfig::preset(LossPreset::Baseline, 16, 16)
                 .init::<B>(&device)
                 .unwrap(),
-        };
+        );
         let groups = distill_param_groups(&m);
         let kind = |key: &str| groups.iter().find(|g| g.0 == key).map(|g| g.3);
         assert_eq!(kind("visual.conv1.weight"), Some(GroupKind::Decay));
@@ -376,7 +409,7 @@ mod tests {
             images,
             tokens: batch(4).tokens,
         };
-        let out = train_step(None, m, &mut optim, [b], &StepOptions::new(1e-3)).unwrap();
+        let out = train_step(NO_TEACHER, m, &mut optim, [b], &StepOptions::new(1e-3)).unwrap();
         let total: f32 = out.terms.total().unwrap().into_scalar();
         assert!(total.is_finite());
     }
@@ -387,7 +420,7 @@ mod tests {
         let mut optim = distill_optimizer(&m, AdamWParams::vit());
         let (b1, b2) = (batch(4), batch(4));
         let one = |b: &MicroBatch<Flex>| -> f32 {
-            distill_terms::<B>(None, &m, b.images.clone(), b.tokens.clone(), None)
+            distill_terms(NO_TEACHER, &m, b.images.clone(), b.tokens.clone(), None)
                 .unwrap()
                 .total()
                 .unwrap()
@@ -395,7 +428,7 @@ mod tests {
         };
         let expected = (one(&b1) + one(&b2)) / 2.0;
         let out = train_step(
-            None,
+            NO_TEACHER,
             m.clone(),
             &mut optim,
             [b1, b2],
@@ -415,7 +448,7 @@ mod tests {
         // After clipping to 1e-3, AdamW's first step moves each weight by about lr whatever
         // the gradient's size; the clipped gradients' norm is what we check here instead:
         let mut grads = GradientsParams::from_grads(
-            distill_terms::<B>(None, &m, batch(4).images, batch(4).tokens, None)
+            distill_terms(NO_TEACHER, &m, batch(4).images, batch(4).tokens, None)
                 .unwrap()
                 .total()
                 .unwrap()

@@ -220,7 +220,7 @@ fn check_unambiguous(bounds: &[(usize, usize)], what: &str) {
 }
 
 fn transform(model: &Clip<Flex>) -> ImageTransform {
-    ImageTransform::new(eval_transform_config(model.config(), None).unwrap()).unwrap()
+    ImageTransform::new(eval_transform_config(model.image_size(), None).unwrap()).unwrap()
 }
 
 /// Zero-shot: images one at a time, the classifier from the prompts directly.

@@ -142,7 +142,7 @@ fn baseline_trains_without_a_teacher() {
         .with_data(squares(32))
         .unwrap()
         .with_progress(ProgressMode::Quiet);
-    assert!(prepared.teacher.is_none());
+    assert!(prepared.teacher_shape().is_none());
     let summary = prepared.run::<B>(&Default::default()).unwrap();
     assert_eq!(summary.steps, 12);
     let rows = steps(&out);

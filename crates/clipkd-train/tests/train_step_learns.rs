@@ -12,7 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use burn_flex::Flex;
 use clipkd_losses::{LossPreset, LossSetConfig};
-use clipkd_models::{ClipConfig, TextProjection};
+use clipkd_models::{Clip, ClipConfig, TextProjection};
 use clipkd_train::optim::AdamWParams;
 use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 
@@ -26,15 +26,15 @@ const STUDENT: &str = r#"{"embed_dim": 16,
 fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
     let device = Default::default();
     <Flex as Backend>::seed(&device, 7);
-    let m = DistillModel::<B> {
-        student: ClipConfig::from_open_clip_json_str(STUDENT)
+    let m = DistillModel::<B>::new(
+        ClipConfig::from_open_clip_json_str(STUDENT)
             .unwrap()
             .init::<B>(&device)
             .unwrap(),
-        losses: LossSetConfig::preset(LossPreset::Baseline, 16, 16)
+        LossSetConfig::preset(LossPreset::Baseline, 16, 16)
             .init::<B>(&device)
             .unwrap(),
-    };
+    );
     // Six random images with distinct captions: token i+1, end-of-text (the highest id) at 2.
     let n = 6;
     let images = Tensor::<Flex, 4>::random([n, 3, 32, 32], Distribution::Default, &device);
@@ -54,7 +54,7 @@ fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
     let mut totals = Vec::new();
     for _ in 0..60 {
         let out = train_step(
-            None,
+            None::<&Clip<Flex>>,
             model.take().unwrap(),
             &mut optim,
             [batch.clone()],

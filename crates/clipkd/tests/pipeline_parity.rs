@@ -52,7 +52,8 @@ fn check_model(name: &str) {
         &device,
     )
     .unwrap();
-    let transform = ImageTransform::new(eval_transform_config(&config, None).unwrap()).unwrap();
+    let transform =
+        ImageTransform::new(eval_transform_config(config.image_size(), None).unwrap()).unwrap();
     let ours = embed_image_files(&model, &transform, &files, 4, &device).unwrap();
     let (theirs, shape) = reference(name);
     assert_eq!(shape, [files.len(), ours.dim]);

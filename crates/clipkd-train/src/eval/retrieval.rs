@@ -14,7 +14,7 @@ use clipkd_data::dataset::{
 use clipkd_data::image::ImageTransform;
 use clipkd_data::loader::{DataLoader, LoaderConfig};
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::Clip;
+use clipkd_models::ClipEncoder;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{RankSummary, retrieval_ranks};
@@ -161,9 +161,9 @@ impl RetrievalEval {
     /// Embeds every image and its captions (the loader decodes images in parallel, eval
     /// transform; an image that cannot be read is skipped with its captions, and counted),
     /// then ranks both directions.
-    pub(crate) fn run<B: Backend>(
+    pub(crate) fn run<B: Backend, M: ClipEncoder<B>>(
         &self,
-        model: &Clip<B>,
+        model: &M,
         transform: &ImageTransform,
         settings: &LoaderSettings,
         device: &B::Device,
@@ -171,7 +171,7 @@ impl RetrievalEval {
     ) -> Result<RetrievalReport, TrainError> {
         let started = Instant::now();
         let tokenizer = Tokenizer::new();
-        let vocab = model.config().text.vocab_size;
+        let vocab = model.vocab_size();
         if vocab < tokenizer.vocab_size() {
             return Err(TrainError::TokenizerMismatch {
                 model_vocab: vocab,

@@ -11,7 +11,7 @@ use clipkd_data::dataset::{DataSource, ImageFolder, IndexedDataset, SkipReport};
 use clipkd_data::image::ImageTransform;
 use clipkd_data::loader::{DataLoader, LoaderConfig};
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::Clip;
+use clipkd_models::ClipEncoder;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{Positives, rank_rows, read_scores, recall_at_k};
@@ -368,8 +368,8 @@ pub fn classifier_from_template_embeddings(
 /// reduced by [`classifier_from_template_embeddings`]. Classes are processed a few at a time
 /// (open_clip: 10; here `batch_size / gcd(batch_size, templates)`, so the prompts fill whole
 /// batches), which does not change the result.
-pub fn build_classifier<B: Backend>(
-    model: &Clip<B>,
+pub fn build_classifier<B: Backend, M: ClipEncoder<B>>(
+    model: &M,
     tokenizer: &Tokenizer,
     classnames: &[String],
     templates: &[Template],
@@ -388,8 +388,8 @@ pub fn build_classifier<B: Backend>(
 }
 
 /// [`build_classifier`], calling `progress` with the number of classes done.
-fn build_classifier_with_progress<B: Backend>(
-    model: &Clip<B>,
+fn build_classifier_with_progress<B: Backend, M: ClipEncoder<B>>(
+    model: &M,
     tokenizer: &Tokenizer,
     classnames: &[String],
     templates: &[Template],
@@ -603,9 +603,9 @@ impl ZeroShotEval {
     /// Runs the evaluation: builds the classifier, then classifies every image (decoded in
     /// parallel by the loader in eval mode with `transform`; unreadable images are skipped and
     /// counted).
-    pub(crate) fn run<B: Backend>(
+    pub(crate) fn run<B: Backend, M: ClipEncoder<B>>(
         &self,
-        model: &Clip<B>,
+        model: &M,
         transform: &ImageTransform,
         settings: &LoaderSettings,
         device: &B::Device,

@@ -150,11 +150,11 @@ impl BackendTask for BenchTask {
                 } else {
                     student.embed_dim
                 };
-                let model = DistillModel {
-                    student: student.init::<B>(&device)?,
-                    losses: LossSetConfig::preset(preset, student.embed_dim, teacher_dim)
+                let model = DistillModel::new(
+                    student.init::<B>(&device)?,
+                    LossSetConfig::preset(preset, student.embed_dim, teacher_dim)
                         .init::<B>(&device)?,
-                };
+                );
                 let params = if student.is_vit() {
                     AdamWParams::vit()
                 } else {

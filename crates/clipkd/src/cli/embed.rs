@@ -69,8 +69,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let config =
         ClipConfig::resolve(&args.model).with_context(|| format!("model `{}`", args.model))?;
     let preprocess_cfg = preprocess_cfg_of(&args.model)?;
-    let transform = ImageTransform::new(eval_transform_config(&config, preprocess_cfg.as_ref())?)
-        .context("image preprocessing settings")?;
+    let transform = ImageTransform::new(eval_transform_config(
+        config.image_size(),
+        preprocess_cfg.as_ref(),
+    )?)
+    .context("image preprocessing settings")?;
     let task = EmbedTask {
         args: args.clone(),
         config,

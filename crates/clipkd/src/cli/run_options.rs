@@ -188,22 +188,23 @@ pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow
         } else {
             ProgressMode::Auto
         });
-    let (steps_per_epoch, total) = (prepared.steps_per_epoch, prepared.total_steps);
+    let (steps_per_epoch, total) = (prepared.steps_per_epoch(), prepared.total_steps());
     if !opts.quiet {
         let what = match mode {
             TrainMode::Distill => format!(
                 "distilling {} -> {}",
-                prepared.config.teacher.model, prepared.config.student.model
+                prepared.config().teacher.model,
+                prepared.config().student.model
             ),
             TrainMode::Baseline => {
-                format!("training {} (no teacher)", prepared.config.student.model)
+                format!("training {} (no teacher)", prepared.config().student.model)
             }
         };
         eprintln!(
             "{what}: {total} optimizer steps ({steps_per_epoch} per epoch x {} epochs), \
              device {device}, {precision}, run directory {}",
-            prepared.config.optim.epochs,
-            prepared.config.run.output_dir.display()
+            prepared.config().optim.epochs,
+            prepared.config().run.output_dir.display()
         );
     }
     let summary = dispatch(device, precision, TrainTask { prepared })?;

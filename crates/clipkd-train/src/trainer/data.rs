@@ -1,0 +1,226 @@
+//! The training data of a run: opening it, the loader, the schedule's length, the check of a
+//! sample before any model is built, and batches as device tensors.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use clipkd_data::dataset::{CsvConfig, DataSource, DatasetKind, SkipReport, SyntheticDataset};
+use clipkd_data::image::{ImageTransform, TransformConfig};
+use clipkd_data::loader::{Batch, DataLoader, LoaderConfig};
+use clipkd_data::tokenizer::Tokenizer;
+use clipkd_models::EncoderShape;
+
+use crate::config::{DataKind, RunConfig};
+use crate::error::TrainError;
+use crate::step::MicroBatch;
+
+/// Opens the training data named by `[data]`.
+pub(super) fn open_data(
+    config: &RunConfig,
+    image_size: [usize; 2],
+) -> Result<DataSource, TrainError> {
+    let d = &config.data;
+    if d.kind == DataKind::Synthetic {
+        let [h, w] = image_size;
+        return Ok(DataSource::indexed(SyntheticDataset::new(
+            d.synthetic_samples,
+            w,
+            h,
+        )));
+    }
+    let kind = match d.kind {
+        DataKind::Auto => DatasetKind::Auto,
+        DataKind::Csv => DatasetKind::Csv,
+        DataKind::Webdataset => DatasetKind::WebDataset,
+        DataKind::Synthetic => unreachable!("handled above"),
+    };
+    let csv = CsvConfig::default()
+        .with_keys(d.csv_caption_key.clone(), d.csv_img_key.clone())
+        .with_separator(d.csv_separator.as_bytes()[0])
+        .with_quoting(d.csv_quoting);
+    let data = d.train_data.as_deref().expect("validated");
+    DataSource::open(data, d.data_root.as_deref(), kind, &csv)
+        .map_err(|e| TrainError::config("data.train_data", e.to_string()))
+}
+
+/// The training loader for a student of shape `student`.
+pub(super) fn build_loader(
+    config: &RunConfig,
+    student: &EncoderShape,
+    source: DataSource,
+) -> Result<DataLoader, TrainError> {
+    let d = &config.data;
+    let [h, w] = student.image_size;
+    let transform = ImageTransform::new(
+        TransformConfig::default()
+            .with_size(h, w)
+            .with_mean_std(d.mean, d.std)
+            .with_crop_scale(d.crop_scale[0], d.crop_scale[1]),
+    )?;
+    let loader_config = LoaderConfig::train(d.batch_size)
+        .with_workers(d.workers)
+        .with_prefetch(d.prefetch)
+        .with_seed(config.run.seed)
+        .with_context_length(student.context_length)
+        .with_shuffle_buffer(d.shuffle_buffer);
+    Ok(DataLoader::new(
+        source,
+        transform,
+        Tokenizer::new(),
+        loader_config,
+    )?)
+}
+
+/// Optimizer steps per epoch and in total.
+pub(super) fn schedule_length(
+    config: &RunConfig,
+    loader: &DataLoader,
+) -> Result<(u64, u64), TrainError> {
+    let d = &config.data;
+    let batches = match loader.batches_per_epoch() {
+        Some(b) => b,
+        None => match d.train_num_samples {
+            Some(n) => n / d.batch_size as u64,
+            None => {
+                return Err(TrainError::config(
+                    "data.train_num_samples",
+                    "required for webdataset shards (their length is unknown until read): \
+                     the number of samples in one epoch",
+                ));
+            }
+        },
+    };
+    let k = config.optim.grad_accum as u64;
+    let steps_per_epoch = batches / k;
+    if steps_per_epoch == 0 {
+        let samples = loader
+            .source()
+            .known_len()
+            .map_or_else(|| "too few".to_string(), |n| n.to_string());
+        return Err(TrainError::config(
+            "data.batch_size",
+            format!(
+                "the data has {samples} samples, fewer than one optimizer step's \
+                 data.batch_size x optim.grad_accum = {} x {k}",
+                d.batch_size
+            ),
+        ));
+    }
+    let total = steps_per_epoch
+        .checked_mul(config.optim.epochs)
+        .filter(|&t| t < 1 << 53)
+        .ok_or_else(|| {
+            TrainError::config(
+                "optim.epochs",
+                format!(
+                    "{} epochs of {steps_per_epoch} steps is more optimizer steps than can be \
+                     counted",
+                    config.optim.epochs
+                ),
+            )
+        })?;
+    Ok((steps_per_epoch, total))
+}
+
+/// How many samples [`check_data`] reads before any model is built.
+const PROBE_SAMPLES: usize = 32;
+
+/// Reads a sample of the data before any model is built: data of which nothing can be used
+/// (a wrong data root, every image corrupt) fails here, naming the first files. Also checks
+/// the lines dropped while reading the data files against `data.max_skipped_fraction`.
+/// Returns those dropped lines; notes go to `warnings`.
+pub(super) fn check_data(
+    config: &RunConfig,
+    loader: &DataLoader,
+    warnings: &mut Vec<String>,
+) -> Result<SkipReport, TrainError> {
+    let limit = config.data.max_skipped_fraction;
+    let source = loader.source();
+    let read_skips = source.read_skips();
+    let dropped = read_skips.total();
+    if dropped > 0 {
+        let rows = source.known_len().unwrap_or(0) as u64;
+        let seen = rows + dropped;
+        let fraction = dropped as f64 / seen as f64;
+        if fraction > limit {
+            return Err(TrainError::TooManySkipped {
+                skipped: dropped,
+                seen,
+                fraction: 100.0 * fraction,
+                limit,
+                report: skip_details(&read_skips),
+            });
+        }
+        warnings.push(format!(
+            "{dropped} of {seen} data lines dropped while reading: {}",
+            skip_details(&read_skips)
+        ));
+    }
+    let probe = source.probe(PROBE_SAMPLES, loader.transform());
+    if probe.checked > 0 && probe.usable == 0 {
+        return Err(TrainError::NoUsableData {
+            what: format!(
+                "none of the {} samples read to check the data could be used: {} (check \
+                 data.train_data and data.data_root)",
+                probe.checked,
+                skip_details(&probe.skipped)
+            ),
+        });
+    }
+    if probe.usable < probe.checked {
+        warnings.push(format!(
+            "{} of {} samples read to check the data are unusable: {}",
+            probe.checked - probe.usable,
+            probe.checked,
+            skip_details(&probe.skipped)
+        ));
+    }
+    Ok(read_skips)
+}
+
+/// `12 (missing_file 10, corrupt_image 2)`.
+pub(super) fn skip_counts(report: &SkipReport) -> String {
+    let by: Vec<String> = report
+        .counts
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    format!("{} ({})", report.total(), by.join(", "))
+}
+
+/// The counts by cause and the first example of each cause, on one line.
+pub fn skip_details(report: &SkipReport) -> String {
+    let first: Vec<String> = report
+        .counts
+        .keys()
+        .filter_map(|reason| report.examples.iter().find(|e| e.reason == *reason))
+        .map(ToString::to_string)
+        .collect();
+    if first.is_empty() {
+        skip_counts(report)
+    } else {
+        format!("{}; first: {}", skip_counts(report), first.join("; "))
+    }
+}
+
+/// A batch of the loader as device tensors.
+pub fn micro_batch<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> Result<MicroBatch<B>, TrainError> {
+    if batch.num_texts() != batch.len() {
+        return Err(TrainError::Data(clipkd_data::DataError::DatasetSpec {
+            what: format!(
+                "training needs one caption per image; a batch has {} images and {} captions",
+                batch.len(),
+                batch.num_texts()
+            ),
+        }));
+    }
+    let images = Tensor::<B, 4>::from_data(
+        TensorData::new(batch.images.clone(), batch.images_shape()),
+        device,
+    );
+    let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, batch.tokens_shape()), device);
+    Ok(MicroBatch { images, tokens })
+}

@@ -1,0 +1,525 @@
+//! The training loop of a prepared run (see the parent module for what it guarantees).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use clipkd_data::dataset::SkipReport;
+use clipkd_data::loader::{Batch, Batches, DataPosition};
+use clipkd_models::ClipEncoder;
+
+use super::data::{micro_batch, skip_counts, skip_details};
+use super::{Models, PreparedRun, RunSummary, force_init};
+use crate::checkpoint::{
+    self, CHECKPOINTS_DIR, CheckpointContents, RngState, TrainState, save_checkpoint, step_seed,
+};
+use crate::config::TrainMode;
+use crate::error::TrainError;
+use crate::eval::EvalReport;
+use crate::finite::{LossWatch, check_weights_and_moments};
+use crate::metrics::{EvalRecord, MetricsWriter, StepRecord};
+use crate::optim::GroupedAdamW;
+use crate::progress::Progress;
+use crate::run_dir::roll_back_to;
+use crate::schedule::CosineSchedule;
+use crate::step::{DistillModel, StepOptions, TrainableObjective, distill_optimizer, train_step};
+use crate::student::Student;
+
+/// The state of a run on backend `B`: student `S`, teacher `T`, loss module `L`.
+pub(super) struct Runner<B, S, T, L>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
+    prep: PreparedRun,
+    device: B::Device,
+    teacher: Option<T>,
+    model: Option<DistillModel<B, S, L>>,
+    optimizer: GroupedAdamW<B, DistillModel<B, S, L>>,
+    state: TrainState,
+    schedule: CosineSchedule,
+    metrics: MetricsWriter,
+    progress: Progress,
+    run_dir: PathBuf,
+    /// Loss terms of the steps not yet checked for NaN/Inf.
+    watch: LossWatch<B::InnerBackend>,
+    /// Skips of the passes over the data that this process finished or left.
+    run_skips: SkipReport,
+    last_checkpoint: Option<PathBuf>,
+    last_checkpoint_step: Option<u64>,
+    last_loss: Option<(BTreeMap<String, f64>, f64)>,
+    last_eval: Option<BTreeMap<String, f64>>,
+    last_eval_step: Option<u64>,
+    // Throughput since the last logged row.
+    window_start: Instant,
+    window_images: u64,
+    window_steps: u64,
+    window_wait: Duration,
+}
+
+/// The skipped fraction is checked once a pass has read this many samples (and at its end).
+const MIN_SAMPLES_FOR_SKIP_CHECK: u64 = 1000;
+/// Loss terms kept on the device before a check is forced (bounds memory when logging is rare).
+const MAX_UNCHECKED_STEPS: usize = 1000;
+
+/// Samples read and skipped in the current pass over the data, as of the last batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassCount {
+    seen: u64,
+    skipped: u64,
+}
+
+impl PassCount {
+    fn after_batch(batches: &Batches) -> Self {
+        PassCount {
+            seen: batches.position().sample,
+            skipped: batches.skipped().total(),
+        }
+    }
+
+    /// The final count once `batches` is over: skipped samples after the last batch and the
+    /// usable ones left out of a last partial batch were read too.
+    fn at_end(self, batches: &Batches) -> Self {
+        let skipped = batches.skipped().total();
+        PassCount {
+            seen: self.seen + skipped.saturating_sub(self.skipped) + batches.dropped() as u64,
+            skipped,
+        }
+    }
+}
+
+impl<B, S, T, L> Runner<B, S, T, L>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    T: ClipEncoder<B::InnerBackend>,
+    L: TrainableObjective<B>,
+{
+    /// Takes the run's models (built and seeded by the caller), restores a checkpoint when
+    /// resuming, and opens the run directory's files.
+    pub(super) fn start(
+        prep: PreparedRun,
+        device: &B::Device,
+        models: Models<S, T, L>,
+    ) -> Result<Self, TrainError> {
+        let config = &prep.config;
+        let run_dir = config.run.output_dir.clone();
+        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io("creating", &run_dir, e))?;
+        config.save(run_dir.join("config.toml"))?;
+        let Models {
+            student,
+            teacher,
+            losses,
+        } = models;
+        let adamw = config.optim.adamw_params(student.default_adamw());
+        let model = DistillModel::new(student, losses);
+        force_init(&model);
+
+        let fresh_state = TrainState {
+            step: 0,
+            epoch: 0,
+            steps_in_epoch: 0,
+            data_position: DataPosition::start(0),
+            rng: RngState {
+                seed: config.run.seed,
+                next_step: 0,
+            },
+            samples_seen: 0,
+            total_steps: prep.total_steps,
+            config_hash: config.trajectory_hash(),
+            distill: prep.mode == TrainMode::Distill,
+            clipkd_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let (model, optimizer, state) = match &prep.resume {
+            None => {
+                let optimizer = distill_optimizer(&model, adamw);
+                (model, optimizer, fresh_state)
+            }
+            Some(path) => {
+                let model = checkpoint::load_model(path, model, device)?;
+                let optimizer = distill_optimizer(&model, adamw);
+                let optimizer = checkpoint::load_optimizer(path, optimizer, device)?;
+                let (saved, _) = checkpoint::read_checkpoint_meta(path)?;
+                let state = TrainState {
+                    total_steps: prep.total_steps,
+                    config_hash: fresh_state.config_hash,
+                    clipkd_version: fresh_state.clipkd_version,
+                    ..saved
+                };
+                (model, optimizer, state)
+            }
+        };
+        let mut notes = Vec::new();
+        let mut last_checkpoint_step = None;
+        if let Some(path) = &prep.resume {
+            // The resumed step is the run's present: later checkpoints of this run directory
+            // belong to a branch the user left (see `run_dir`).
+            if let Some(moved) = roll_back_to(&run_dir, state.step)? {
+                notes.push(format!(
+                    "rolled back to step {}: the later checkpoints and the metrics as they were \
+                     are kept in {}",
+                    state.step,
+                    moved.display()
+                ));
+            }
+            if same_dir(path.parent(), &run_dir.join(CHECKPOINTS_DIR)) {
+                last_checkpoint_step = Some(state.step);
+            }
+        }
+        let metrics = MetricsWriter::open(
+            &run_dir,
+            config.run.metrics_format,
+            prep.resume.as_ref().map(|_| state.step),
+        )?;
+        let progress = Progress::new(prep.progress, prep.total_steps, state.step);
+        for w in &prep.warnings {
+            if w.starts_with("note: ") {
+                progress.println(w);
+            } else {
+                progress.println(&format!("warning: {w}"));
+            }
+        }
+        for n in &notes {
+            progress.println(&format!("note: {n}"));
+        }
+        if let Some(path) = &prep.resume {
+            progress.println(&format!(
+                "resumed from {} at step {} ({})",
+                path.display(),
+                state.step,
+                state.data_position
+            ));
+        }
+        let schedule = CosineSchedule::new(config.optim.lr, config.optim.warmup, prep.total_steps);
+        Ok(Runner {
+            device: device.clone(),
+            teacher,
+            model: Some(model),
+            optimizer,
+            state,
+            schedule,
+            metrics,
+            progress,
+            run_dir,
+            watch: LossWatch::new(),
+            run_skips: SkipReport::default(),
+            last_checkpoint: None,
+            last_checkpoint_step,
+            last_loss: None,
+            last_eval: None,
+            last_eval_step: None,
+            window_start: Instant::now(),
+            window_images: 0,
+            window_steps: 0,
+            window_wait: Duration::ZERO,
+            prep,
+        })
+    }
+
+    /// Trains to the end of the plan (or `run.stop_after_steps`).
+    pub(super) fn train(mut self) -> Result<RunSummary, TrainError> {
+        let epochs = self.prep.config.optim.epochs;
+        let k = self.prep.config.optim.grad_accum;
+        let stop_after = self.prep.config.run.stop_after_steps;
+        let mut stopped_early = false;
+        let steps_per_epoch = self.prep.steps_per_epoch;
+        'epochs: while self.state.epoch < epochs {
+            let mut batches = self.prep.loader.resume(&self.state.data_position)?;
+            let mut pass_from_start = self.state.data_position.is_epoch_start();
+            let mut pass_steps = 0u64;
+            let mut count = PassCount::after_batch(&batches);
+            loop {
+                if stop_after.is_some_and(|s| self.state.step >= s) {
+                    stopped_early = true;
+                    self.run_skips.merge(batches.skipped());
+                    break 'epochs;
+                }
+                let wait = Instant::now();
+                let mut group = Vec::with_capacity(k);
+                while group.len() < k {
+                    let Some(batch) = batches.next() else { break };
+                    group.push(batch?);
+                    count = PassCount::after_batch(&batches);
+                }
+                self.window_wait += wait.elapsed();
+                if group.len() < k {
+                    // The pass is over (a partial accumulation group is dropped); the epoch
+                    // goes on into the next pass.
+                    let end = count.at_end(&batches);
+                    self.check_skipped(end, batches.skipped())?;
+                    if pass_from_start && pass_steps == 0 {
+                        return Err(TrainError::NoUsableData {
+                            what: format!(
+                                "a whole pass over the data ({} samples read) gave {} batches of \
+                                 {}, and one optimizer step needs {k} (optim.grad_accum); \
+                                 skipped: {}",
+                                end.seen,
+                                group.len(),
+                                self.prep.config.data.batch_size,
+                                skip_details(batches.skipped())
+                            ),
+                        });
+                    }
+                    self.run_skips.merge(batches.skipped());
+                    self.state.data_position = batches.position().clone();
+                    drop(batches);
+                    batches = self.prep.loader.resume(&self.state.data_position)?;
+                    pass_from_start = true;
+                    pass_steps = 0;
+                    count = PassCount::default();
+                    continue;
+                }
+                self.step(&group, batches.skipped())?;
+                pass_steps += 1;
+                self.state.data_position = batches.position().clone();
+                if count.seen >= MIN_SAMPLES_FOR_SKIP_CHECK {
+                    self.check_skipped(count, batches.skipped())?;
+                }
+                let epoch_over = self.state.steps_in_epoch >= steps_per_epoch;
+                if epoch_over {
+                    // Every epoch starts a fresh pass (for webdataset shards, as open_clip).
+                    self.run_skips.merge(batches.skipped());
+                    drop(batches);
+                    self.state.data_position = self.state.data_position.next_epoch();
+                    self.state.epoch += 1;
+                    self.state.steps_in_epoch = 0;
+                    self.after_step(true)?;
+                    continue 'epochs;
+                }
+                self.after_step(false)?;
+            }
+        }
+        if self.last_checkpoint_step != Some(self.state.step) {
+            self.checkpoint()?;
+        }
+        self.watch.check()?;
+        self.progress.finish();
+        let plots = if self.prep.config.run.plots {
+            crate::plot::plot_run(&self.run_dir)?
+        } else {
+            Vec::new()
+        };
+        let mut skipped = self.prep.read_skips.clone();
+        skipped.merge(&self.run_skips);
+        Ok(RunSummary {
+            run_dir: self.run_dir.clone(),
+            steps: self.state.step,
+            total_steps: self.prep.total_steps,
+            epochs: self.state.epoch,
+            stopped_early,
+            checkpoint: self.last_checkpoint.clone(),
+            last_loss: self.last_loss.clone(),
+            last_eval: self.last_eval.clone(),
+            plots,
+            skipped,
+        })
+    }
+
+    /// Fails when the pass so far skipped more than `data.max_skipped_fraction` of what it
+    /// read.
+    fn check_skipped(&self, count: PassCount, report: &SkipReport) -> Result<(), TrainError> {
+        let limit = self.prep.config.data.max_skipped_fraction;
+        if count.seen == 0 || limit >= 1.0 {
+            return Ok(());
+        }
+        let fraction = count.skipped as f64 / count.seen as f64;
+        if fraction > limit {
+            return Err(TrainError::TooManySkipped {
+                skipped: count.skipped,
+                seen: count.seen,
+                fraction: 100.0 * fraction,
+                limit,
+                report: skip_details(report),
+            });
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `group` (grad_accum micro-batches); `skips` are the current
+    /// pass's skipped samples (for the metrics row and the progress line).
+    fn step(&mut self, group: &[Batch], skips: &SkipReport) -> Result<(), TrainError> {
+        let config = &self.prep.config;
+        let step = self.state.step;
+        let lr = self.schedule.lr(step);
+        B::seed(&self.device, step_seed(config.run.seed, step));
+        let micro = group
+            .iter()
+            .map(|b| micro_batch::<B::InnerBackend>(b, &self.device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let images: u64 = group.iter().map(|b| b.len() as u64).sum();
+        let log_now = (step + 1).is_multiple_of(config.run.log_every_steps)
+            || step + 1 == self.prep.total_steps;
+        let options = StepOptions {
+            lr,
+            mask_ratio: Some(config.loss.mask_ratio),
+            grad_clip_norm: config.optim.grad_clip_norm,
+            compute_grad_norm: log_now,
+        };
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        let out = train_step(
+            self.teacher.as_ref(),
+            model,
+            &mut self.optimizer,
+            micro,
+            &options,
+        )?;
+        self.state.step += 1;
+        self.state.steps_in_epoch += 1;
+        self.state.rng.next_step = self.state.step;
+        self.state.samples_seen += images;
+        self.window_images += images;
+        self.window_steps += 1;
+        self.progress.set_step(self.state.step);
+        self.watch.push(self.state.step, &out.terms);
+        self.model = Some(out.model);
+        if log_now {
+            // One transfer for every step since the last check; fails on a non-finite term.
+            let checked = self.watch.check()?.expect("this step's terms are pending");
+            let loss: BTreeMap<String, f64> = checked.terms.into_iter().collect();
+            let total: f64 = loss.values().sum();
+            let grad_norm = out.grad_norm.map(|n| n.into_scalar().elem::<f64>());
+            let logit_scale = self
+                .model
+                .as_ref()
+                .expect("just put back")
+                .student
+                .logit_scale()
+                .into_scalar()
+                .elem::<f64>()
+                .exp();
+            let elapsed = self.window_start.elapsed().as_secs_f64().max(1e-9);
+            let row = StepRecord {
+                step: self.state.step,
+                epoch: self.state.epoch,
+                lr,
+                loss: loss.clone(),
+                total,
+                grad_norm,
+                logit_scale: logit_scale.is_finite().then_some(logit_scale),
+                images_per_s: self.window_images as f64 / elapsed,
+                step_time_s: elapsed / self.window_steps.max(1) as f64,
+                data_wait_s: self.window_wait.as_secs_f64() / self.window_steps.max(1) as f64,
+                samples_seen: self.state.samples_seen,
+                skipped: skips.total(),
+            };
+            self.metrics.write_step(&row)?;
+            let terms: Vec<String> = loss.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            let skipped = if skips.is_empty() {
+                String::new()
+            } else {
+                format!(" | skipped {}", skip_counts(skips))
+            };
+            self.progress.report(
+                self.state.step,
+                self.prep.total_steps,
+                &format!(
+                    "{:.1} img/s | lr {lr:.2e} | loss {total:.4} ({}){skipped}",
+                    row.images_per_s,
+                    terms.join(", ")
+                ),
+            );
+            self.last_loss = Some((loss, total));
+            self.window_start = Instant::now();
+            self.window_images = 0;
+            self.window_steps = 0;
+            self.window_wait = Duration::ZERO;
+        } else if self.watch.pending() >= MAX_UNCHECKED_STEPS {
+            self.watch.check()?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint and evaluation due after a step (`epoch_over`: it ended an epoch). At
+    /// most one checkpoint and one evaluation per step.
+    fn after_step(&mut self, epoch_over: bool) -> Result<(), TrainError> {
+        let config = &self.prep.config;
+        let every = config.run.checkpoint_every_steps;
+        let step = self.state.step;
+        if (every > 0 && step.is_multiple_of(every))
+            || (epoch_over && config.run.checkpoint_at_epoch_end)
+        {
+            self.checkpoint()?;
+        }
+        let config = &self.prep.config;
+        if (config.eval.due_after_step(step)
+            || (epoch_over && config.eval.due_after_epoch(self.state.epoch)))
+            && self.last_eval_step != Some(step)
+        {
+            self.evaluate()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current step, once per step, and only of finite values.
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        if self.last_checkpoint_step == Some(self.state.step) {
+            return Ok(());
+        }
+        self.watch.check()?;
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is present between steps");
+        check_weights_and_moments(model, &self.optimizer, self.state.step)?;
+        let path = save_checkpoint(
+            &self.run_dir.join(CHECKPOINTS_DIR),
+            CheckpointContents {
+                model,
+                optimizer: &self.optimizer,
+                state: &self.state,
+                config: &self.prep.config,
+            },
+            self.prep.config.run.keep_checkpoints,
+        )?;
+        self.progress
+            .println(&format!("checkpoint {}", path.display()));
+        self.last_checkpoint = Some(path);
+        self.last_checkpoint_step = Some(self.state.step);
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<(), TrainError> {
+        let Some(suite) = &self.prep.eval else {
+            return Ok(());
+        };
+        self.watch.check()?;
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is present between steps");
+        let student = model.student.valid();
+        let report: EvalReport = suite.run(&student, &self.device)?;
+        let metrics: BTreeMap<String, f64> = report.metrics().into_iter().collect();
+        self.metrics.write_eval(&EvalRecord {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            metrics: metrics.clone(),
+            report: serde_json::to_value(&report).map_err(|e| TrainError::Eval {
+                what: format!("cannot serialize the report: {e}"),
+            })?,
+        })?;
+        let shown: Vec<String> = metrics.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        self.progress.println(&format!(
+            "eval at step {}: {}",
+            self.state.step,
+            shown.join(", ")
+        ));
+        self.last_eval = Some(metrics);
+        self.last_eval_step = Some(self.state.step);
+        Ok(())
+    }
+}
+
+/// Whether `a` and `b` name the same directory.
+fn same_dir(a: Option<&Path>, b: &Path) -> bool {
+    match (a.and_then(|a| a.canonicalize().ok()), b.canonicalize().ok()) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
