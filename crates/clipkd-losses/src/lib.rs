@@ -67,7 +67,9 @@ pub mod terms;
 pub use builtin::{BuiltinLoss, LossConfig, LossKind};
 pub use error::LossError;
 pub use input::{DistillInput, Embeddings, FeaturePair};
-pub use loss::{BuiltinLossConfig, DistillLoss, LearnableScale, LearnableScaleConfig, ScaleMode};
+pub use loss::{
+    BuiltinLossConfig, DistillLoss, FeatureRequest, LearnableScale, LearnableScaleConfig, ScaleMode,
+};
 pub use losses::{
     AfdLoss, AfdLossConfig, CrdLoss, CrdLossConfig, CrossKdLoss, CrossKdLossConfig, FdLoss,
     FdLossConfig, FeatureDistance, GdLoss, GdLossConfig, GdScaleUse, IclLoss, IclLossConfig,

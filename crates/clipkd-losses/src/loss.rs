@@ -25,6 +25,42 @@ pub trait DistillLoss<B: Backend> {
     fn requires_masked_view(&self) -> bool {
         false
     }
+
+    /// The intermediate features this loss reads from the input
+    /// ([`DistillInput::feature`](crate::DistillInput::feature)), and which model features a
+    /// trainer should fill them with. Default: none.
+    fn feature_requests(&self) -> Vec<FeatureRequest> {
+        Vec::new()
+    }
+}
+
+/// A pair of intermediate features a loss reads: the trainer takes image feature `student`
+/// of the student and `teacher` of the teacher (names as their
+/// `ClipEncoder::image_feature_names` list them, e.g. `visual.transformer.resblocks.3`) and
+/// puts them into the input under `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FeatureRequest {
+    /// The key of the pair in the input ([`DistillInput::with_features`](crate::DistillInput::with_features)).
+    pub name: String,
+    /// The student's feature.
+    pub student: String,
+    /// The teacher's feature.
+    pub teacher: String,
+}
+
+impl FeatureRequest {
+    /// Feature `student` of the student and `teacher` of the teacher, under `name`.
+    pub fn new(
+        name: impl Into<String>,
+        student: impl Into<String>,
+        teacher: impl Into<String>,
+    ) -> Self {
+        FeatureRequest {
+            name: name.into(),
+            student: student.into(),
+            teacher: teacher.into(),
+        }
+    }
 }
 
 /// What a [`LossSet`](crate::LossSet) and a run config need to know about a built-in loss:

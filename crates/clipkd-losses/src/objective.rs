@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 
 use crate::error::LossError;
 use crate::input::DistillInput;
-use crate::loss::DistillLoss;
+use crate::loss::{DistillLoss, FeatureRequest};
 use crate::set::LossSet;
 use crate::terms::LossTerms;
 
@@ -23,6 +23,11 @@ pub trait DistillObjective<B: Backend> {
     fn requires_masked_view(&self) -> bool {
         false
     }
+
+    /// The intermediate features the input must carry (see [`FeatureRequest`]).
+    fn feature_requests(&self) -> Vec<FeatureRequest> {
+        Vec::new()
+    }
 }
 
 impl<B: Backend, L: Module<B> + DistillLoss<B>> DistillObjective<B> for LossSet<B, L> {
@@ -32,5 +37,18 @@ impl<B: Backend, L: Module<B> + DistillLoss<B>> DistillObjective<B> for LossSet<
 
     fn requires_masked_view(&self) -> bool {
         LossSet::requires_masked_view(self)
+    }
+
+    /// Every entry's requests, each feature name once.
+    fn feature_requests(&self) -> Vec<FeatureRequest> {
+        let mut out: Vec<FeatureRequest> = Vec::new();
+        for (_, _, loss) in self.entries() {
+            for request in loss.feature_requests() {
+                if !out.contains(&request) {
+                    out.push(request);
+                }
+            }
+        }
+        out
     }
 }

@@ -216,7 +216,7 @@ impl DemoConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         self.data
             .validate()
-            .map_err(|e| TrainError::config("demo.data", e.to_string()))?;
+            .map_err(|e| TrainError::field("demo.data", e))?;
         if self.output.as_os_str().is_empty() {
             return Err(TrainError::config("demo.output", "must not be empty"));
         }

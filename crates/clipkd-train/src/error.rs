@@ -41,6 +41,16 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A run-config field names something that failed (a model config, a checkpoint, the
+    /// data, the losses): the field, and the typed error as the source.
+    #[error("config field `{field}`: {source}")]
+    Field {
+        /// The dotted path of the field.
+        field: String,
+        /// What failed.
+        #[source]
+        source: Box<TrainError>,
+    },
     /// A run-config file (TOML or JSON) cannot be parsed.
     #[error("config file {path}{}: {message}", location.map(|(l, c)| format!(", line {l} column {c}")).unwrap_or_default())]
     ConfigParse {
@@ -167,6 +177,14 @@ impl TrainError {
         TrainError::Config {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// A [`TrainError::Field`]: `source` (a model, loss or data error...) about `field`.
+    pub fn field(field: impl Into<String>, source: impl Into<TrainError>) -> Self {
+        TrainError::Field {
+            field: field.into(),
+            source: Box::new(source.into()),
         }
     }
 

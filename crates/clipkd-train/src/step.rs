@@ -134,13 +134,22 @@ where
     T: ClipEncoder<B::InnerBackend>,
     L: TrainableObjective<B>,
 {
-    let teacher = teacher.map(|t| {
-        (
-            Tensor::<B, 2>::from_inner(t.encode_image(images.clone())),
-            Tensor::<B, 2>::from_inner(t.encode_text(tokens.clone())),
-            Tensor::<B, 1>::from_inner(t.logit_scale()),
-        )
-    });
+    // Intermediate features the losses read, by model feature name.
+    let requests = model.losses.feature_requests();
+    let student_names: Vec<String> = requests.iter().map(|r| r.student.clone()).collect();
+    let teacher_names: Vec<String> = requests.iter().map(|r| r.teacher.clone()).collect();
+    let teacher = match teacher {
+        Some(t) => {
+            let (image, features) = t.encode_image_with_features(images.clone(), &teacher_names)?;
+            Some((
+                Tensor::<B, 2>::from_inner(image),
+                Tensor::<B, 2>::from_inner(t.encode_text(tokens.clone())),
+                Tensor::<B, 1>::from_inner(t.logit_scale()),
+                features.into_iter().map(Tensor::from_inner).collect(),
+            ))
+        }
+        None => None,
+    };
     let images = Tensor::<B, 4>::from_inner(images);
     let masked = match mask_ratio {
         Some(ratio) if model.losses.requires_masked_view() => {
@@ -148,16 +157,32 @@ where
         }
         _ => None,
     };
+    let (student_image, student_features) = model
+        .student
+        .encode_image_with_features(images, &student_names)?;
     let student = Embeddings::from_log_scale(
-        model.student.encode_image(images),
+        student_image,
         model.student.encode_text(Tensor::from_inner(tokens)),
         model.student.logit_scale(),
     )?;
-    let teacher = match teacher {
-        Some((image, text, log_scale)) => Embeddings::from_log_scale(image, text, log_scale)?,
-        None => student.clone(),
+    let (teacher, teacher_features): (Embeddings<B>, Vec<Tensor<B, 3>>) = match teacher {
+        Some((image, text, log_scale, features)) => (
+            Embeddings::from_log_scale(image, text, log_scale)?,
+            features,
+        ),
+        // No teacher: the student's own (detached) outputs fill its slot.
+        None => (
+            student.clone(),
+            student_features
+                .iter()
+                .map(|f| f.clone().detach())
+                .collect(),
+        ),
     };
     let mut input = DistillInput::new(student, teacher)?;
+    for ((request, s), t) in requests.iter().zip(student_features).zip(teacher_features) {
+        input = input.with_features(request.name.clone(), s, t)?;
+    }
     if let Some(masked) = masked {
         input = input.with_masked_student_image(masked)?;
     }

@@ -159,7 +159,7 @@ impl PreparedRun {
         config.validate(mode)?;
         let tokenizer_vocab = Tokenizer::new().vocab_size();
         let student = ClipConfig::resolve(&config.student.model)
-            .map_err(|e| TrainError::config("student.model", e.to_string()))?;
+            .map_err(|e| TrainError::field("student.model", e))?;
         check_vocab(&student, tokenizer_vocab, "student.model")?;
         if let Some(init) = &config.student.init {
             check_file(init, "student.init")?;
@@ -168,7 +168,7 @@ impl PreparedRun {
             TrainMode::Baseline => None,
             TrainMode::Distill => {
                 let teacher = ClipConfig::resolve(&config.teacher.model)
-                    .map_err(|e| TrainError::config("teacher.model", e.to_string()))?;
+                    .map_err(|e| TrainError::field("teacher.model", e))?;
                 check_vocab(&teacher, tokenizer_vocab, "teacher.model")?;
                 let weights = config.teacher.weights.as_ref().expect("validated");
                 check_file(weights, "teacher.weights")?;
@@ -234,11 +234,10 @@ impl PreparedRun {
         let loss = config
             .loss
             .loss_set_config(mode, student.embed_dim, teacher_dim)?;
-        loss.validate()
-            .map_err(|e| TrainError::config("loss", e.to_string()))?;
+        loss.validate().map_err(|e| TrainError::field("loss", e))?;
         if matches!(plan, ModelPlan::OpenClip { .. }) {
             loss.check_student(student.supports_masked_view)
-                .map_err(|e| TrainError::config("loss", e.to_string()))?;
+                .map_err(|e| TrainError::field("loss", e))?;
         }
 
         let source = open_data(&config, student.image_size)?;
@@ -297,8 +296,8 @@ impl PreparedRun {
                 if state.config_hash != config.trajectory_hash() {
                     let mut changed = Vec::new();
                     let (a, b) = (
-                        serde_json::to_value(&saved).unwrap_or_default(),
-                        serde_json::to_value(&config).unwrap_or_default(),
+                        serde_json::to_value(&saved).expect("a run config serializes"),
+                        serde_json::to_value(&config).expect("a run config serializes"),
                     );
                     for section in ["data", "teacher", "student", "loss", "optim", "run"] {
                         if a.get(section) != b.get(section) {
@@ -425,13 +424,13 @@ impl PreparedRun {
         let teacher = match (teacher, &config.teacher.weights) {
             (Some(tc), Some(weights)) => Some(
                 load_open_clip::<B::InnerBackend>(weights, tc, device)
-                    .map_err(|e| TrainError::config("teacher.weights", e.to_string()))?,
+                    .map_err(|e| TrainError::field("teacher.weights", e))?,
             ),
             _ => None,
         };
         let student = match &config.student.init {
             Some(path) => load_open_clip::<B>(path, student, device)
-                .map_err(|e| TrainError::config("student.init", e.to_string()))?,
+                .map_err(|e| TrainError::field("student.init", e))?,
             None => student.init::<B>(device)?,
         };
         let losses: LossSet<B> = self.loss.init::<B>(device)?;

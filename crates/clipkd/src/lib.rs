@@ -13,14 +13,21 @@
 //! Backends are cargo features: `flex` (the CPU, default), `cuda`, `wgpu`. Everything is
 //! generic over `B: Backend`, so the same code runs on each.
 //!
-//! ```rust,ignore
+//! ```rust,no_run
+//! use clipkd::backend::{Autodiff, Cpu};
 //! use clipkd::losses::{LossPreset, LossSetConfig};
 //! use clipkd::models::{ClipConfig, load_open_clip};
 //!
-//! let teacher = load_open_clip::<B>("teacher.safetensors", &ClipConfig::preset("ViT-L-14")?, &device)?;
+//! type B = Autodiff<Cpu>; // the student trains: an autodiff backend
+//! let device = Default::default();
+//! let teacher = load_open_clip::<Cpu>("teacher.safetensors", &ClipConfig::preset("ViT-L-14")?, &device)?;
 //! let student = ClipConfig::preset("ViT-B-16")?.init::<B>(&device)?;
 //! let losses = LossSetConfig::preset(LossPreset::ClipKd, 512, 768).init::<B>(&device)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! [`burn`] is the Burn crate clipkd is built on (use it rather than adding another version of
+//! Burn), and [`backend`] names the backends compiled in.
 //!
 //! The `clipkd` binary (`clipkd demo`, `distill`, `train`, `eval`, `embed`, `export`, `bench`,
 //! `plot`) is built from this crate; see the repository's README and `docs/`.
@@ -34,3 +41,30 @@ pub use clipkd_losses as losses;
 pub use clipkd_models as models;
 /// The trainer, evaluation, checkpoints and the demo (`clipkd-train`).
 pub use clipkd_train as train;
+
+/// The Burn crate clipkd is built on (Burn 0.21): use it for `Tensor`, `Module` and the
+/// backends, so that your code and clipkd agree on one Burn.
+pub use burn;
+
+/// The backends compiled in (cargo features), as Burn types: inference on `Cpu`, `Cuda` or
+/// `Wgpu`; training on `Autodiff<...>` of one of them.
+pub mod backend {
+    pub use burn::backend::Autodiff;
+
+    /// The CPU: Burn's Flex backend (pure Rust, SIMD, threads). Feature `flex` (default).
+    #[cfg(feature = "flex")]
+    pub type Cpu = burn_flex::Flex;
+
+    /// NVIDIA GPUs (CUDA through NVRTC at run time), `f32` tensors. Feature `cuda`.
+    #[cfg(feature = "cuda")]
+    pub type Cuda = burn::backend::Cuda<f32, i32>;
+
+    /// Any GPU through wgpu (Vulkan, Metal, DX12), `f32` tensors. Feature `wgpu`.
+    #[cfg(feature = "wgpu")]
+    pub type Wgpu = burn::backend::Wgpu<f32, i32>;
+}
+
+/// The repository README's Rust snippets, compiled as doctests so that they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

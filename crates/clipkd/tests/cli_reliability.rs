@@ -87,9 +87,20 @@ fn a_second_process_on_a_run_directory_is_refused_naming_the_holder() {
         let e = fails(&args);
         assert!(e.contains("in use by") && e.contains(&pid), "{e}");
     }
+    // Killed once it has saved a checkpoint (so the `--resume` at the end has one to take up,
+    // however slowly this machine runs the first epoch)...
+    let checkpoints = run.join("checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while list_checkpoints(&checkpoints).map_or(true, |c| c.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the first run saved no checkpoint in {checkpoints:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     first.kill().unwrap();
     first.wait().unwrap();
-    // Killed, it leaves no stale lock: the directory is free, and its metrics file was not
+    // ... it leaves no stale lock: the directory is free, and its metrics file was not
     // touched by the refused runs (one row per step, in order).
     let rows = metric_rows(&run);
     for (i, r) in rows.iter().enumerate() {

@@ -137,10 +137,8 @@ impl DemoModel {
         }
         let config =
             ClipConfig::from_open_clip_value(self.open_clip_json(image_size, context_length))
-                .map_err(|e| TrainError::config(field, e.to_string()))?;
-        config
-            .validate()
-            .map_err(|e| TrainError::config(field, e.to_string()))?;
+                .map_err(|e| TrainError::field(field, e))?;
+        config.validate().map_err(|e| TrainError::field(field, e))?;
         Ok(config)
     }
 }

@@ -39,7 +39,7 @@ pub(super) fn open_data(
         .with_quoting(d.csv_quoting);
     let data = d.train_data.as_deref().expect("validated");
     DataSource::open(data, d.data_root.as_deref(), kind, &csv)
-        .map_err(|e| TrainError::config("data.train_data", e.to_string()))
+        .map_err(|e| TrainError::field("data.train_data", e))
 }
 
 /// The training loader for a student of shape `student`.
