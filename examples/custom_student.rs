@@ -25,7 +25,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use burn_flex::Flex;
 use clipkd_data::dataset::shapes::{ShapesConfig, write_shapes_dataset};
-use clipkd_models::{ClipConfig, ClipEncoder, load_open_clip};
+use clipkd_models::{ClipConfig, ClipEncoder, ModelSource, load_open_clip};
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, resolve_checkpoint, student_weights_path};
 use clipkd_train::config::{DataKind, RunConfig, TrainMode};
 use clipkd_train::eval::{ClassNames, EvalConfig, RetrievalConfig, Templates, ZeroShotConfig};
@@ -157,18 +157,16 @@ fn main() -> Result<(), TrainError> {
 
     // The teacher: a small open_clip ViT, trained briefly by the trainer as open_clip models
     // are (`clipkd train`), then loaded from its checkpoint like any open_clip checkpoint.
-    let teacher_json = work.join("teacher.json");
-    std::fs::write(
-        &teacher_json,
+    let teacher_config = ClipConfig::from_open_clip_json_str(
         r#"{"embed_dim": 64,
             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
                            "patch_size": 8},
             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2,
                          "layers": 2}}"#,
-    )
-    .map_err(|e| TrainError::io("writing", &teacher_json, e))?;
+    )?;
     let mut teacher_run = config.clone();
-    teacher_run.student.model = teacher_json.to_string_lossy().into_owned();
+    // An inline model config (`[student.model.config]` in a TOML file).
+    teacher_run.student.model = ModelSource::from(teacher_config.clone());
     teacher_run.optim.epochs = 3;
     teacher_run.run.output_dir = work.join("teacher");
     teacher_run.eval = EvalConfig::default();
@@ -176,7 +174,6 @@ fn main() -> Result<(), TrainError> {
         .with_progress(ProgressMode::Quiet)
         .run::<B>(&device)?;
     let teacher_ckpt = resolve_checkpoint("latest", &summary.run_dir.join(CHECKPOINTS_DIR))?;
-    let teacher_config = ClipConfig::from_open_clip_json(&teacher_json)?;
     let teacher = load_open_clip::<Flex>(
         student_weights_path(&teacher_ckpt),
         &teacher_config,

@@ -23,6 +23,7 @@ pub mod encoder;
 pub mod error;
 mod presets;
 pub mod resnet;
+pub mod source;
 pub mod text;
 pub mod transformer;
 pub mod vit;
@@ -38,5 +39,6 @@ pub use config::{
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};
 pub use resnet::ModifiedResNet;
+pub use source::ModelSource;
 pub use text::TextTransformer;
 pub use vit::VisionTransformer;

@@ -9,10 +9,9 @@
 //! [`ClipConfig::preset`] reads one by name, [`ClipConfig::resolve`] takes a preset name or a
 //! path to a JSON file.
 
-use std::path::Path;
-
 use crate::config::ClipConfig;
 use crate::error::ModelError;
+use crate::source::ModelSource;
 
 macro_rules! presets {
     ($($name:literal),* $(,)?) => {
@@ -74,23 +73,10 @@ impl ClipConfig {
         NAMES
     }
 
-    /// A preset name, or a path to an open_clip model-config JSON file.
-    ///
-    /// A string ending in `.json` or containing a path separator is read as a file; anything
-    /// else is looked up as a preset, then as a file if no preset has that name.
+    /// A preset name, or a path to an open_clip model-config JSON file: the rule of
+    /// [`ModelSource::named`] (a bundled preset's name is the preset, anything else a file).
     pub fn resolve(name_or_path: &str) -> Result<Self, ModelError> {
-        let looks_like_path = name_or_path.ends_with(".json")
-            || name_or_path.contains('/')
-            || name_or_path.contains('\\');
-        if looks_like_path {
-            return Self::from_open_clip_json(name_or_path);
-        }
-        match Self::preset(name_or_path) {
-            Err(ModelError::UnknownPreset { .. }) if Path::new(name_or_path).is_file() => {
-                Self::from_open_clip_json(name_or_path)
-            }
-            other => other,
-        }
+        ModelSource::named(name_or_path).resolve()
     }
 }
 

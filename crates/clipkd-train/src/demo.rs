@@ -40,7 +40,8 @@ use serde_json::{Map, Value};
 
 use crate::checkpoint::student_weights_path;
 use crate::config::{
-    DataKind, LossKind, LossTermConfig, MetricsFormat, Override, RunConfig, TrainMode,
+    DataKind, DeviceSpec, LossKind, LossTermConfig, MetricsFormat, ModelSource, Override,
+    RunConfig, TrainMode,
 };
 use crate::error::TrainError;
 use crate::eval::{ClassNames, Templates};
@@ -105,7 +106,7 @@ pub struct DemoConfig {
     pub workers: usize,
     /// The device name recorded in the run configs (`run.device`); the device itself is the
     /// one [`run_demo`] is given.
-    pub device: String,
+    pub device: DeviceSpec,
 }
 
 impl Default for DemoConfig {
@@ -128,7 +129,7 @@ impl Default for DemoConfig {
             fd_weight: None,
             evals_per_run: 3,
             workers: 1,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
         }
     }
 }
@@ -498,7 +499,7 @@ pub fn run_demo<B: AutodiffBackend>(
         config.student_lr,
     );
     kd_run.student.init = Some(student_init);
-    kd_run.teacher.model = teacher_json.to_string_lossy().into_owned();
+    kd_run.teacher.model = ModelSource::File(teacher_json.clone());
     kd_run.teacher.weights = Some(teacher_weights.clone());
     kd_run.loss.preset = None;
     kd_run.loss.terms = config.kd_loss_terms();
@@ -597,8 +598,8 @@ fn run_config(
     rc.data.kind = DataKind::Csv;
     rc.data.batch_size = config.batch_size;
     rc.data.workers = config.workers;
-    rc.student.model = model.to_string_lossy().into_owned();
-    rc.teacher.model = model.to_string_lossy().into_owned();
+    rc.student.model = ModelSource::File(model.to_path_buf());
+    rc.teacher.model = ModelSource::File(model.to_path_buf());
     rc.loss.preset = Some(LossPreset::Baseline);
     rc.optim.lr = lr;
     rc.optim.epochs = epochs;
@@ -610,7 +611,7 @@ fn run_config(
     rc.run.log_every_steps = (steps / 50).max(1);
     rc.run.metrics_format = MetricsFormat::Jsonl;
     rc.run.plots = true;
-    rc.run.device = config.device.clone();
+    rc.run.device = config.device;
     let mut eval = eval.clone();
     let every = (epochs / config.evals_per_run.max(1)).max(1);
     eval.every_epochs = (config.evals_per_run > 0).then_some(every);

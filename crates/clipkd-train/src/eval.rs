@@ -48,6 +48,7 @@ use clipkd_data::image::ImageTransform;
 use clipkd_models::ClipEncoder;
 use serde::{Deserialize, Serialize};
 
+use crate::config::CsvSeparator;
 use crate::embed::eval_transform_config;
 use crate::error::TrainError;
 
@@ -158,8 +159,8 @@ pub struct RetrievalConfig {
     #[serde(default = "default_image_key")]
     pub csv_image_key: String,
     /// CSV: the field separator, one ASCII character (default tab).
-    #[serde(default = "default_separator")]
-    pub csv_separator: char,
+    #[serde(default)]
+    pub csv_separator: CsvSeparator,
 }
 
 fn default_caption_key() -> String {
@@ -168,10 +169,6 @@ fn default_caption_key() -> String {
 
 fn default_image_key() -> String {
     CsvConfig::default().image_key
-}
-
-fn default_separator() -> char {
-    '\t'
 }
 
 fn default_batch_size() -> usize {
@@ -189,23 +186,15 @@ impl RetrievalConfig {
             captions: CaptionMode::All,
             csv_caption_key: default_caption_key(),
             csv_image_key: default_image_key(),
-            csv_separator: default_separator(),
+            csv_separator: CsvSeparator::TAB,
         }
     }
 
     /// The CSV settings.
-    pub fn csv_config(&self) -> Result<CsvConfig, DataError> {
-        if !self.csv_separator.is_ascii() {
-            return Err(DataError::DatasetSpec {
-                what: format!(
-                    "retrieval CSV separator `{}` is not one ASCII character",
-                    self.csv_separator
-                ),
-            });
-        }
-        Ok(CsvConfig::default()
+    pub fn csv_config(&self) -> CsvConfig {
+        CsvConfig::default()
             .with_keys(self.csv_caption_key.clone(), self.csv_image_key.clone())
-            .with_separator(self.csv_separator as u8))
+            .with_separator(self.csv_separator.byte())
     }
 }
 
@@ -311,7 +300,7 @@ impl EvalConfig {
                 &r.annotations,
                 r.root.as_deref(),
                 r.format,
-                &r.csv_config()?,
+                &r.csv_config(),
                 r.captions,
             )?),
             None => None,
@@ -501,7 +490,7 @@ mod tests {
         assert_eq!(r.captions, CaptionMode::First);
         assert_eq!(
             (r.csv_caption_key.as_str(), r.csv_separator),
-            ("title", '\t')
+            ("title", CsvSeparator::TAB)
         );
         assert_eq!((c.batch_size, c.workers), (DEFAULT_BATCH_SIZE, 0));
         assert!(c.due_after_step(1000) && !c.due_after_step(999) && !c.due_after_epoch(1));

@@ -158,7 +158,10 @@ impl PreparedRun {
     ) -> Result<Self, TrainError> {
         config.validate(mode)?;
         let tokenizer_vocab = Tokenizer::new().vocab_size();
-        let student = ClipConfig::resolve(&config.student.model)
+        let student = config
+            .student
+            .model
+            .resolve()
             .map_err(|e| TrainError::field("student.model", e))?;
         check_vocab(&student, tokenizer_vocab, "student.model")?;
         if let Some(init) = &config.student.init {
@@ -167,7 +170,10 @@ impl PreparedRun {
         let teacher = match mode {
             TrainMode::Baseline => None,
             TrainMode::Distill => {
-                let teacher = ClipConfig::resolve(&config.teacher.model)
+                let teacher = config
+                    .teacher
+                    .model
+                    .resolve()
                     .map_err(|e| TrainError::field("teacher.model", e))?;
                 check_vocab(&teacher, tokenizer_vocab, "teacher.model")?;
                 let weights = config.teacher.weights.as_ref().expect("validated");

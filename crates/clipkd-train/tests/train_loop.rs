@@ -185,7 +185,7 @@ fn bad_runs_fail_before_work_naming_the_field() {
     );
 
     let mut c = base.clone();
-    c.student.model = dir.path().join("nope.json").to_string_lossy().into_owned();
+    c.student.model = clipkd_models::ModelSource::File(dir.path().join("nope.json"));
     let e = err(c, TrainMode::Distill);
     assert!(
         e.contains("student.model") && e.contains("nope.json"),

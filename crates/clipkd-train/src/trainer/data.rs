@@ -35,7 +35,7 @@ pub(super) fn open_data(
     };
     let csv = CsvConfig::default()
         .with_keys(d.csv_caption_key.clone(), d.csv_img_key.clone())
-        .with_separator(d.csv_separator.as_bytes()[0])
+        .with_separator(d.csv_separator.byte())
         .with_quoting(d.csv_quoting);
     let data = d.train_data.as_deref().expect("validated");
     DataSource::open(data, d.data_root.as_deref(), kind, &csv)

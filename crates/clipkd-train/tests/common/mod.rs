@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn_flex::Flex;
 use clipkd_data::dataset::{DataSource, ImageSource, IndexedDataset, SampleRef};
 use clipkd_data::image::DecodedImage;
-use clipkd_models::{ClipConfig, save_open_clip};
+use clipkd_models::{ClipConfig, ModelSource, save_open_clip};
 use clipkd_train::config::{DataKind, MetricsFormat, RunConfig};
 use clipkd_train::metrics::{StepRecord, read_metrics};
 use clipkd_train::trainer::force_init;
@@ -105,8 +105,8 @@ pub fn squares(len: usize) -> DataSource {
 /// 2 loader workers, every step logged, no plots, output in `out`.
 pub fn tiny_config(student: &Path, teacher: &Path, weights: &Path, out: &Path) -> RunConfig {
     let mut c = RunConfig::default();
-    c.student.model = student.to_string_lossy().into_owned();
-    c.teacher.model = teacher.to_string_lossy().into_owned();
+    c.student.model = ModelSource::File(student.to_path_buf());
+    c.teacher.model = ModelSource::File(teacher.to_path_buf());
     c.teacher.weights = Some(weights.to_path_buf());
     c.data.kind = DataKind::Synthetic;
     c.data.synthetic_samples = 32;

@@ -4,56 +4,10 @@
 //! over the autodiff backend, and [`dispatch`] instantiates it for the device the user named.
 //! Only the backends compiled in (cargo features `flex`, `cuda`, `wgpu`) are offered.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::backend::AutodiffBackend;
 
-/// A device named on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
-    /// The CPU (Flex backend, SIMD + rayon).
-    Cpu,
-    /// An NVIDIA GPU by index.
-    Cuda(usize),
-    /// A GPU through wgpu (Vulkan, Metal, DX12): the default adapter, or the N-th discrete GPU.
-    Wgpu(Option<usize>),
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, index) = match s.split_once(':') {
-            Some((kind, index)) => {
-                let index = index
-                    .parse::<usize>()
-                    .map_err(|_| format!("device `{s}`: `{index}` is not a device index"))?;
-                (kind, Some(index))
-            }
-            None => (s, None),
-        };
-        match (kind, index) {
-            ("cpu", None) => Ok(DeviceSpec::Cpu),
-            ("cuda", index) => Ok(DeviceSpec::Cuda(index.unwrap_or(0))),
-            ("wgpu", index) => Ok(DeviceSpec::Wgpu(index)),
-            _ => Err(format!(
-                "unknown device `{s}`: expected `cpu`, `cuda`, `cuda:N`, `wgpu` or `wgpu:N`"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Cpu => write!(f, "cpu"),
-            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
-            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
-            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
-        }
-    }
-}
+/// A device by name (`--device`, `run.device`): the trainer config's type.
+pub use clipkd_train::config::DeviceSpec;
 
 /// The floating-point type of every tensor of the run: the trainer config's type, parsed
 /// from `--precision f32|bf16|f16`.

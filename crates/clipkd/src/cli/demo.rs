@@ -35,7 +35,7 @@ pub struct DemoArgs {
     pub quick: bool,
     /// Device: cpu, cuda[:N], wgpu[:N] (default: cpu, or the --config file's).
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
     /// Floating-point precision: f32, bf16 or f16 (bf16/f16 on CUDA only).
     #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
     pub precision: Precision,
@@ -95,8 +95,8 @@ impl DemoArgs {
         if let Some(output) = &self.output {
             config.output = output.clone();
         }
-        if let Some(device) = &self.device {
-            config.device = device.clone();
+        if let Some(device) = self.device {
+            config.device = device;
         }
         let mut overrides = Vec::new();
         let mut push = |path: &str, value: serde_json::Value| {
@@ -139,10 +139,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
-    let device: DeviceSpec = config
-        .device
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
+    let device = config.device;
     let progress = if args.quiet {
         ProgressMode::Quiet
     } else {

@@ -8,7 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use clipkd_data::image::ImageTransform;
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::{ClipConfig, ModelError, load_open_clip};
+use clipkd_models::{ClipConfig, ModelError, ModelSource, load_open_clip};
 use clipkd_train::embed::{HostEmbeddings, embed_image_files, embed_texts, eval_transform_config};
 use clipkd_train::error::TrainError;
 use safetensors::tensor::{Dtype, TensorView};
@@ -21,7 +21,7 @@ pub struct EmbedArgs {
     /// The model: an open_clip config name (e.g. ViT-B-32, RN50; see `clipkd models`) or an
     /// open_clip model-config JSON file.
     #[arg(long, value_name = "CONFIG_JSON_OR_PRESET")]
-    pub model: String,
+    pub model: ModelSource,
     /// The weights: an open_clip / CLIP-KD checkpoint (.safetensors, .pt, .pth, .bin).
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
@@ -66,8 +66,10 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         Some(path) => read_lines(path)?,
         None => Vec::new(),
     };
-    let config =
-        ClipConfig::resolve(&args.model).with_context(|| format!("model `{}`", args.model))?;
+    let config = args
+        .model
+        .resolve()
+        .with_context(|| format!("model `{}`", args.model))?;
     let preprocess_cfg = preprocess_cfg_of(&args.model)?;
     let transform = ImageTransform::new(eval_transform_config(
         config.image_size(),
@@ -145,11 +147,11 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// The `preprocess_cfg` object of a model-config JSON file, when `--model` is one.
-pub(crate) fn preprocess_cfg_of(model: &str) -> anyhow::Result<Option<serde_json::Value>> {
-    let path = Path::new(model);
-    if !path.is_file() {
+pub(crate) fn preprocess_cfg_of(model: &ModelSource) -> anyhow::Result<Option<serde_json::Value>> {
+    // A missing file is reported by `ModelSource::resolve`, with the preset names.
+    let Some(path) = model.file().filter(|p| p.is_file()) else {
         return Ok(None);
-    }
+    };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading model config {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)

@@ -8,7 +8,8 @@ use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use clipkd_data::dataset::IndexedDataset;
-use clipkd_models::{ClipConfig, load_open_clip};
+use clipkd_models::{ClipConfig, ModelSource, load_open_clip};
+use clipkd_train::config::CsvSeparator;
 use clipkd_train::eval::{
     AnnotationFormat, CaptionMode, ClassNames, EvalConfig, EvalProgress, EvalReport, EvalSuite,
     RetrievalConfig, Templates, ZeroShotConfig,
@@ -45,7 +46,7 @@ pub struct EvalArgs {
     /// The model: an open_clip config name (e.g. ViT-B-32, RN50) or an open_clip model-config
     /// JSON file (its `preprocess_cfg`, if any, sets the eval transform).
     #[arg(long, value_name = "CONFIG_JSON_OR_PRESET")]
-    pub model: String,
+    pub model: ModelSource,
     /// The weights: an open_clip / CLIP-KD checkpoint (.safetensors, .pt, .pth, .bin).
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
@@ -88,9 +89,9 @@ pub struct EvalArgs {
     /// CSV annotations: the image path column.
     #[arg(long, default_value = "filepath", requires = "retrieval")]
     pub csv_img_key: String,
-    /// CSV annotations: the field separator (one character; `\t` for tab).
+    /// CSV annotations: the field separator (one ASCII character; `\t` or `tab` for tab).
     #[arg(long, default_value = "\\t", requires = "retrieval")]
-    pub csv_separator: String,
+    pub csv_separator: CsvSeparator,
     /// Where to write the results (JSON).
     #[arg(long, value_name = "RESULTS.json")]
     pub output: PathBuf,
@@ -123,18 +124,6 @@ impl EvalArgs {
                 None => Templates::OpenaiImagenet,
             },
         });
-        let separator = match self.csv_separator.as_str() {
-            "\\t" | "tab" => '\t',
-            s => {
-                let mut chars = s.chars();
-                match (chars.next(), chars.next()) {
-                    (Some(c), None) if c.is_ascii() => c,
-                    _ => anyhow::bail!(
-                        "--csv-separator `{s}`: expected one ASCII character (or `\\t`)"
-                    ),
-                }
-            }
-        };
         let retrieval = self.retrieval.as_ref().map(|file| RetrievalConfig {
             format: self.retrieval_format.into(),
             captions: if self.one_caption {
@@ -144,7 +133,7 @@ impl EvalArgs {
             },
             csv_caption_key: self.csv_caption_key.clone(),
             csv_image_key: self.csv_img_key.clone(),
-            csv_separator: separator,
+            csv_separator: self.csv_separator,
             ..RetrievalConfig::new(file, self.retrieval_root.clone())
         });
         Ok(EvalConfig {
@@ -180,8 +169,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             args.output.display()
         );
     }
-    let config =
-        ClipConfig::resolve(&args.model).with_context(|| format!("model `{}`", args.model))?;
+    let config = args
+        .model
+        .resolve()
+        .with_context(|| format!("model `{}`", args.model))?;
     let eval_config = args.eval_config()?;
     let suite = eval_config.build().context("preparing the evaluation")?;
     if let Some(z) = &suite.zero_shot {
@@ -276,7 +267,7 @@ fn write_results(args: &EvalArgs, report: &EvalReport) -> anyhow::Result<()> {
     let object = value
         .as_object_mut()
         .expect("a struct serializes to an object");
-    object.insert("model".into(), args.model.clone().into());
+    object.insert("model".into(), args.model.to_string().into());
     object.insert("weights".into(), args.weights.display().to_string().into());
     let metrics: serde_json::Map<String, serde_json::Value> = report
         .metrics()
@@ -337,7 +328,7 @@ mod tests {
         let r = c.retrieval.unwrap();
         assert_eq!(r.captions, CaptionMode::First);
         assert_eq!(r.root, Some(PathBuf::from("/coco")));
-        assert_eq!(r.csv_separator, '\t');
+        assert_eq!(r.csv_separator, CsvSeparator::TAB);
         assert_eq!(c.batch_size, 8);
 
         let args = parse(&["--imagenet", "val", "--folder-names"]).unwrap();
@@ -347,11 +338,16 @@ mod tests {
         );
         let args = parse(&["--retrieval", "a.csv", "--csv-separator", ","]).unwrap();
         assert_eq!(
-            args.eval_config().unwrap().retrieval.unwrap().csv_separator,
-            ','
+            args.eval_config()
+                .unwrap()
+                .retrieval
+                .unwrap()
+                .csv_separator
+                .byte(),
+            b','
         );
-        let args = parse(&["--retrieval", "a.csv", "--csv-separator", ",,"]).unwrap();
-        assert!(args.eval_config().is_err());
+        let e = parse(&["--retrieval", "a.csv", "--csv-separator", ",,"]).unwrap_err();
+        assert!(e.to_string().contains("one ASCII character"), "{e}");
     }
 
     #[test]

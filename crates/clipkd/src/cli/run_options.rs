@@ -12,7 +12,7 @@ use clipkd_train::config::{Override, RunConfig, TrainMode};
 use clipkd_train::progress::ProgressMode;
 use clipkd_train::trainer::{PreparedRun, RunSummary};
 
-use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
+use super::backend::{BackendTask, Precision, dispatch};
 
 /// Options of a training run (`clipkd distill`, `clipkd train`).
 #[derive(Debug, Clone, Args)]
@@ -175,11 +175,7 @@ pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow
         print!("{}", config.to_toml());
         return Ok(());
     }
-    let device: DeviceSpec = config
-        .run
-        .device
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("config field `run.device`: {e}"))?;
+    let device = config.run.device;
     let precision = config.run.precision;
     // `--resume PATH` resumes that checkpoint; `--resume latest` the output directory's.
     let prepared =

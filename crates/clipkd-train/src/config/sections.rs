@@ -1,0 +1,296 @@
+//! The plain sections of a run config: `[data]`, `[teacher]`, `[student]`, `[optim]`, `[run]`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clipkd_models::ModelSource;
+use serde::{Deserialize, Serialize};
+
+use super::values::{CsvSeparator, DeviceSpec};
+
+use crate::optim::AdamWParams;
+
+/// The format of the training data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// By extension: `.csv`/`.tsv` is CSV, `.tar` or a directory is webdataset.
+    #[default]
+    Auto,
+    /// Tab-separated CSV files (CLIP-KD's `title` / `filepath` columns).
+    Csv,
+    /// Webdataset tar shards.
+    Webdataset,
+    /// Generated images with one caption (open_clip's `synthetic`): for throughput tests.
+    Synthetic,
+}
+
+/// `[data]`: training data and its loader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// CSV files separated by `,` (CLIP-KD's `--train-data`), or webdataset shard patterns
+    /// separated by `::`. Required unless `kind = "synthetic"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_data: Option<String>,
+    /// Data roots of the CSV files, separated by `,` (one for all, or one per file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<String>,
+    /// The format.
+    pub kind: DataKind,
+    /// Samples in one epoch of webdataset shards (open_clip's `--train-num-samples`): needed to
+    /// size the schedule, since shards are streamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_num_samples: Option<u64>,
+    /// Samples of `kind = "synthetic"` data.
+    pub synthetic_samples: usize,
+    /// The CSV caption column.
+    pub csv_caption_key: String,
+    /// The CSV image-path column.
+    pub csv_img_key: String,
+    /// The CSV field separator (one ASCII character).
+    pub csv_separator: CsvSeparator,
+    /// Whether `"` quotes CSV fields (as pandas).
+    pub csv_quoting: bool,
+    /// Images per micro-batch (the paper: 1024 = 8 GPUs x 128). One optimizer step sees
+    /// `batch_size * optim.grad_accum` images.
+    pub batch_size: usize,
+    /// Loader threads; 0: every core.
+    pub workers: usize,
+    /// Finished batches prepared ahead of the step.
+    pub prefetch: usize,
+    /// Webdataset shuffle block, in samples.
+    pub shuffle_buffer: usize,
+    /// RandomResizedCrop area range `[min, max]` (CLIP-KD: `[0.9, 1.0]`).
+    pub crop_scale: [f64; 2],
+    /// Normalization mean (OpenAI CLIP's).
+    pub mean: [f64; 3],
+    /// Normalization standard deviation (OpenAI CLIP's).
+    pub std: [f64; 3],
+    /// Stop the run when more than this fraction of the samples read are unusable (missing,
+    /// undecodable, too large, bad caption, bad CSV line); 1 never stops.
+    pub max_skipped_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            train_data: None,
+            data_root: None,
+            kind: DataKind::Auto,
+            train_num_samples: None,
+            synthetic_samples: 10_000,
+            csv_caption_key: "title".into(),
+            csv_img_key: "filepath".into(),
+            csv_separator: CsvSeparator::TAB,
+            csv_quoting: true,
+            batch_size: 1024,
+            workers: 0,
+            prefetch: 2,
+            shuffle_buffer: 5000,
+            crop_scale: [0.9, 1.0],
+            mean: [0.48145466, 0.4578275, 0.40821073],
+            std: [0.26862954, 0.26130258, 0.27577711],
+            max_skipped_fraction: 0.1,
+        }
+    }
+}
+
+/// `[teacher]`: the frozen teacher of `clipkd distill`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// The architecture: an open_clip model-config name (`ViT-B-16`, `ViT-L-14`, `RN50`, ...),
+    /// a JSON file, or an inline config (see [`ModelSource`]).
+    pub model: ModelSource,
+    /// The teacher's open_clip checkpoint (.safetensors, .pt, .pth, .bin). Required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        TeacherConfig {
+            model: ModelSource::Preset("ViT-B-16".into()),
+            weights: None,
+        }
+    }
+}
+
+/// `[student]`: the model being trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudentConfig {
+    /// The architecture: an open_clip model-config name, a JSON file, or an inline config
+    /// (see [`ModelSource`]).
+    pub model: ModelSource,
+    /// Start from this open_clip checkpoint instead of a random initialisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+}
+
+impl Default for StudentConfig {
+    fn default() -> Self {
+        StudentConfig {
+            model: ModelSource::Preset("ViT-T-16".into()),
+            init: None,
+        }
+    }
+}
+
+/// `[optim]`: AdamW and the schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate (paper: 1e-3).
+    pub lr: f64,
+    /// AdamW `[β₁, β₂]`; default by student: ViT `[0.9, 0.98]`, others `[0.9, 0.999]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub betas: Option<[f64; 2]>,
+    /// AdamW ε; default by student: ViT 1e-6, others 1e-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Weight decay of the student's matrices (paper: 0.1; none for biases, norms, rank < 2
+    /// and `logit_scale`).
+    pub weight_decay: f64,
+    /// Weight decay of the loss module's parameters (CLIP-KD's third group: PyTorch AdamW's
+    /// default 0.01).
+    pub loss_weight_decay: f64,
+    /// Linear warmup steps (paper: 10,000), then cosine decay to 0.
+    pub warmup: u64,
+    /// Epochs (paper: 32).
+    pub epochs: u64,
+    /// Micro-batches whose gradients are averaged before one optimizer step.
+    pub grad_accum: usize,
+    /// Clip the global gradient norm (all groups together) to this value; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_clip_norm: Option<f64>,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-3,
+            betas: None,
+            eps: None,
+            weight_decay: 0.1,
+            loss_weight_decay: 0.01,
+            warmup: 10_000,
+            epochs: 32,
+            grad_accum: 1,
+            grad_clip_norm: None,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The AdamW settings: `auto` (the student's architecture defaults, e.g. CLIP-KD's ViT or
+    /// ResNet betas and epsilon) where `betas` and `eps` are not set, and the weight decays.
+    pub fn adamw_params(&self, auto: AdamWParams) -> AdamWParams {
+        AdamWParams {
+            beta_1: self.betas.map_or(auto.beta_1, |b| b[0] as f32),
+            beta_2: self.betas.map_or(auto.beta_2, |b| b[1] as f32),
+            epsilon: self.eps.map_or(auto.epsilon, |e| e as f32),
+            weight_decay: self.weight_decay as f32,
+            loss_weight_decay: self.loss_weight_decay as f32,
+        }
+    }
+}
+
+/// The floating-point type of every tensor of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit floats (every backend).
+    #[default]
+    F32,
+    /// bfloat16 (CUDA).
+    Bf16,
+    /// IEEE half precision (CUDA).
+    F16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// `f32`, `bf16` or `f16` (case-insensitive), as the config file and `--precision` write it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!(
+                "unknown precision `{s}` (expected f32, bf16 or f16)"
+            )),
+        }
+    }
+}
+
+/// Format of the per-step metrics file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsFormat {
+    /// `metrics.jsonl`: one JSON object per logged step.
+    #[default]
+    Jsonl,
+    /// `metrics.csv`: one row per logged step, a column per loss term.
+    Csv,
+}
+
+/// `[run]`: seeds, outputs, checkpoints, logging, precision and device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// The seed of everything (initialisation, data order and crops, masks); paper: 0.
+    pub seed: u64,
+    /// The run directory: config, metrics, plots, checkpoints.
+    pub output_dir: PathBuf,
+    /// Also checkpoint every this many optimizer steps (0: only at epoch ends).
+    pub checkpoint_every_steps: u64,
+    /// Checkpoint at the end of every epoch (as open_clip).
+    pub checkpoint_at_epoch_end: bool,
+    /// Keep the last this many checkpoints (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Write a metrics row every this many optimizer steps (open_clip: 100).
+    pub log_every_steps: u64,
+    /// The metrics file's format.
+    pub metrics_format: MetricsFormat,
+    /// Draw PNG plots at the end of the run.
+    pub plots: bool,
+    /// Floating-point precision (bf16/f16 where the backend supports them).
+    pub precision: Precision,
+    /// Device: `cpu`, `cuda[:N]`, `wgpu[:N]`.
+    pub device: DeviceSpec,
+    /// Stop (with a checkpoint) after this many optimizer steps in total, as if interrupted;
+    /// the schedule still spans every epoch. For tests and time-boxed jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_after_steps: Option<u64>,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            seed: 0,
+            output_dir: PathBuf::from("runs/clipkd"),
+            checkpoint_every_steps: 0,
+            checkpoint_at_epoch_end: true,
+            keep_checkpoints: 3,
+            log_every_steps: 100,
+            metrics_format: MetricsFormat::Jsonl,
+            plots: true,
+            precision: Precision::F32,
+            device: DeviceSpec::Cpu,
+            stop_after_steps: None,
+        }
+    }
+}
