@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::{
     CHECKPOINTS_DIR, ROLLBACK_PREFIX, checkpoint_name, list_checkpoints_unfiltered,
-    recover_checkpoints,
+    recover_checkpoints, sync_dir,
 };
 use crate::error::TrainError;
 use crate::fault;
@@ -248,12 +248,6 @@ fn finish_rollback(
     fs::remove_file(marker).map_err(|e| TrainError::io("removing", marker, e))?;
     sync_dir(&checkpoints);
     Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
-    }
 }
 
 #[cfg(test)]

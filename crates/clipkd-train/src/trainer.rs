@@ -45,8 +45,11 @@
 //! its weights and optimizer moments are; otherwise the run stops with an error naming the
 //! step and the term (or the tensors), and the earlier checkpoints are kept.
 
+mod checks;
 mod data;
 mod runner;
+
+use checks::{check_file, check_shape_vocab, check_teacher_fits, check_vocab};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -512,86 +515,6 @@ impl PreparedRun {
             ));
         }
         Runner::<B, S, T, L>::start(self, device, models)?.train()
-    }
-}
-
-/// The teacher reads the student's exact pixels and tokens.
-fn check_teacher_fits(
-    teacher: &EncoderShape,
-    student: &EncoderShape,
-    teacher_name: &str,
-    student_name: &str,
-) -> Result<(), TrainError> {
-    if teacher.image_size != student.image_size {
-        return Err(TrainError::config(
-            "teacher.model",
-            format!(
-                "{teacher_name} takes {:?} images but {student_name} {:?}: the teacher sees the \
-                 student's exact pixels, so both need the same image size (use a teacher \
-                 config with the student's image_size)",
-                teacher.image_size, student.image_size
-            ),
-        ));
-    }
-    if teacher.context_length < student.context_length {
-        return Err(TrainError::config(
-            "teacher.model",
-            format!(
-                "the teacher's context length {} is shorter than the student's {}: the teacher \
-                 reads the student's exact tokens",
-                teacher.context_length, student.context_length
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_shape_vocab(
-    shape: &EncoderShape,
-    tokenizer_vocab: usize,
-    what: &str,
-) -> Result<(), TrainError> {
-    if shape.vocab_size < tokenizer_vocab {
-        Err(TrainError::config(
-            if what == "the teacher" {
-                "teacher"
-            } else {
-                "student"
-            },
-            TrainError::TokenizerMismatch {
-                model_vocab: shape.vocab_size,
-                tokenizer_vocab,
-            }
-            .to_string(),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_file(path: &Path, field: &str) -> Result<(), TrainError> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(TrainError::config(
-            field,
-            format!("file not found: {}", path.display()),
-        ))
-    }
-}
-
-fn check_vocab(config: &ClipConfig, tokenizer_vocab: usize, field: &str) -> Result<(), TrainError> {
-    if config.text.vocab_size < tokenizer_vocab {
-        Err(TrainError::config(
-            field,
-            TrainError::TokenizerMismatch {
-                model_vocab: config.text.vocab_size,
-                tokenizer_vocab,
-            }
-            .to_string(),
-        ))
-    } else {
-        Ok(())
     }
 }
 

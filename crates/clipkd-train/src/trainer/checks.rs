@@ -1,0 +1,92 @@
+//! What [`PreparedRun`](super::PreparedRun) checks before any work: the teacher fits the
+//! student, the models fit the tokenizer, the files it will read exist.
+
+use std::path::Path;
+
+use clipkd_models::{ClipConfig, EncoderShape};
+
+use crate::error::TrainError;
+
+/// The teacher reads the student's exact pixels and tokens.
+pub(super) fn check_teacher_fits(
+    teacher: &EncoderShape,
+    student: &EncoderShape,
+    teacher_name: &str,
+    student_name: &str,
+) -> Result<(), TrainError> {
+    if teacher.image_size != student.image_size {
+        return Err(TrainError::config(
+            "teacher.model",
+            format!(
+                "{teacher_name} takes {:?} images but {student_name} {:?}: the teacher sees the \
+                 student's exact pixels, so both need the same image size (use a teacher \
+                 config with the student's image_size)",
+                teacher.image_size, student.image_size
+            ),
+        ));
+    }
+    if teacher.context_length < student.context_length {
+        return Err(TrainError::config(
+            "teacher.model",
+            format!(
+                "the teacher's context length {} is shorter than the student's {}: the teacher \
+                 reads the student's exact tokens",
+                teacher.context_length, student.context_length
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_shape_vocab(
+    shape: &EncoderShape,
+    tokenizer_vocab: usize,
+    what: &str,
+) -> Result<(), TrainError> {
+    if shape.vocab_size < tokenizer_vocab {
+        Err(TrainError::config(
+            if what == "the teacher" {
+                "teacher"
+            } else {
+                "student"
+            },
+            TrainError::TokenizerMismatch {
+                model_vocab: shape.vocab_size,
+                tokenizer_vocab,
+            }
+            .to_string(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) fn check_file(path: &Path, field: &str) -> Result<(), TrainError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(TrainError::config(
+            field,
+            format!("file not found: {}", path.display()),
+        ))
+    }
+}
+
+pub(super) fn check_vocab(
+    config: &ClipConfig,
+    tokenizer_vocab: usize,
+    field: &str,
+) -> Result<(), TrainError> {
+    if config.text.vocab_size < tokenizer_vocab {
+        Err(TrainError::config(
+            field,
+            TrainError::TokenizerMismatch {
+                model_vocab: config.text.vocab_size,
+                tokenizer_vocab,
+            }
+            .to_string(),
+        ))
+    } else {
+        Ok(())
+    }
+}
