@@ -25,7 +25,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use burn_flex::Flex;
 use clipkd_data::dataset::shapes::{ShapesConfig, write_shapes_dataset};
-use clipkd_models::{ClipConfig, ClipEncoder, ModelSource, load_open_clip};
+use clipkd_models::{ClipConfig, ClipEncoder, ModelError, ModelSource, load_open_clip};
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, resolve_checkpoint, student_weights_path};
 use clipkd_train::config::{DataKind, RunConfig, TrainMode};
 use clipkd_train::eval::{ClassNames, EvalConfig, RetrievalConfig, Templates, ZeroShotConfig};
@@ -80,14 +80,15 @@ impl<B: Backend> ClipEncoder<B> for PatchStudent<B> {
         49408
     }
 
-    fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    fn encode_image(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         let x = gelu(self.patches.forward(images)); // [N, width, h, w]
         let [n, c, _, _] = x.dims();
-        self.image_proj
-            .forward(x.flatten::<3>(2, 3).mean_dim(2).reshape([n, c]))
+        Ok(self
+            .image_proj
+            .forward(x.flatten::<3>(2, 3).mean_dim(2).reshape([n, c])))
     }
 
-    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError> {
         // The mean over the caption's tokens (padding is id 0).
         let mask = tokens
             .clone()
@@ -97,7 +98,7 @@ impl<B: Backend> ClipEncoder<B> for PatchStudent<B> {
         let x = self.tokens.forward(tokens) * mask.clone(); // [N, L, width]
         let [n, _, c] = x.dims();
         let mean = x.sum_dim(1).reshape([n, c]) / mask.sum_dim(1).reshape([n, 1]).clamp_min(1.0);
-        self.text_proj.forward(mean)
+        Ok(self.text_proj.forward(mean))
     }
 
     fn logit_scale(&self) -> Tensor<B, 1> {

@@ -93,8 +93,11 @@ fn main() -> ExitCode {
         let images = Tensor::<Dev, 4>::from_data(TensorData::new(px, shape), &device);
         let tokens = ints(&io, "tokens", &device);
         let mut outputs = vec![
-            ("image_features", host(model.encode_image(images.clone()))),
-            ("text_features", host(model.encode_text(tokens))),
+            (
+                "image_features",
+                host(model.encode_image(images.clone()).unwrap()),
+            ),
+            ("text_features", host(model.encode_text(tokens).unwrap())),
         ];
         if model.is_vit() {
             let keep = ints(&io, "keep", &device);
@@ -124,7 +127,7 @@ fn main() -> ExitCode {
             let images = Tensor::<Dev, 4>::random([8, 3, 224, 224], Distribution::Default, &device);
             let tokens = Tensor::<Dev, 2, Int>::ones([8, 77], &device);
             let start = Instant::now();
-            let out = model.forward(images, tokens);
+            let out = model.forward(images, tokens).unwrap();
             let _ = host(out.image_embeds);
             let _ = host(out.text_embeds);
             println!(

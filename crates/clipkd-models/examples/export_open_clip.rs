@@ -108,10 +108,17 @@ fn write_outputs(model: &Clip<B>, io: &PathBuf, out: &std::path::Path) -> Result
         ))
     };
     let mut outputs: HashMap<String, Tensor<B, 2>> = HashMap::new();
-    outputs.insert("image_features".into(), model.encode_image(pixels.clone()));
+    outputs.insert(
+        "image_features".into(),
+        model
+            .encode_image(pixels.clone())
+            .map_err(|e| e.to_string())?,
+    );
     outputs.insert(
         "text_features".into(),
-        model.encode_text(int_tensor("tokens")?),
+        model
+            .encode_text(int_tensor("tokens")?)
+            .map_err(|e| e.to_string())?,
     );
     if file.names().contains(&"keep") && model.is_vit() {
         let masked = model

@@ -30,10 +30,26 @@ impl<B: Backend> VisionTower<B> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
-    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] if the images do not fit the tower (see
+    /// [`VisionTower::check_images`]).
+    pub fn forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         match self {
             VisionTower::Vit(vit) => vit.forward(images),
             VisionTower::ModifiedResNet(resnet) => resnet.forward(images),
+        }
+    }
+
+    /// Checks an image batch's shape `[N, C, H, W]` without touching its data
+    /// ([`VisionTransformer::check_images`], [`ModifiedResNet::check_images`]).
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`], naming the sides that fit.
+    pub fn check_images(&self, dims: [usize; 4]) -> Result<(), ModelError> {
+        match self {
+            VisionTower::Vit(vit) => vit.check_images(dims),
+            VisionTower::ModifiedResNet(resnet) => resnet.check_images(dims),
         }
     }
 
@@ -224,7 +240,12 @@ impl<B: Backend> Clip<B> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` (normalized pixels at [`Clip::image_size`]) -> `[N, embed_dim]`
-    pub fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] if the images do not have 3 channels or their size does not
+    /// give the patch grid (ViT) or feature map (ModifiedResNet) the model was built for;
+    /// checked from the shape, before any compute.
+    pub fn encode_image(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         self.visual.forward(images)
     }
 
@@ -232,8 +253,14 @@ impl<B: Backend> Clip<B> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
-    pub fn encode_image_normalized(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        l2_normalize(self.encode_image(images))
+    ///
+    /// # Errors
+    /// As [`Clip::encode_image`].
+    pub fn encode_image_normalized(
+        &self,
+        images: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(l2_normalize(self.encode_image(images)?))
     }
 
     /// Raw image embeddings of a randomly masked view (CLIP-KD's MFD): per image,
@@ -241,8 +268,9 @@ impl<B: Backend> Clip<B> {
     /// argsort, keep the first), after their positional embeddings are added; the class token
     /// is kept. Random draws use the backend RNG, reproducible with `B::seed`.
     ///
-    /// Errors with [`ModelError::MaskedForwardUnsupported`] for a ModifiedResNet tower and
-    /// [`ModelError::InvalidMaskRatio`] outside `[0, 1)`.
+    /// Errors with [`ModelError::MaskedForwardUnsupported`] for a ModifiedResNet tower,
+    /// [`ModelError::InvalidMaskRatio`] outside `[0, 1)` and [`ModelError::InputShape`] as
+    /// [`Clip::encode_image`].
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
@@ -284,11 +312,12 @@ impl<B: Backend> Clip<B> {
     /// the first positional embeddings (open_clip itself requires exactly `context_length`).
     ///
     /// # Shapes
-    /// - `tokens`: `[N, L]`, `L <= context_length` -> `[N, embed_dim]`
+    /// - `tokens`: `[N, L]`, `1 <= L <= context_length` -> `[N, embed_dim]`
     ///
-    /// # Panics
-    /// If `L > context_length`.
-    pub fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    /// # Errors
+    /// [`ModelError::InputShape`] if the batch is empty or `L` is 0 or above the context length;
+    /// checked from the shape, before any compute.
+    pub fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError> {
         TextTowerRef {
             transformer: &self.transformer,
             token_embedding: &self.token_embedding,
@@ -304,8 +333,14 @@ impl<B: Backend> Clip<B> {
     ///
     /// # Shapes
     /// - `tokens`: `[N, L]` -> `[N, embed_dim]`
-    pub fn encode_text_normalized(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        l2_normalize(self.encode_text(tokens))
+    ///
+    /// # Errors
+    /// As [`Clip::encode_text`].
+    pub fn encode_text_normalized(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(l2_normalize(self.encode_text(tokens)?))
     }
 
     /// The log logit scale as stored, shape `[1]` (the temperature is `exp` of it).
@@ -322,12 +357,22 @@ impl<B: Backend> Clip<B> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]`, `tokens`: `[M, L]` -> embeddings `[N, E]` and `[M, E]`
-    pub fn forward(&self, images: Tensor<B, 4>, tokens: Tensor<B, 2, Int>) -> ClipOutput<B> {
-        ClipOutput {
-            image_embeds: self.encode_image(images),
-            text_embeds: self.encode_text(tokens),
+    ///
+    /// # Errors
+    /// As [`Clip::encode_image`] and [`Clip::encode_text`]; both inputs are checked before
+    /// either tower runs.
+    pub fn forward(
+        &self,
+        images: Tensor<B, 4>,
+        tokens: Tensor<B, 2, Int>,
+    ) -> Result<ClipOutput<B>, ModelError> {
+        self.visual.check_images(images.dims())?;
+        crate::text::check_tokens(&self.config.text, tokens.dims())?;
+        Ok(ClipOutput {
+            image_embeds: self.encode_image(images)?,
+            text_embeds: self.encode_text(tokens)?,
             logit_scale: self.logit_scale(),
             logit_bias: self.logit_bias(),
-        }
+        })
     }
 }

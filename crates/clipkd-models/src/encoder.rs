@@ -32,13 +32,21 @@ pub trait ClipEncoder<B: Backend> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` normalized pixels at [`ClipEncoder::image_size`] -> `[N, D]`
-    fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2>;
+    ///
+    /// # Errors
+    /// Inputs the model cannot take are an error, not a panic: [`ModelError::InputShape`]
+    /// (images of the wrong size or channel count), checked from the shape before any compute.
+    fn encode_image(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError>;
 
     /// Raw text embeddings.
     ///
     /// # Shapes
-    /// - `tokens`: `[N, L]`, `L <= context_length` -> `[N, D]`
-    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2>;
+    /// - `tokens`: `[N, L]`, `1 <= L <= context_length` -> `[N, D]`
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] for token batches the model cannot take (empty, or longer
+    /// than the context), checked from the shape before any compute.
+    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError>;
 
     /// The log logit scale, shape `[1]` (CLIP's `logit_scale` parameter: the logits are
     /// `exp(logit_scale)` times the cosine similarities).
@@ -84,7 +92,7 @@ pub trait ClipEncoder<B: Backend> {
         names: &[String],
     ) -> Result<(Tensor<B, 2>, Vec<Tensor<B, 3>>), ModelError> {
         match names.first() {
-            None => Ok((self.encode_image(images), Vec::new())),
+            None => Ok((self.encode_image(images)?, Vec::new())),
             Some(name) => Err(ModelError::UnknownFeature {
                 name: name.clone(),
                 available: self.image_feature_names(),
@@ -96,16 +104,25 @@ pub trait ClipEncoder<B: Backend> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, D]`
-    fn encode_image_normalized(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        l2_normalize(self.encode_image(images))
+    ///
+    /// # Errors
+    /// As [`ClipEncoder::encode_image`].
+    fn encode_image_normalized(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(l2_normalize(self.encode_image(images)?))
     }
 
     /// L2-normalized text embeddings.
     ///
     /// # Shapes
     /// - `tokens`: `[N, L]` -> `[N, D]`
-    fn encode_text_normalized(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        l2_normalize(self.encode_text(tokens))
+    ///
+    /// # Errors
+    /// As [`ClipEncoder::encode_text`].
+    fn encode_text_normalized(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        Ok(l2_normalize(self.encode_text(tokens)?))
     }
 
     /// The sizes and abilities above, together.
@@ -167,11 +184,11 @@ impl<B: Backend> ClipEncoder<B> for crate::Clip<B> {
         self.config().text.vocab_size
     }
 
-    fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    fn encode_image(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         crate::Clip::encode_image(self, images)
     }
 
-    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError> {
         crate::Clip::encode_text(self, tokens)
     }
 
@@ -206,7 +223,7 @@ impl<B: Backend> ClipEncoder<B> for crate::Clip<B> {
         names: &[String],
     ) -> Result<(Tensor<B, 2>, Vec<Tensor<B, 3>>), ModelError> {
         if names.is_empty() {
-            return Ok((self.encode_image(images), Vec::new()));
+            return crate::Clip::encode_image(self, images).map(|embeds| (embeds, Vec::new()));
         }
         let available = ClipEncoder::<B>::image_feature_names(self);
         let blocks = names
@@ -224,7 +241,7 @@ impl<B: Backend> ClipEncoder<B> for crate::Clip<B> {
         let crate::VisionTower::Vit(vit) = &self.visual else {
             unreachable!("only ViTs name features")
         };
-        Ok(vit.forward_with_block_outputs(images, &blocks))
+        vit.forward_with_block_outputs(images, &blocks)
     }
 }
 
@@ -257,7 +274,7 @@ mod tests {
         let (embeds, features) = model
             .encode_image_with_features(images.clone(), &asked)
             .unwrap();
-        let plain = ClipEncoder::encode_image(&model, images.clone());
+        let plain = ClipEncoder::encode_image(&model, images.clone()).unwrap();
         embeds
             .into_data()
             .assert_approx_eq::<f32>(&plain.into_data(), Default::default());

@@ -214,6 +214,22 @@ pub enum ModelError {
         tower: &'static str,
     },
 
+    /// An input tensor of a forward pass has a shape the model cannot take (images of the
+    /// wrong size or channel count, token sequences longer than the context). Checked from the
+    /// shape alone, before any compute.
+    #[error("{part}: {input} of shape {got:?} do not fit; expected {expected}")]
+    InputShape {
+        /// The model part that checked: `ViT vision tower`, `ModifiedResNet vision tower` or
+        /// `text tower`.
+        part: &'static str,
+        /// Which input: `images` or `tokens`.
+        input: &'static str,
+        /// The shape the part takes, and what to change to get it.
+        expected: String,
+        /// The shape given.
+        got: Vec<usize>,
+    },
+
     /// A mask ratio outside `[0, 1)`.
     #[error("mask ratio must be in [0, 1), got {0}")]
     InvalidMaskRatio(f64),

@@ -23,6 +23,7 @@ pub mod encoder;
 pub mod error;
 mod presets;
 pub mod resnet;
+mod shape;
 pub mod source;
 pub mod text;
 pub mod transformer;

@@ -18,6 +18,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::{ModifiedResNetConfig, check_embed_dim};
 use crate::error::ModelError;
+use crate::shape::{check_channels, conv_out, show_range, sizes_giving};
 use crate::transformer::{linear, linear_tokens, normal, uniform};
 
 /// `nn.AvgPool2d(k)` (kernel = stride = k, no padding, floor mode).
@@ -280,10 +281,11 @@ impl<B: Backend> ModifiedResNet<B> {
     /// # Shapes
     /// - `images`: `[N, 3, S, S]` (S = `image_size`) -> `[N, embed_dim]`
     ///
-    /// # Panics
-    /// If the final feature map does not match the attention pool's positional embedding
-    /// (images of the wrong size).
-    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    /// # Errors
+    /// [`ModelError::InputShape`] if the images do not have 3 channels or do not give the final
+    /// feature map the attention pool was built for (see [`ModifiedResNet::check_images`]).
+    pub fn forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
+        self.check_images(images.dims())?;
         let x = relu(self.bn1.forward(self.conv1.forward(images)));
         let x = relu(self.bn2.forward(self.conv2.forward(x)));
         let x = relu(self.bn3.forward(self.conv3.forward(x)));
@@ -297,15 +299,67 @@ impl<B: Backend> ModifiedResNet<B> {
         {
             x = block.forward(x);
         }
-        let [_, _, h, w] = x.dims();
+        Ok(self.attnpool.forward(x))
+    }
+
+    /// Checks an image batch's shape `[N, C, H, W]` without touching its data: `C` must be 3
+    /// and `H`, `W` must give, through the stem and the stages (total stride 32), the square
+    /// final feature map the attention pool was built for (`vision_cfg.image_size / 32`: a 7x7
+    /// map for sides 223 to 254).
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`], naming the sides that fit.
+    pub fn check_images(&self, dims: [usize; 4]) -> Result<(), ModelError> {
+        const PART: &str = "ModifiedResNet vision tower";
+        check_channels(PART, dims)?;
+        let [_, _, h, w] = dims;
+        let grid = self.grid();
+        let map = [self.feature_map_side(h), self.feature_map_side(w)];
+        if map == [grid, grid] {
+            return Ok(());
+        }
+        let fits = show_range(sizes_giving(grid, |side| self.feature_map_side(side)));
+        Err(ModelError::InputShape {
+            part: PART,
+            input: "images",
+            expected: format!(
+                "[N, 3, H, W] with H and W in {fits}, the sides that give the {grid}x{grid} final \
+                 feature map the attention pool was built for (these images give {}x{}): resize \
+                 the images to the model's image size (vision_cfg.image_size)",
+                map[0], map[1],
+            ),
+            got: dims.to_vec(),
+        })
+    }
+
+    /// The side of the attention pool's square position grid (its positional embedding has
+    /// `grid^2 + 1` rows; the shape is read without initialising the parameter).
+    fn grid(&self) -> usize {
         let [positions, _] = self.attnpool.positional_embedding.lazy_shape().dims();
-        assert_eq!(
-            h * w + 1,
-            positions,
-            "ModifiedResNet: the images give a {h}x{w} final feature map, the attention pool was \
-             built for {} positions (check the image size against vision_cfg.image_size)",
-            positions - 1
-        );
-        self.attnpool.forward(x)
+        (positions - 1).isqrt()
+    }
+
+    /// The side of the final feature map of images of side `size`, as the forward's
+    /// convolutions and pools compute it (0 where a window does not fit).
+    fn feature_map_side(&self, size: usize) -> usize {
+        // Stem: conv1 (3x3, stride 2, padding 1), conv2 and conv3 (3x3, stride 1, padding 1),
+        // then a 2x2 average pool.
+        let stem = [(3, 2, 1), (3, 1, 1), (3, 1, 1), (2, 2, 0)];
+        let mut side = stem
+            .iter()
+            .fold(size, |side, &(k, s, p)| conv_out(side, k, s, p));
+        // A block's 1x1 and padded 3x3 convolutions keep the size; its stride is a pool.
+        for block in self
+            .layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+        {
+            if block.stride > 1 {
+                side = conv_out(side, block.stride, block.stride, 0);
+            }
+        }
+        side
     }
 }

@@ -129,12 +129,13 @@ impl<B: Backend> TextTransformer<B> {
     /// than the context length use the first positional embeddings.
     ///
     /// # Shapes
-    /// - `tokens`: `[N, L]`, `L <= context_length` -> `[N, embed_dim]` (`[N, width]` with
+    /// - `tokens`: `[N, L]`, `1 <= L <= context_length` -> `[N, embed_dim]` (`[N, width]` with
     ///   `proj_type: "none"`)
     ///
-    /// # Panics
-    /// If `L > context_length`.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    /// # Errors
+    /// [`ModelError::InputShape`] if the batch is empty or `L` is 0 or above the context length
+    /// (see [`TextTransformer::check_tokens`]).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError> {
         TextTowerRef {
             transformer: &self.transformer,
             token_embedding: &self.token_embedding,
@@ -145,6 +146,41 @@ impl<B: Backend> TextTransformer<B> {
         }
         .forward(tokens)
     }
+
+    /// Checks a token batch's shape `[N, L]` without touching its data: `N >= 1` and
+    /// `1 <= L <= context_length`.
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`], naming the context length.
+    pub fn check_tokens(&self, dims: [usize; 2]) -> Result<(), ModelError> {
+        check_tokens(&self.config, dims)
+    }
+}
+
+/// See [`TextTransformer::check_tokens`].
+pub(crate) fn check_tokens(config: &TextConfig, dims: [usize; 2]) -> Result<(), ModelError> {
+    let [n, l] = dims;
+    let context = config.context_length;
+    if n >= 1 && (1..=context).contains(&l) {
+        return Ok(());
+    }
+    let fix = if n == 0 {
+        "a batch of at least one sequence".to_string()
+    } else if l == 0 {
+        "at least one token per sequence".to_string()
+    } else {
+        format!(
+            "tokenize with context_length {context}, or truncate the sequences to {context} tokens"
+        )
+    };
+    Err(ModelError::InputShape {
+        part: "text tower",
+        input: "tokens",
+        expected: format!(
+            "[N, L] with N >= 1 and 1 <= L <= {context} (text_cfg.context_length): {fix}"
+        ),
+        got: dims.to_vec(),
+    })
 }
 
 /// The text tower's modules, borrowed from a [`TextTransformer`] or from a [`crate::Clip`]
@@ -162,15 +198,11 @@ impl<B: Backend> TextTowerRef<'_, B> {
     /// See [`TextTransformer::forward`].
     ///
     /// # Shapes
-    /// - `tokens`: `[N, L]`, `L <= context_length` -> `[N, embed_dim]`
-    pub(crate) fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    /// - `tokens`: `[N, L]`, `1 <= L <= context_length` -> `[N, embed_dim]`
+    pub(crate) fn forward(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError> {
         let [n, l] = tokens.dims();
         let t = self.config;
-        assert!(
-            l <= t.context_length,
-            "encode_text: {l} tokens per sequence, but the context length is {}",
-            t.context_length
-        );
+        check_tokens(t, [n, l])?;
         let pos = self.positional_embedding.val().narrow(0, 0, l);
         let x = self.token_embedding.forward(tokens.clone()) + pos.unsqueeze::<3>();
         let x = self.transformer.forward(x, !t.no_causal_mask);
@@ -184,10 +216,10 @@ impl<B: Backend> TextTowerRef<'_, B> {
             TextPool::Eos => take_positions(x, tokens.equal_elem(t.eos_id).int().argmax(1)),
         };
         let pooled = self.ln_final.forward(pooled);
-        match self.text_projection {
+        Ok(match self.text_projection {
             Some(p) => p.forward(pooled),
             None => pooled,
-        }
+        })
     }
 }
 

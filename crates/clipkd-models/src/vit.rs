@@ -8,6 +8,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use crate::config::{Activation, PosEmbedType, VisionPool, VitConfig, check_embed_dim};
 use crate::error::ModelError;
+use crate::shape::{check_channels, conv_out, show_range, sizes_giving};
 use crate::transformer::{
     BlockInit, MlpActivation, Transformer, TransformerSpec, layer_norm, normal,
 };
@@ -134,9 +135,11 @@ impl<B: Backend> VisionTransformer<B> {
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
     ///
-    /// # Panics
-    /// If the images do not produce the configured patch grid.
-    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    /// # Errors
+    /// [`ModelError::InputShape`] if the images do not have 3 channels or do not give the patch
+    /// grid the tower was built for (see [`VisionTransformer::check_images`]).
+    pub fn forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
+        self.check_images(images.dims())?;
         let patches = self.patch_tokens(images);
         let [n, l, _] = patches.dims();
         let p = self.settings.patch_dropout;
@@ -147,7 +150,52 @@ impl<B: Backend> VisionTransformer<B> {
         } else {
             patches
         };
-        self.head(patches)
+        Ok(self.head(patches))
+    }
+
+    /// Checks an image batch's shape `[N, C, H, W]` without touching its data: `C` must be 3
+    /// and `H`, `W` must give, through the patch convolution, the patch grid the tower was
+    /// built for (`vision_cfg.image_size / patch_size`: with 16x16 patches and a 14x14 grid,
+    /// sides 224 to 239).
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`], naming the sides that fit.
+    pub fn check_images(&self, dims: [usize; 4]) -> Result<(), ModelError> {
+        const PART: &str = "ViT vision tower";
+        check_channels(PART, dims)?;
+        let [_, _, h, w] = dims;
+        let grid = self.images_grid([h, w]);
+        if grid == self.settings.grid {
+            return Ok(());
+        }
+        let [gh, gw] = self.settings.grid;
+        let [kh, kw] = self.conv1.kernel_size;
+        let fits = |axis: usize| {
+            show_range(sizes_giving(self.settings.grid[axis], |side| {
+                self.images_grid([side, side])[axis]
+            }))
+        };
+        Err(ModelError::InputShape {
+            part: PART,
+            input: "images",
+            expected: format!(
+                "[N, 3, H, W] with H in {} and W in {}, the sides that give the {gh}x{gw} grid of \
+                 {kh}x{kw} patches the model was built for (these images give {}x{}): resize \
+                 the images to the model's image size (vision_cfg.image_size)",
+                fits(0),
+                fits(1),
+                grid[0],
+                grid[1],
+            ),
+            got: dims.to_vec(),
+        })
+    }
+
+    /// The patch grid `conv1` makes of images of sides `[H, W]` (kernel = stride = patch
+    /// size, no padding).
+    fn images_grid(&self, [h, w]: [usize; 2]) -> [usize; 2] {
+        let (k, s) = (self.conv1.kernel_size, self.conv1.stride);
+        [conv_out(h, k[0], s[0], 0), conv_out(w, k[1], s[1], 0)]
     }
 
     /// Image embeddings from a random subset of patches (MAE-style masking, for CLIP-KD's
@@ -158,6 +206,10 @@ impl<B: Backend> VisionTransformer<B> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidMaskRatio`] outside `[0, 1)`; [`ModelError::InputShape`] as
+    /// [`VisionTransformer::forward`].
     pub fn forward_masked(
         &self,
         images: Tensor<B, 4>,
@@ -166,6 +218,7 @@ impl<B: Backend> VisionTransformer<B> {
         if !(0.0..1.0).contains(&mask_ratio) {
             return Err(ModelError::InvalidMaskRatio(mask_ratio));
         }
+        self.check_images(images.dims())?;
         let patches = self.patch_tokens(images);
         let [n, l, _] = patches.dims();
         let keep = (l as f64 * (1.0 - mask_ratio)) as usize;
@@ -180,13 +233,18 @@ impl<B: Backend> VisionTransformer<B> {
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]`, `keep`: `[N, K]` -> `[N, embed_dim]`
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] as [`VisionTransformer::forward`];
+    /// [`ModelError::InvalidKeepIndices`] if `keep` is not `[N, K]` with `K <= L`.
     pub fn forward_with_keep_indices(
         &self,
         images: Tensor<B, 4>,
         keep: Tensor<B, 2, Int>,
     ) -> Result<Tensor<B, 2>, ModelError> {
-        let patches = self.patch_tokens(images);
-        let [n, l, _] = patches.dims();
+        self.check_images(images.dims())?;
+        let n = images.dims()[0];
+        let l = self.num_patches();
         let [kn, kk] = keep.dims();
         if kn != n || kk > l {
             return Err(ModelError::InvalidKeepIndices {
@@ -195,22 +253,22 @@ impl<B: Backend> VisionTransformer<B> {
                 patches: l,
             });
         }
+        let patches = self.patch_tokens(images);
         Ok(self.head(take_tokens(patches, keep)))
     }
 
-    /// Patch tokens with their positional embeddings added.
+    /// Patch tokens with their positional embeddings added, of images that passed
+    /// [`VisionTransformer::check_images`].
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, L, width]`
     fn patch_tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
         let x = self.conv1.forward(images);
         let [n, w, gh, gw] = x.dims();
-        assert_eq!(
+        debug_assert_eq!(
             [gh, gw],
             self.settings.grid,
-            "VisionTransformer: the images give a {gh}x{gw} patch grid, the model was built for {:?} \
-             (check the image size against vision_cfg.image_size)",
-            self.settings.grid
+            "check_images lets only the grid pass"
         );
         let x = x.reshape([n, w, gh * gw]).swap_dims(1, 2);
         let pos = self.positional_embedding.val().narrow(0, 1, gh * gw);
@@ -233,15 +291,19 @@ impl<B: Backend> VisionTransformer<B> {
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]` and `blocks.len()` tensors
     ///   `[N, 1 + patches, width]`
     ///
+    /// # Errors
+    /// [`ModelError::InputShape`] as [`VisionTransformer::forward`].
+    ///
     /// # Panics
     /// If a block index is not below `layers`.
     pub fn forward_with_block_outputs(
         &self,
         images: Tensor<B, 4>,
         blocks: &[usize],
-    ) -> (Tensor<B, 2>, Vec<Tensor<B, 3>>) {
+    ) -> Result<(Tensor<B, 2>, Vec<Tensor<B, 3>>), ModelError> {
+        self.check_images(images.dims())?;
         let patches = self.patch_tokens(images);
-        self.head_with_taps(patches, blocks)
+        Ok(self.head_with_taps(patches, blocks))
     }
 
     /// Number of transformer blocks.

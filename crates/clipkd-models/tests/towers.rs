@@ -98,7 +98,7 @@ fn model_images(config: &ClipConfig, images: Tensor<B, 4>) -> (Clip<B>, Vec<f32>
     let device = Default::default();
     B::seed(&device, SEED);
     let model = config.init::<B>(&device).unwrap();
-    let out = values(model.encode_image(images));
+    let out = values(model.encode_image(images).unwrap());
     (model, out)
 }
 
@@ -113,7 +113,10 @@ fn vit_built_alone_is_the_models_vision_tower() {
     let vit = vit_of(&config)
         .init::<B>(config.embed_dim, config.activation, &device)
         .unwrap();
-    assert_eq!(values(vit.forward(images(2, 32, &device))), expected);
+    assert_eq!(
+        values(vit.forward(images(2, 32, &device)).unwrap()),
+        expected
+    );
     assert_eq!(vit.num_params(), model.visual.num_params());
     assert_eq!(vit.num_patches(), 16);
 
@@ -124,7 +127,10 @@ fn vit_built_alone_is_the_models_vision_tower() {
         .init::<B>(config.embed_dim, config.activation, &device)
         .unwrap();
     assert!(matches!(tower, VisionTower::Vit(_)));
-    assert_eq!(values(tower.forward(images(2, 32, &device))), expected);
+    assert_eq!(
+        values(tower.forward(images(2, 32, &device)).unwrap()),
+        expected
+    );
 }
 
 #[test]
@@ -138,7 +144,10 @@ fn resnet_built_alone_is_the_models_vision_tower() {
     let resnet = resnet_of(&config)
         .init::<B>(config.embed_dim, &device)
         .unwrap();
-    assert_eq!(values(resnet.forward(images(2, 64, &device))), expected);
+    assert_eq!(
+        values(resnet.forward(images(2, 64, &device)).unwrap()),
+        expected
+    );
     assert_eq!(resnet.num_params(), model.visual.num_params());
 }
 
@@ -150,14 +159,21 @@ fn text_tower_built_alone_is_the_models_text_tower() {
         let t = &config.text;
         B::seed(&device, SEED);
         let model = config.init::<B>(&device).unwrap();
-        let expected = values(model.encode_text(tokens(t.vocab_size, t.context_length, &device)));
+        let expected = values(
+            model
+                .encode_text(tokens(t.vocab_size, t.context_length, &device))
+                .unwrap(),
+        );
 
         B::seed(&device, SEED);
         let text = t
             .init::<B>(config.embed_dim, config.activation, &device)
             .unwrap();
         assert_eq!(text.config(), t);
-        let got = values(text.forward(tokens(t.vocab_size, t.context_length, &device)));
+        let got = values(
+            text.forward(tokens(t.vocab_size, t.context_length, &device))
+                .unwrap(),
+        );
         assert_eq!(got, expected);
         assert_eq!(got.len(), 3 * config.text_embed_dim());
 

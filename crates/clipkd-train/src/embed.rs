@@ -88,7 +88,7 @@ pub fn embed_image_files<B: Backend, M: ClipEncoder<B>>(
         let images =
             Tensor::<B, 4>::from_data(TensorData::new(pixels, [chunk.len(), c, h, w]), device);
         let first = out.rows;
-        append_rows(&mut out, model.encode_image_normalized(images))?;
+        append_rows(&mut out, model.encode_image_normalized(images)?)?;
         check_finite(&out, first, |row| {
             format!("image {}", chunk[row - first].display())
         })?;
@@ -129,7 +129,7 @@ pub fn embed_texts<B: Backend, M: ClipEncoder<B>>(
         let tokens =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [chunk.len(), context]), device);
         let first = out.rows;
-        append_rows(&mut out, model.encode_text_normalized(tokens))?;
+        append_rows(&mut out, model.encode_text_normalized(tokens)?)?;
         check_finite(&out, first, |row| {
             let text = chunk[row - first].as_ref();
             let start: String = text.chars().take(40).collect();

@@ -143,7 +143,7 @@ where
             let (image, features) = t.encode_image_with_features(images.clone(), &teacher_names)?;
             Some((
                 Tensor::<B, 2>::from_inner(image),
-                Tensor::<B, 2>::from_inner(t.encode_text(tokens.clone())),
+                Tensor::<B, 2>::from_inner(t.encode_text(tokens.clone())?),
                 Tensor::<B, 1>::from_inner(t.logit_scale()),
                 features.into_iter().map(Tensor::from_inner).collect(),
             ))
@@ -162,7 +162,7 @@ where
         .encode_image_with_features(images, &student_names)?;
     let student = Embeddings::from_log_scale(
         student_image,
-        model.student.encode_text(Tensor::from_inner(tokens)),
+        model.student.encode_text(Tensor::from_inner(tokens))?,
         model.student.logit_scale(),
     )?;
     let (teacher, teacher_features): (Embeddings<B>, Vec<Tensor<B, 3>>) = match teacher {

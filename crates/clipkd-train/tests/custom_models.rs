@@ -11,7 +11,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use burn_flex::Flex;
 use clipkd_losses::{DistillInput, DistillObjective, LossError, LossSetConfig, LossTerms};
-use clipkd_models::{ClipConfig, ClipEncoder, load_open_clip};
+use clipkd_models::{ClipConfig, ClipEncoder, ModelError, load_open_clip};
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints};
 use clipkd_train::config::RunConfig;
 use clipkd_train::progress::ProgressMode;
@@ -55,7 +55,7 @@ impl<B: Backend> ClipEncoder<B> for PoolStudent<B> {
     fn vocab_size(&self) -> usize {
         49408
     }
-    fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+    fn encode_image(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         // A 4 x 4 grid of mean colours.
         let [n, c, h, w] = images.dims();
         let pooled = images
@@ -63,12 +63,13 @@ impl<B: Backend> ClipEncoder<B> for PoolStudent<B> {
             .mean_dim(5)
             .mean_dim(3)
             .reshape([n, c * 16]);
-        self.image.forward(pooled)
+        Ok(self.image.forward(pooled))
     }
-    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    fn encode_text(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>, ModelError> {
         let [n, _] = tokens.dims();
-        self.text
-            .forward(self.tokens.forward(tokens).mean_dim(1).reshape([n, 8]))
+        Ok(self
+            .text
+            .forward(self.tokens.forward(tokens).mean_dim(1).reshape([n, 8])))
     }
     fn logit_scale(&self) -> Tensor<B, 1> {
         self.logit_scale.val()

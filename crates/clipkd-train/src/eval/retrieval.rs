@@ -213,7 +213,7 @@ impl RetrievalEval {
                 TensorData::new(batch.images.clone(), batch.images_shape()),
                 device,
             );
-            append_rows(&mut images, model.encode_image_normalized(pixels))?;
+            append_rows(&mut images, model.encode_image_normalized(pixels)?)?;
             let first_text = texts.rows;
             let per_text = batch.context_length;
             for rows in batch.tokens.chunks(settings.batch_size.max(1) * per_text) {
@@ -221,7 +221,7 @@ impl RetrievalEval {
                 let ids: Vec<i64> = rows.iter().map(|&t| i64::from(t)).collect();
                 let tokens =
                     Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, per_text]), device);
-                append_rows(&mut texts, model.encode_text_normalized(tokens))?;
+                append_rows(&mut texts, model.encode_text_normalized(tokens)?)?;
             }
             debug_assert_eq!(texts.rows - first_text, batch.num_texts());
             text_image.extend(

@@ -663,7 +663,7 @@ impl ZeroShotEval {
                 TensorData::new(batch.images.clone(), batch.images_shape()),
                 device,
             );
-            let features = model.encode_image_normalized(images);
+            let features = model.encode_image_normalized(images)?;
             rank_batch(features, classifier_t.clone(), labels, &mut ranks)?;
             all_labels.extend_from_slice(labels);
             done += batch.len() + batch.skipped.total() as usize;

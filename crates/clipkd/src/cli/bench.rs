@@ -185,8 +185,8 @@ impl BackendTask for BenchTask {
                     let t = teacher_model
                         .as_ref()
                         .expect("teacher workload has a teacher");
-                    let img = t.encode_image(images.clone());
-                    let txt = t.encode_text(tokens.clone());
+                    let img = t.encode_image(images.clone())?;
+                    let txt = t.encode_text(tokens.clone())?;
                     // Keep both outputs alive until the sync so no work is skipped.
                     let _ = (img.sum(), txt.sum());
                 }
