@@ -167,6 +167,9 @@ impl<B: Backend> AttentionPool2d<B> {
     ///
     /// # Shapes
     /// - `x`: `[N, C, H, W]` -> `[N, embed_dim]`
+    ///
+    /// # Panics
+    /// If `H x W` is not the pool's grid; [`ModifiedResNet::forward`] checks its images first.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let [n, c, h, w] = x.dims();
         let x = x.reshape([n, c, h * w]).swap_dims(1, 2);

@@ -486,4 +486,44 @@ mod tests {
             .into_scalar();
         assert!((clipped - 1e-3).abs() < 1e-5, "clipped norm {clipped}");
     }
+
+    #[test]
+    fn a_batch_the_models_cannot_take_is_an_error_of_the_step() {
+        let m = model(LossPreset::ClipKd, 16);
+        let teacher = ClipConfig::from_open_clip_json_str(STUDENT)
+            .unwrap()
+            .init::<Flex>(&Default::default())
+            .unwrap();
+        let mut optim = distill_optimizer(&m, AdamWParams::vit());
+        let device = Default::default();
+        let wrong_size = MicroBatch {
+            images: Tensor::<Flex, 4>::zeros([2, 3, 48, 48], &device),
+            ..batch(2)
+        };
+        let too_long = MicroBatch {
+            tokens: Tensor::zeros([2, 9], &device),
+            ..batch(2)
+        };
+        for (batch, input, got) in [
+            (wrong_size, "images", vec![2, 3, 48, 48]),
+            (too_long, "tokens", vec![2, 9]),
+        ] {
+            let error = train_step(
+                Some(&teacher),
+                m.clone(),
+                &mut optim,
+                [batch],
+                &StepOptions::new(1e-3),
+            )
+            .unwrap_err();
+            match error {
+                TrainError::Model(clipkd_models::ModelError::InputShape {
+                    input: i,
+                    got: g,
+                    ..
+                }) => assert_eq!((i, g), (input, got)),
+                other => panic!("expected an input-shape error, got {other:?}"),
+            }
+        }
+    }
 }
