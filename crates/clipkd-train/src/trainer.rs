@@ -17,7 +17,7 @@
 //!     [clip global norm] -> AdamW (3 groups) -> clamp logit_scale
 //!     every log_every_steps: metrics row, progress; every checkpoint_every_steps and at the
 //!     epoch's end: one checkpoint; every eval.every_steps / eval.every_epochs: evaluation
-//! at the end: plots
+//! at the end: plots (with the `plots` feature)
 //! ```
 //!
 //! # Epochs, passes and skipped samples
@@ -139,7 +139,8 @@ pub struct RunSummary {
     pub last_loss: Option<(BTreeMap<String, f64>, f64)>,
     /// The last evaluation's metrics.
     pub last_eval: Option<BTreeMap<String, f64>>,
-    /// The plots drawn.
+    /// The plots drawn (none when `run.plots` is off; drawing them needs the `plots`
+    /// feature).
     pub plots: Vec<PathBuf>,
     /// Samples skipped by this process (all passes), and the data lines dropped when the data
     /// files were read.
@@ -230,6 +231,9 @@ impl PreparedRun {
         student: EncoderShape,
         teacher: Option<EncoderShape>,
     ) -> Result<Self, TrainError> {
+        if let Some(err) = plots_unavailable(&config) {
+            return Err(err);
+        }
         let teacher_dim = teacher.map_or(student.embed_dim, |t| t.embed_dim);
         let loss = config
             .loss
@@ -563,6 +567,20 @@ fn check_shape_vocab(
     }
 }
 
+/// The error of a config that asks for plots (`run.plots`) in a build without clipkd-train's
+/// `plots` feature, which has nothing to draw them with; `None` when the plots can be drawn
+/// (or are not asked for).
+fn plots_unavailable(config: &RunConfig) -> Option<TrainError> {
+    (config.run.plots && !cfg!(feature = "plots")).then(|| {
+        TrainError::config(
+            "run.plots",
+            "drawing plots needs clipkd-train's `plots` feature, which this build does not \
+             have: enable it (`clipkd-train = { features = [\"plots\"] }`) or set \
+             `plots = false` in the config's [run] section",
+        )
+    })
+}
+
 fn check_file(path: &Path, field: &str) -> Result<(), TrainError> {
     if path.is_file() {
         Ok(())
@@ -602,4 +620,28 @@ pub fn force_init<B: Backend, M: Module<B>>(module: &M) {
         }
     }
     module.visit(&mut Touch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `run.plots` is refused exactly when this build cannot draw plots, naming the field and
+    /// the feature.
+    #[test]
+    fn plots_are_refused_only_without_the_feature() {
+        let mut config = RunConfig::default();
+        config.run.plots = false;
+        assert!(plots_unavailable(&config).is_none());
+        config.run.plots = true;
+        let refused = plots_unavailable(&config);
+        assert_eq!(refused.is_some(), !cfg!(feature = "plots"), "{refused:?}");
+        if let Some(err) = refused {
+            let e = err.to_string();
+            assert!(
+                e.contains("run.plots") && e.contains("`plots` feature"),
+                "{e}"
+            );
+        }
+    }
 }
