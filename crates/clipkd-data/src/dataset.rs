@@ -7,6 +7,7 @@
 //! | [`ImageFolder`] | one sub-folder per class (ImageNet layout), classes in sorted order as torchvision | zero-shot classification |
 //! | [`RetrievalDataset`] | several captions per image: COCO-Karpathy JSON `[{"image": .., "caption": [..]}]`, or a CSV grouped by image (or one caption per row, CLIP-KD's mode) | image-text retrieval |
 //! | [`SyntheticDataset`] | generated images and a fixed caption, as open_clip's `synthetic` | throughput tests |
+//! | `shapes::ShapesDataset` (feature `shapes`) | rendered captioned shapes, in memory or written as the files above | the `clipkd demo`, examples |
 //!
 //! Every dataset but [`WebDataset`] has random access ([`IndexedDataset`]); a [`WebDataset`] is
 //! read as a stream. [`DataSource`] is either, and [`DataSource::open`] picks the format from a
@@ -34,6 +35,7 @@ mod image_folder;
 pub(crate) mod order;
 mod probe;
 mod retrieval;
+#[cfg(feature = "shapes")]
 pub mod shapes;
 mod synthetic;
 mod webdataset;

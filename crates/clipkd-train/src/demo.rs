@@ -22,6 +22,9 @@
 //! plots) made by [`PreparedRun`], so the demo exercises the CSV dataset, the loader, the
 //! training step, the optimizer groups, the schedule, checkpoints and evaluation of the
 //! product, at a small size. Sizes, epochs and learning rates are [`DemoConfig`] fields.
+//!
+//! Compiled with the crate's `demo` feature (off by default; on in the `clipkd` crate's
+//! defaults), which brings `plots` and `clipkd-data`'s `shapes` dataset.
 
 mod models;
 mod report;

@@ -96,7 +96,7 @@ pub enum TrainError {
         /// What is wrong (with the line number where there is one).
         what: String,
     },
-    /// A plot could not be drawn or saved.
+    /// A plot could not be drawn or saved (feature `plots`).
     #[error("plot {path}: {what}")]
     Plot {
         /// The PNG file.

@@ -11,13 +11,24 @@
 //! - [`optim`]: AdamW with CLIP-KD's parameter groups;
 //! - [`schedule`]: linear warmup and cosine decay (open_clip's `cosine_lr`);
 //! - [`checkpoint`]: atomic checkpoints, exact resume, export of the student;
-//! - [`metrics`], [`plot`], [`progress`]: JSONL/CSV metrics, PNG plots, the progress bar;
+//! - [`metrics`], [`progress`]: JSONL/CSV metrics, the progress bar;
 //! - [`eval`]: zero-shot classification and retrieval;
-//! - [`embed`]: batched inference from image files and texts to embeddings.
+//! - [`embed`]: batched inference from image files and texts to embeddings;
+//! - `plot` (feature `plots`): PNG plots of a run's loss terms, learning rate and evaluations,
+//!   drawn at the end of a run when `run.plots` is on;
+//! - `demo` (feature `demo`, which includes `plots` and `clipkd-data`'s `shapes`): the
+//!   download-free demonstration that `clipkd demo` runs.
+//!
+//! # Features
+//! Both are off by default, so that depending on `clipkd-train` to train compiles no
+//! rasterizer, PNG writer or plotting stack. Without `plots`, a run whose config asks for plots
+//! (`run.plots = true`) is refused by [`PreparedRun`]'s checks, before any work. The `clipkd`
+//! crate turns on `plots` always and `demo` by default.
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod embed;
 pub mod error;
@@ -26,6 +37,7 @@ pub mod fault;
 pub mod finite;
 pub mod metrics;
 pub mod optim;
+#[cfg(feature = "plots")]
 pub mod plot;
 pub mod progress;
 pub mod run_dir;

@@ -3,6 +3,8 @@
 //! Drawn with `plotters` (bitmap backend) and the DejaVu Sans font embedded in the binary, so
 //! they need no system font or library. [`plot_run`] reads a run directory's metrics files and
 //! writes `plots/loss.png`, `plots/lr.png` and (when there are evaluations) `plots/eval.png`.
+//!
+//! Compiled with the crate's `plots` feature (off by default; the `clipkd` CLI has it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

@@ -17,7 +17,7 @@
 //!     [clip global norm] -> AdamW (3 groups) -> clamp logit_scale
 //!     every log_every_steps: metrics row, progress; every checkpoint_every_steps and at the
 //!     epoch's end: one checkpoint; every eval.every_steps / eval.every_epochs: evaluation
-//! at the end: plots
+//! at the end: plots (with the `plots` feature)
 //! ```
 //!
 //! # Epochs, passes and skipped samples
@@ -49,7 +49,7 @@ mod checks;
 mod data;
 mod runner;
 
-use checks::{check_file, check_shape_vocab, check_teacher_fits, check_vocab};
+use checks::{check_file, check_shape_vocab, check_teacher_fits, check_vocab, plots_unavailable};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,7 +142,8 @@ pub struct RunSummary {
     pub last_loss: Option<(BTreeMap<String, f64>, f64)>,
     /// The last evaluation's metrics.
     pub last_eval: Option<BTreeMap<String, f64>>,
-    /// The plots drawn.
+    /// The plots drawn (none when `run.plots` is off; drawing them needs the `plots`
+    /// feature).
     pub plots: Vec<PathBuf>,
     /// Samples skipped by this process (all passes), and the data lines dropped when the data
     /// files were read.
@@ -239,6 +240,9 @@ impl PreparedRun {
         student: EncoderShape,
         teacher: Option<EncoderShape>,
     ) -> Result<Self, TrainError> {
+        if let Some(err) = plots_unavailable(&config) {
+            return Err(err);
+        }
         let teacher_dim = teacher.map_or(student.embed_dim, |t| t.embed_dim);
         let loss = config
             .loss
@@ -531,4 +535,28 @@ pub fn force_init<B: Backend, M: Module<B>>(module: &M) {
         }
     }
     module.visit(&mut Touch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `run.plots` is refused exactly when this build cannot draw plots, naming the field and
+    /// the feature.
+    #[test]
+    fn plots_are_refused_only_without_the_feature() {
+        let mut config = RunConfig::default();
+        config.run.plots = false;
+        assert!(plots_unavailable(&config).is_none());
+        config.run.plots = true;
+        let refused = plots_unavailable(&config);
+        assert_eq!(refused.is_some(), !cfg!(feature = "plots"), "{refused:?}");
+        if let Some(err) = refused {
+            let e = err.to_string();
+            assert!(
+                e.contains("run.plots") && e.contains("`plots` feature"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -25,7 +25,8 @@ fn mean(xs: &[f64]) -> f64 {
 
 /// CLIP-KD (task + CRD + ICL + FD, teacher embedding 24 vs student 16) on 32 coloured squares:
 /// the total loss of the last steps is well below that of the first ones, and every term is
-/// logged. Also: metrics as CSV, plots drawn, keep-last-K and a leftover temporary directory.
+/// logged. Also: metrics as CSV, plots drawn (with the `plots` feature), keep-last-K and a
+/// leftover temporary directory.
 #[test]
 fn distillation_reduces_the_loss_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,7 +36,7 @@ fn distillation_reduces_the_loss_and_checkpoints() {
     config.optim.epochs = 4; // 4 steps per epoch: 16 steps
     config.run.checkpoint_every_steps = 3;
     config.run.keep_checkpoints = 2;
-    config.run.plots = true;
+    config.run.plots = cfg!(feature = "plots");
     config.run.metrics_format = MetricsFormat::Csv;
     // A temporary directory left by a crashed save: ignored, then removed.
     let leftover = out.join(CHECKPOINTS_DIR).join(".tmp-step-00000003-999");
@@ -91,8 +92,11 @@ fn distillation_reduces_the_loss_and_checkpoints() {
     assert_eq!(state.data_position.epoch, 4);
     assert_eq!(state.samples_seen, 16 * 8);
     assert_eq!(saved.optim.epochs, 4);
-    for plot in ["loss.png", "lr.png"] {
-        assert!(out.join("plots").join(plot).is_file(), "{plot}");
+    if cfg!(feature = "plots") {
+        for plot in ["loss.png", "lr.png"] {
+            assert!(out.join("plots").join(plot).is_file(), "{plot}");
+        }
+        assert_eq!(summary.plots.len(), 2, "{:?}", summary.plots);
     }
 
     // Export: the student loads back into the model its config describes, and embeds images
@@ -167,6 +171,19 @@ fn bad_runs_fail_before_work_naming_the_field() {
     let err = |c: clipkd_train::RunConfig, mode| {
         PreparedRun::prepare(c, mode, None).unwrap_err().to_string()
     };
+
+    // Without the `plots` feature a run that asks for plots is refused here, not after its
+    // training: nothing is written.
+    if !cfg!(feature = "plots") {
+        let mut c = base.clone();
+        c.run.plots = true;
+        let e = err(c, TrainMode::Distill);
+        assert!(
+            e.contains("run.plots") && e.contains("`plots` feature"),
+            "{e}"
+        );
+        assert!(!out.exists(), "the refused run created {}", out.display());
+    }
 
     let mut c = base.clone();
     c.teacher.weights = Some(dir.path().join("missing.safetensors"));

@@ -8,10 +8,12 @@
 //! | [`models`] | `clipkd-models` | open_clip's ViT, ModifiedResNet and text transformer, configs, checkpoints in and out |
 //! | [`data`] | `clipkd-data` | the CLIP tokenizer, image decoding and transforms, datasets and the loader |
 //! | [`losses`] | `clipkd-losses` | every CLIP-KD loss as a Burn module, composable in a `LossSet` |
-//! | [`train`] | `clipkd-train` | the trainer: recipe, checkpoints and resume, evaluation, metrics, the demo |
+//! | [`train`] | `clipkd-train` | the trainer: recipe, checkpoints and resume, evaluation, metrics, plots, the demo (feature `demo`) |
 //!
 //! Backends are cargo features: `flex` (the CPU, default), `cuda`, `wgpu`. Everything is
-//! generic over `B: Backend`, so the same code runs on each.
+//! generic over `B: Backend`, so the same code runs on each. The feature `demo` (default)
+//! brings `clipkd demo` and `train::demo` with its rendered shapes dataset
+//! (`data::dataset::shapes`); `train::plot` is always there.
 //!
 //! ```rust,no_run
 //! use clipkd::backend::{Autodiff, Cpu};
@@ -29,8 +31,9 @@
 //! [`burn`] is the Burn crate clipkd is built on (use it rather than adding another version of
 //! Burn), and [`backend`] names the backends compiled in.
 //!
-//! The `clipkd` binary (`clipkd demo`, `distill`, `train`, `eval`, `embed`, `export`, `bench`,
-//! `plot`) is built from this crate; see the repository's README and `docs/`.
+//! The `clipkd` binary (`clipkd demo` with the `demo` feature, `distill`, `train`, `eval`,
+//! `embed`, `export`, `bench`, `plot`) is built from this crate; see the repository's README
+//! and `docs/`.
 #![warn(missing_docs)]
 
 /// The tokenizer, image preprocessing, datasets and the data loader (`clipkd-data`).
@@ -39,7 +42,7 @@ pub use clipkd_data as data;
 pub use clipkd_losses as losses;
 /// CLIP models, open_clip configs and checkpoints (`clipkd-models`).
 pub use clipkd_models as models;
-/// The trainer, evaluation, checkpoints and the demo (`clipkd-train`).
+/// The trainer, evaluation, checkpoints, plots and (feature `demo`) the demo (`clipkd-train`).
 pub use clipkd_train as train;
 
 /// The Burn crate clipkd is built on (Burn 0.21): use it for `Tensor`, `Module` and the

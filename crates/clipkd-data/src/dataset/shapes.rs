@@ -1,5 +1,6 @@
 //! Rendered shapes with captions: a small, download-free image-caption dataset for the
 //! `clipkd demo` (and for tests that need images whose content a caption describes exactly).
+//! Compiled with the crate's `shapes` feature (off by default).
 //!
 //! Every image shows one shape ([`ShapeKind`]) of one colour ([`ShapeColour`]) and size
 //! ([`ShapeSize`]) at one of nine positions ([`ShapePosition`]) on a grey background with pixel

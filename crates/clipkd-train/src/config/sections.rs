@@ -265,7 +265,9 @@ pub struct RunSection {
     pub log_every_steps: u64,
     /// The metrics file's format.
     pub metrics_format: MetricsFormat,
-    /// Draw PNG plots at the end of the run.
+    /// Draw PNG plots at the end of the run. Default: on when clipkd-train is built with its
+    /// `plots` feature (as the `clipkd` CLI is), off otherwise; asking for plots in a build
+    /// without the feature is an error naming this field.
     pub plots: bool,
     /// Floating-point precision (bf16/f16 where the backend supports them).
     pub precision: Precision,
@@ -287,7 +289,7 @@ impl Default for RunSection {
             keep_checkpoints: 3,
             log_every_steps: 100,
             metrics_format: MetricsFormat::Jsonl,
-            plots: true,
+            plots: cfg!(feature = "plots"),
             precision: Precision::F32,
             device: DeviceSpec::Cpu,
             stop_after_steps: None,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use clipkd_models::{ClipConfig, EncoderShape};
 
+use crate::config::RunConfig;
 use crate::error::TrainError;
 
 /// The teacher reads the student's exact pixels and tokens.
@@ -89,4 +90,18 @@ pub(super) fn check_vocab(
     } else {
         Ok(())
     }
+}
+
+/// The error of a config that asks for plots (`run.plots`) in a build without clipkd-train's
+/// `plots` feature, which has nothing to draw them with; `None` when the plots can be drawn
+/// (or are not asked for).
+pub(super) fn plots_unavailable(config: &RunConfig) -> Option<TrainError> {
+    (config.run.plots && !cfg!(feature = "plots")).then(|| {
+        TrainError::config(
+            "run.plots",
+            "drawing plots needs clipkd-train's `plots` feature, which this build does not \
+             have: enable it (`clipkd-train = { features = [\"plots\"] }`) or set \
+             `plots = false` in the config's [run] section",
+        )
+    })
 }

@@ -15,7 +15,7 @@ use super::{Models, PreparedRun, RunSummary, force_init};
 use crate::checkpoint::{
     self, CHECKPOINTS_DIR, CheckpointContents, RngState, TrainState, save_checkpoint, step_seed,
 };
-use crate::config::TrainMode;
+use crate::config::{RunConfig, TrainMode};
 use crate::error::TrainError;
 use crate::eval::EvalReport;
 use crate::finite::{LossWatch, check_weights_and_moments};
@@ -297,11 +297,7 @@ where
         }
         self.watch.check()?;
         self.progress.finish();
-        let plots = if self.prep.config.run.plots {
-            crate::plot::plot_run(&self.run_dir)?
-        } else {
-            Vec::new()
-        };
+        let plots = end_of_run_plots(&self.prep.config, &self.run_dir)?;
         let mut skipped = self.prep.read_skips.clone();
         skipped.merge(&self.run_skips);
         Ok(RunSummary {
@@ -521,5 +517,25 @@ fn same_dir(a: Option<&Path>, b: &Path) -> bool {
     match (a.and_then(|a| a.canonicalize().ok()), b.canonicalize().ok()) {
         (Some(a), Some(b)) => a == b,
         _ => false,
+    }
+}
+
+/// The plots drawn at the end of a run (`run.plots`): none when they are off.
+#[cfg(feature = "plots")]
+fn end_of_run_plots(config: &RunConfig, run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    if config.run.plots {
+        crate::plot::plot_run(run_dir)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Without the `plots` feature nothing can be drawn: a config that asks for plots is an error
+/// (which `prepare` has already reported, before any work).
+#[cfg(not(feature = "plots"))]
+fn end_of_run_plots(config: &RunConfig, _run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    match super::plots_unavailable(config) {
+        Some(err) => Err(err),
+        None => Ok(Vec::new()),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod distill;
 pub mod embed;
@@ -28,6 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// The built-in demonstration (no download): render a captioned-shapes dataset, train a
     /// teacher, then a student without and with CLIP-KD, and compare them.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Embed images and captions with a CLIP model (open_clip checkpoint) into a safetensors file.
     Embed(embed::EmbedArgs),
@@ -48,6 +50,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
