@@ -1,6 +1,6 @@
 //! The learner with models and losses of the caller's own: a student that is not `Clip`, a
-//! loss module that is not a `LossSet`, an open_clip teacher; trained, checkpointed and resumed
-//! exactly by the same trainer; and the shape checks of `run_with`.
+//! loss module that is not a `LossSet`, an open_clip teacher or one of another family; trained,
+//! checkpointed and resumed exactly by the same trainer; and the shape checks of `run_with`.
 
 mod common;
 
@@ -19,6 +19,16 @@ use clipkd_train::{Models, PreparedRun, Student, TrainError};
 use common::{squares, steps, tiny_config, write_models};
 
 type B = Autodiff<Flex>;
+
+/// Burn's backend seed is one per process: tests that seed it and draw initial weights must
+/// not interleave, or the exact-resume comparison sees another test's draws.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded() -> std::sync::MutexGuard<'static, ()> {
+    SEEDED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Mean-pooled pixels and a bag of tokens, each projected to 16 dimensions.
 #[derive(Module, Debug)]
@@ -139,6 +149,7 @@ fn run(
 /// exports none).
 #[test]
 fn a_custom_student_and_loss_train_checkpoint_and_resume_exactly() {
+    let _seeded = seeded();
     let dir = tempfile::tempdir().unwrap();
     let (config, teacher) = setup(dir.path(), "straight");
     let straight = run(config.clone(), None, &teacher).unwrap();
@@ -185,6 +196,7 @@ fn a_custom_student_and_loss_train_checkpoint_and_resume_exactly() {
 /// read a view or a feature the student does not have.
 #[test]
 fn models_that_do_not_fit_the_preparation_are_refused() {
+    let _seeded = seeded();
     let dir = tempfile::tempdir().unwrap();
     let (config, teacher) = setup(dir.path(), "run");
     let device = Default::default();
@@ -254,4 +266,44 @@ fn models_that_do_not_fit_the_preparation_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no teacher was given"), "{e}");
+}
+
+/// A teacher of another family (not open_clip: the pooling model above, frozen on the inner
+/// backend) and the paper's losses from the config (`loss_config()`: task + CRD + ICL + FD,
+/// sized 16 -> 16): every term is trained and FD, the feature mimicry, falls.
+#[test]
+fn a_teacher_of_another_family_distills_with_the_papers_losses() {
+    let _seeded = seeded();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = setup(dir.path(), "own-teacher");
+    let device = Default::default();
+    <B as Backend>::seed(&device, 5);
+    let teacher = PoolStudent::<Flex>::new(32, &device);
+    let student = PoolStudent::<B>::new(32, &device);
+    let prepared =
+        PreparedRun::prepare_for(config, None, student.shape(), Some(teacher.shape())).unwrap();
+    let losses = prepared.loss_config().init::<B>(&device).unwrap();
+    let summary = prepared
+        .with_data(squares(32))
+        .unwrap()
+        .with_progress(ProgressMode::Quiet)
+        .run_with(
+            &device,
+            Models {
+                student,
+                teacher: Some(teacher),
+                losses,
+            },
+        )
+        .unwrap();
+    let rows = steps(&summary.run_dir);
+    assert_eq!(rows.len(), 8);
+    let mut names: Vec<_> = rows[0].loss.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["crd", "fd", "icl", "task"]);
+    let (first, last) = (rows[0].loss["fd"], rows[7].loss["fd"]);
+    assert!(
+        last < first,
+        "the student's features moved toward the teacher's: {first} -> {last}"
+    );
 }
