@@ -20,6 +20,14 @@ use clipkd_models::{
 };
 use safetensors::SafeTensors;
 
+/// Burn's backend RNG is one per process: tests that seed it, or draw from it, hold this lock
+/// so that a seeded draw is not interleaved with another test's.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded() -> std::sync::MutexGuard<'static, ()> {
+    SEEDED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 type B = Flex;
 type AD = Autodiff<Flex>;
 
@@ -232,6 +240,7 @@ fn parity_modified_resnet() {
 
 #[test]
 fn masked_forward_random_is_seeded_and_ratio_zero_is_the_plain_forward() {
+    let _seeded = seeded();
     let device = Default::default();
     let (_, model) = load_case::<B>("vit_gelu", &device);
     let io = read_safetensors(&fixtures().join("vit_gelu_io.safetensors"));
@@ -523,6 +532,7 @@ fn spec_of<Bk: Backend>(model: &Clip<Bk>) -> BTreeMap<String, (Vec<usize>, Store
 
 #[test]
 fn export_matches_open_clip_keys_and_round_trips_exactly() {
+    let _seeded = seeded();
     let device = Default::default();
     let all = open_clip_keys();
     for case in ["vit_gelu", "vit_quickgelu", "vit_sincos", "rn", "tiny"] {
@@ -585,6 +595,7 @@ fn preset_models_have_open_clip_state_dicts() {
 
 #[test]
 fn fresh_models_have_open_clip_initial_statistics() {
+    let _seeded = seeded();
     let device = Default::default();
     B::seed(&device, 0);
     let config = ClipConfig::preset("ViT-B-16").unwrap();
