@@ -50,6 +50,14 @@ presets!(
     "ViT-T-16",
 );
 
+/// The error of a preset name that is not one, listing the names that are.
+pub(crate) fn unknown_preset(name: &str) -> ModelError {
+    ModelError::UnknownPreset {
+        name: name.to_string(),
+        known: NAMES.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 /// The JSON text of a preset, if `name` is one.
 fn preset_json(name: &str) -> Option<&'static str> {
     NAMES.iter().position(|n| *n == name).map(|i| FILES[i])
@@ -61,10 +69,7 @@ impl ClipConfig {
     pub fn preset(name: &str) -> Result<Self, ModelError> {
         match preset_json(name) {
             Some(json) => Self::from_open_clip_json_str(json),
-            None => Err(ModelError::UnknownPreset {
-                name: name.to_string(),
-                known: NAMES.iter().map(|s| s.to_string()).collect(),
-            }),
+            None => Err(unknown_preset(name)),
         }
     }
 

@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::config::ClipConfig;
 use crate::error::ModelError;
+use crate::presets::unknown_preset;
 
 /// A model's architecture: see the [module docs](self).
 #[derive(Debug, Clone, PartialEq)]
@@ -56,13 +57,7 @@ impl ModelSource {
             ModelSource::Preset(name) => ClipConfig::preset(name),
             ModelSource::File(path) => {
                 if !path.exists() && looks_like_a_name(path) {
-                    return Err(ModelError::UnknownPreset {
-                        name: path.display().to_string(),
-                        known: ClipConfig::preset_names()
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect(),
-                    });
+                    return Err(unknown_preset(&path.display().to_string()));
                 }
                 ClipConfig::from_open_clip_json(path)
             }
@@ -171,10 +166,12 @@ impl<'de> Deserialize<'de> for ModelSource {
                     return Err(D::Error::custom(FORMS));
                 };
                 match (key.as_str(), value) {
-                    ("preset", Value::String(name)) => {
-                        ClipConfig::preset(&name).map_err(D::Error::custom)?;
-                        Ok(ModelSource::Preset(name))
-                    }
+                    ("preset", Value::String(name)) => match ModelSource::named(&name) {
+                        preset @ ModelSource::Preset(_) => Ok(preset),
+                        ModelSource::File(_) | ModelSource::Inline(_) => {
+                            Err(D::Error::custom(unknown_preset(&name)))
+                        }
+                    },
                     ("file", Value::String(path)) => Ok(ModelSource::File(path.into())),
                     ("config", value @ Value::Object(_)) => ClipConfig::from_open_clip_value(value)
                         .map(ModelSource::from)

@@ -49,7 +49,7 @@ mod checks;
 mod data;
 mod runner;
 
-use checks::{check_file, check_shape_vocab, check_teacher_fits, check_vocab, plots_unavailable};
+use checks::{check_file, check_teacher_fits, check_vocab, plots_unavailable};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -167,7 +167,7 @@ impl PreparedRun {
             .model
             .resolve()
             .map_err(|e| TrainError::field("student.model", e))?;
-        check_vocab(&student, tokenizer_vocab, "student.model")?;
+        check_vocab(student.text.vocab_size, tokenizer_vocab, "student.model")?;
         if let Some(init) = &config.student.init {
             check_file(init, "student.init")?;
         }
@@ -179,7 +179,7 @@ impl PreparedRun {
                     .model
                     .resolve()
                     .map_err(|e| TrainError::field("teacher.model", e))?;
-                check_vocab(&teacher, tokenizer_vocab, "teacher.model")?;
+                check_vocab(teacher.text.vocab_size, tokenizer_vocab, "teacher.model")?;
                 let weights = config.teacher.weights.as_ref().expect("validated");
                 check_file(weights, "teacher.weights")?;
                 check_teacher_fits(
@@ -224,9 +224,9 @@ impl PreparedRun {
         }
         checked.validate(mode)?;
         let tokenizer_vocab = Tokenizer::new().vocab_size();
-        check_shape_vocab(&student, tokenizer_vocab, "the student")?;
+        check_vocab(student.vocab_size, tokenizer_vocab, "student")?;
         if let Some(t) = &teacher {
-            check_shape_vocab(t, tokenizer_vocab, "the teacher")?;
+            check_vocab(t.vocab_size, tokenizer_vocab, "teacher")?;
             check_teacher_fits(t, &student, "the teacher", "the student")?;
         }
         Self::prepare_shapes(config, mode, resume, ModelPlan::Custom, student, teacher)

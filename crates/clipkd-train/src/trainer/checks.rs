@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use clipkd_models::{ClipConfig, EncoderShape};
+use clipkd_models::EncoderShape;
 
 use crate::config::RunConfig;
 use crate::error::TrainError;
@@ -39,29 +39,6 @@ pub(super) fn check_teacher_fits(
     Ok(())
 }
 
-pub(super) fn check_shape_vocab(
-    shape: &EncoderShape,
-    tokenizer_vocab: usize,
-    what: &str,
-) -> Result<(), TrainError> {
-    if shape.vocab_size < tokenizer_vocab {
-        Err(TrainError::config(
-            if what == "the teacher" {
-                "teacher"
-            } else {
-                "student"
-            },
-            TrainError::TokenizerMismatch {
-                model_vocab: shape.vocab_size,
-                tokenizer_vocab,
-            }
-            .to_string(),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 pub(super) fn check_file(path: &Path, field: &str) -> Result<(), TrainError> {
     if path.is_file() {
         Ok(())
@@ -73,16 +50,18 @@ pub(super) fn check_file(path: &Path, field: &str) -> Result<(), TrainError> {
     }
 }
 
+/// The model's vocabulary holds every id the tokenizer gives (`model_vocab` from its text
+/// config or its [`EncoderShape`]); the error names `field`.
 pub(super) fn check_vocab(
-    config: &ClipConfig,
+    model_vocab: usize,
     tokenizer_vocab: usize,
     field: &str,
 ) -> Result<(), TrainError> {
-    if config.text.vocab_size < tokenizer_vocab {
+    if model_vocab < tokenizer_vocab {
         Err(TrainError::config(
             field,
             TrainError::TokenizerMismatch {
-                model_vocab: config.text.vocab_size,
+                model_vocab,
                 tokenizer_vocab,
             }
             .to_string(),
