@@ -5,9 +5,11 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use burn_flex::Flex;
 
 use crate::config::{Activation, ClipConfig, VisionConfig};
 use crate::error::ModelError;
+use crate::host_init::{build_on_host, copy_parameters};
 use crate::resnet::ModifiedResNet;
 pub use crate::text::TextProjection;
 use crate::text::{TextTowerRef, TextTransformer};
@@ -207,6 +209,22 @@ impl ClipConfig {
                 .map(|value| Initializer::Constant { value }.init([1], device)),
             config: self.clone(),
         })
+    }
+
+    /// [`ClipConfig::init`] with initial weights drawn on the CPU from `seed`, the same on every
+    /// backend and device (Burn's own initialisers draw from each backend's generator, which
+    /// differ between the CPU and the GPUs); see [`host_init`](crate::host_init). On the CPU
+    /// the weights equal those of `init` after seeding the CPU backend with `seed`.
+    ///
+    /// # Errors
+    /// As [`ClipConfig::init`].
+    pub fn init_seeded<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Clip<B>, ModelError> {
+        let host = build_on_host(seed, |cpu| self.init::<Flex>(cpu))?;
+        copy_parameters(&host, self.init::<B>(device)?)
     }
 }
 

@@ -124,6 +124,15 @@ pub enum ModelError {
         reason: String,
     },
 
+    /// Two modules that should have the same parameters in the same order do not (see
+    /// [`copy_parameters`](crate::host_init::copy_parameters)).
+    #[error("cannot copy parameters between modules of different structure: {detail}")]
+    StructureMismatch {
+        /// The first difference: which parameter (in visiting order) and the two shapes, or the
+        /// two counts.
+        detail: String,
+    },
+
     /// `ClipConfig::preset` was given a name it does not know.
     #[error("unknown model preset `{name}` (known: {})", known.join(", "))]
     UnknownPreset {

@@ -35,7 +35,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::backend::Backend;
 use clipkd_data::DataError;
 use clipkd_data::dataset::shapes::{ShapesFiles, write_shapes_dataset};
 use clipkd_losses::LossPreset;
@@ -106,8 +105,8 @@ pub fn run_demo<B: AutodiffBackend>(
     }
     // Both students start from these weights, so that they differ only by the loss.
     let student_init = layout.models.join("student_init.safetensors");
-    <B::InnerBackend as Backend>::seed(device, config.seed);
-    let initial = student_cfg.init::<B::InnerBackend>(device)?;
+    // Drawn on the CPU: the same initial student on every backend.
+    let initial = student_cfg.init_seeded::<B::InnerBackend>(config.seed, device)?;
     force_init(&initial);
     save_open_clip(&initial, &student_init)?;
     drop(initial);

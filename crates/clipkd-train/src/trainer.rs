@@ -57,10 +57,12 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
+use burn_flex::Flex;
 use clipkd_data::dataset::{DataSource, SkipReport};
 use clipkd_data::loader::DataLoader;
 use clipkd_data::tokenizer::Tokenizer;
 use clipkd_losses::{LossSet, LossSetConfig};
+use clipkd_models::host_init::{build_on_host, copy_parameters};
 use clipkd_models::{Clip, ClipConfig, ClipEncoder, EncoderShape, load_open_clip};
 
 use crate::checkpoint::{self, CHECKPOINTS_DIR};
@@ -441,12 +443,22 @@ impl PreparedRun {
             ),
             _ => None,
         };
-        let student = match &config.student.init {
-            Some(path) => load_open_clip::<B>(path, student, device)
+        // Random initial weights (the student's, the losses' projections) are drawn on the CPU
+        // from the run's seed and copied to the device: the same on every backend.
+        let (host_student, host_losses) = build_on_host(config.run.seed, |cpu| {
+            let student = match &config.student.init {
+                Some(_) => None,
+                None => Some(student.init::<Flex>(cpu)?),
+            };
+            Ok::<_, TrainError>((student, self.loss.init::<Flex>(cpu)?))
+        })?;
+        let student = match (&config.student.init, host_student) {
+            (Some(path), _) => load_open_clip::<B>(path, student, device)
                 .map_err(|e| TrainError::field("student.init", e))?,
-            None => student.init::<B>(device)?,
+            (None, Some(host)) => copy_parameters(&host, student.init::<B>(device)?)?,
+            (None, None) => unreachable!("built on the host above"),
         };
-        let losses: LossSet<B> = self.loss.init::<B>(device)?;
+        let losses: LossSet<B> = copy_parameters(&host_losses, self.loss.init::<B>(device)?)?;
         Runner::<B, Clip<B>, Clip<B::InnerBackend>, LossSet<B>>::start(
             self,
             device,
