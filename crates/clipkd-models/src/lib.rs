@@ -16,11 +16,13 @@
 //! backend is an autodiff backend.
 #![warn(missing_docs)]
 
+mod batch_norm;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod host_init;
 mod presets;
 pub mod resnet;
 mod shape;

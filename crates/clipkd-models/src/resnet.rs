@@ -1,11 +1,9 @@
 //! OpenAI's ModifiedResNet vision tower (open_clip's `modified_resnet.py`).
 //!
-//! BatchNorm is Burn's: it normalises with batch statistics and updates its running statistics
-//! when the backend is an autodiff backend (training), and uses the running statistics
-//! otherwise. So evaluate a student with `model.valid()` (the inner backend), not on the
-//! autodiff backend. One difference from PyTorch: Burn updates `running_var` with the biased
-//! batch variance where PyTorch uses the unbiased one (a factor `n / (n - 1)` on the update, `n`
-//! = batch x height x width elements per channel); forward outputs are unaffected.
+//! BatchNorm is Burn's module with clipkd's forward (`batch_norm.rs`): it normalises with
+//! batch statistics and updates its running statistics (unbiased variance, as PyTorch) when the
+//! backend is an autodiff backend (training), and uses the running statistics otherwise. So
+//! evaluate a student with `model.valid()` (the inner backend), not on the autodiff backend.
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -16,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, avg_pool2d};
 use burn::tensor::ops::AttentionModuleOptions;
 
+use crate::batch_norm::batch_norm_2d;
 use crate::config::{ModifiedResNetConfig, check_embed_dim};
 use crate::error::ModelError;
 use crate::shape::{check_channels, conv_out, show_range, sizes_giving};
@@ -106,14 +105,14 @@ impl<B: Backend> Bottleneck<B> {
     /// # Shapes
     /// - `x`: `[N, inplanes, H, W]` -> `[N, 4 * planes, H / stride, W / stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = relu(self.bn2.forward(self.conv2.forward(out)));
+        let out = relu(batch_norm_2d(&self.bn1, self.conv1.forward(x.clone())));
+        let out = relu(batch_norm_2d(&self.bn2, self.conv2.forward(out)));
         let out = if self.stride > 1 {
             avg_pool(out, self.stride)
         } else {
             out
         };
-        let out = self.bn3.forward(self.conv3.forward(out));
+        let out = batch_norm_2d(&self.bn3, self.conv3.forward(out));
         let identity = match &self.downsample {
             Some(d) => {
                 let x = if d.stride > 1 {
@@ -121,7 +120,7 @@ impl<B: Backend> Bottleneck<B> {
                 } else {
                     x
                 };
-                d.bn.forward(d.conv.forward(x))
+                batch_norm_2d(&d.bn, d.conv.forward(x))
             }
             None => x,
         };
@@ -289,9 +288,9 @@ impl<B: Backend> ModifiedResNet<B> {
     /// feature map the attention pool was built for (see [`ModifiedResNet::check_images`]).
     pub fn forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         self.check_images(images.dims())?;
-        let x = relu(self.bn1.forward(self.conv1.forward(images)));
-        let x = relu(self.bn2.forward(self.conv2.forward(x)));
-        let x = relu(self.bn3.forward(self.conv3.forward(x)));
+        let x = relu(batch_norm_2d(&self.bn1, self.conv1.forward(images)));
+        let x = relu(batch_norm_2d(&self.bn2, self.conv2.forward(x)));
+        let x = relu(batch_norm_2d(&self.bn3, self.conv3.forward(x)));
         let mut x = avg_pool(x, 2);
         for block in self
             .layer1
