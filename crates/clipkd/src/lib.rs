@@ -65,6 +65,10 @@ pub mod backend {
     /// Any GPU through wgpu (Vulkan, Metal, DX12), `f32` tensors. Feature `wgpu`.
     #[cfg(feature = "wgpu")]
     pub type Wgpu = burn::backend::Wgpu<f32, i32>;
+
+    /// Choosing the wgpu adapter by number, with errors that name what exists.
+    #[cfg(feature = "wgpu")]
+    pub mod wgpu_adapter;
 }
 
 /// The repository README's Rust snippets, compiled as doctests so that they stay true.

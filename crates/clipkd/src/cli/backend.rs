@@ -35,7 +35,7 @@ pub fn dispatch<T: BackendTask>(
         }
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(index), precision) => {
-            configure_gpu_runtime();
+            configure_gpu_runtime("kernel and autotune cache");
             use burn::backend::Cuda;
             use burn::backend::cuda::CudaDevice;
             use burn::tensor::{bf16, f16};
@@ -48,12 +48,10 @@ pub fn dispatch<T: BackendTask>(
         }
         #[cfg(feature = "wgpu")]
         (DeviceSpec::Wgpu(index), Precision::F32) => {
-            configure_gpu_runtime();
-            use burn::backend::wgpu::WgpuDevice;
-            let device = match index {
-                Some(i) => WgpuDevice::DiscreteGpu(i),
-                None => WgpuDevice::DefaultDevice,
-            };
+            configure_gpu_runtime(
+                "autotune cache (wgpu compiles its WGSL kernels again in every process)",
+            );
+            let device = clipkd::backend::wgpu_adapter::select(index)?;
             task.run::<burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>>(device)
         }
         (device, precision) => anyhow::bail!(
@@ -65,12 +63,13 @@ pub fn dispatch<T: BackendTask>(
     }
 }
 
-/// Sets up the GPU runtime's caches once per process (see [`super::kernel_cache`]).
+/// Sets up the GPU runtime's caches once per process (see [`super::kernel_cache`]); `what`
+/// says what the backend keeps there.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn configure_gpu_runtime() {
+fn configure_gpu_runtime(what: &str) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| match super::kernel_cache::configure() {
-        Some(dir) => eprintln!("kernel and autotune cache: {}", dir.display()),
+        Some(dir) => eprintln!("{what}: {}", dir.display()),
         None => eprintln!("GPU runtime settings: from the cubecl.toml / burn.toml found here"),
     });
 }
