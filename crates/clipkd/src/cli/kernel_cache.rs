@@ -4,7 +4,9 @@
 //! CubeCL, under Burn's GPU backends, reads its settings from a `cubecl.toml` (or the
 //! `[cubecl]` section of a `burn.toml`) in the working directory or a parent. If the user has
 //! one, it wins. Otherwise clipkd sets, before the first kernel runs:
-//! - autotune results and compiled kernels (PTX for CUDA) cached under
+//! - autotune results (every GPU backend) and compiled kernels (CUDA only: CubeCL 0.10 caches
+//!   compiled kernels for CUDA and for SPIR-V, never for the WGSL that the `wgpu` feature
+//!   compiles, so a wgpu process compiles its kernels again at every start) under
 //!   `$CLIPKD_KERNEL_CACHE` (default `$XDG_CACHE_HOME/clipkd/cubecl`, else
 //!   `~/.cache/clipkd/cubecl`): copy that folder to another machine with the same GPU and
 //!   driver to skip warm-up there too;
