@@ -8,6 +8,8 @@
 //! parameter in visiting order (the two are built from one config, so the orders agree).
 //! Running statistics (BatchNorm) are copied the same way.
 
+use std::sync::Mutex;
+
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -18,12 +20,19 @@ use crate::error::ModelError;
 /// Seeds the CPU backend's generator and builds a module on it: the host half of a
 /// backend-independent initialisation ([`copy_parameters`] makes the other half).
 ///
-/// Flex's generator is one per process (like every Burn backend's): two threads seeding and
-/// building at once can see each other's draws.
+/// Flex's generator is one per process (like every Burn backend's). Calls of this function
+/// hold one process-wide lock from seeding to the end of `build`, so that two threads building
+/// at once each get their seed's draws; random draws made elsewhere at the same time (a bare
+/// `Tensor::random` on the CPU) can still interleave. `build` must not call this function.
 pub fn build_on_host<M, E>(
     seed: u64,
     build: impl FnOnce(&FlexDevice) -> Result<M, E>,
 ) -> Result<M, E> {
+    static HOST_RNG: Mutex<()> = Mutex::new(());
+    // A panic in another build leaves nothing half-done that matters here: reseeding resets it.
+    let _guard = HOST_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = FlexDevice;
     <Flex as Backend>::seed(&device, seed);
     build(&device)
