@@ -223,8 +223,12 @@ impl ClipConfig {
         seed: u64,
         device: &B::Device,
     ) -> Result<Clip<B>, ModelError> {
-        let host = build_on_host(seed, |cpu| self.init::<Flex>(cpu))?;
-        copy_parameters(&host, self.init::<B>(device)?)
+        // The target is built under the same lock: on the CPU its own (discarded) draws come
+        // from the same generator, and must not land in another thread's build.
+        build_on_host(seed, |cpu| {
+            let host = self.init::<Flex>(cpu)?;
+            copy_parameters(&host, self.init::<B>(device)?)
+        })
     }
 }
 

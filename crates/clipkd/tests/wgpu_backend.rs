@@ -344,7 +344,11 @@ fn run_steps<B: AutodiffBackend>(
         .init_seeded::<B::InnerBackend>(8, device)
         .unwrap();
     let student = cfg.init_seeded::<B>(7, device).unwrap();
-    let loss_module = copy_parameters(host_losses, losses.init::<B>(device).unwrap()).unwrap();
+    // Under build_on_host's lock: on the CPU the target's own draws share its generator.
+    let loss_module = build_on_host(0, |_| {
+        copy_parameters(host_losses, losses.init::<B>(device).unwrap())
+    })
+    .unwrap();
     let mut model = DistillModel::new(student, loss_module);
     let mut optimizer = distill_optimizer(&model, AdamWParams::vit());
     let mut out = Vec::new();
