@@ -41,6 +41,28 @@ fn conv<B: Backend>(
         .init(device)
 }
 
+/// A 1x1 convolution with stride 1 and no padding (`conv` must be one) as one batched matmul:
+/// `[1, C_out, C_in] x [N, C_in, H·W]`, no copy of the activations.
+///
+/// Burn 0.21's `conv2d` gives wrong outputs for such convolutions on wgpu with Mesa's lavapipe
+/// (a Bottleneck's 8 -> 32 channels at 56x56, batch 8: relative error 1.0; found by the
+/// ignored test `modified_resnet_stages_against_the_cpu` in `crates/clipkd/tests/wgpu_backend.rs`),
+/// while the matmul is right to 2e-7. The weight keeps Burn's `Conv2d` layout
+/// `[C_out, C_in, 1, 1]` and its checkpoint key.
+fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c_in, h, w] = x.dims();
+    let weight = conv.weight.val();
+    let c_out = weight.dims()[0];
+    let out = weight
+        .reshape([1, c_out, c_in])
+        .matmul(x.reshape([n, c_in, h * w]))
+        .reshape([n, c_out, h, w]);
+    match &conv.bias {
+        Some(bias) => out + bias.val().reshape([1, c_out, 1, 1]),
+        None => out,
+    }
+}
+
 fn batch_norm<B: Backend>(c: usize, device: &B::Device) -> BatchNorm<B> {
     BatchNormConfig::new(c).init(device)
 }
@@ -105,14 +127,14 @@ impl<B: Backend> Bottleneck<B> {
     /// # Shapes
     /// - `x`: `[N, inplanes, H, W]` -> `[N, 4 * planes, H / stride, W / stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = relu(batch_norm_2d(&self.bn1, self.conv1.forward(x.clone())));
+        let out = relu(batch_norm_2d(&self.bn1, conv1x1(&self.conv1, x.clone())));
         let out = relu(batch_norm_2d(&self.bn2, self.conv2.forward(out)));
         let out = if self.stride > 1 {
             avg_pool(out, self.stride)
         } else {
             out
         };
-        let out = batch_norm_2d(&self.bn3, self.conv3.forward(out));
+        let out = batch_norm_2d(&self.bn3, conv1x1(&self.conv3, out));
         let identity = match &self.downsample {
             Some(d) => {
                 let x = if d.stride > 1 {
@@ -120,7 +142,7 @@ impl<B: Backend> Bottleneck<B> {
                 } else {
                     x
                 };
-                batch_norm_2d(&d.bn, d.conv.forward(x))
+                batch_norm_2d(&d.bn, conv1x1(&d.conv, x))
             }
             None => x,
         };

@@ -12,8 +12,9 @@
 //! batch statistics of BatchNorm are summed in another order). What the ViT's differ by on
 //! lavapipe is float summation order: 5e-7 (embeddings, gradients), 1e-7 (losses).
 //!
-//! The ModifiedResNet tests are ignored: at 224 pixels its embeddings differ from the CPU's on
-//! lavapipe (issue 10, still open), and they take about 10 minutes there.
+//! Ignored (run with `--ignored`): Burn's own faults on lavapipe kept as repros and diagnostics,
+//! the ModifiedResNet's gradients (one BatchNorm gamma still differs at 224 pixels, issue 10)
+//! and its training steps (about ten minutes on lavapipe).
 #![cfg(feature = "wgpu")]
 
 use burn::backend::Autodiff;
@@ -106,13 +107,17 @@ fn gradients<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &B::Gradients)
 }
 
 /// The largest difference between two lists of tensors, relative to each tensor's largest
-/// magnitude, with the index of the worst tensor.
+/// magnitude (at least 1e-4 of the largest over all tensors, so that a gradient that is zero in
+/// exact arithmetic, such as an attention key bias's, compares float noise to that scale), with
+/// the index of the worst tensor.
 fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, usize) {
     assert_eq!(a.len(), b.len(), "tensor counts");
+    let largest = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let floor = a.iter().map(|x| largest(x)).fold(1e-30f32, f32::max) * 1e-4;
     let mut worst = (0.0f32, 0);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.len(), y.len(), "tensor {i} sizes");
-        let scale = x.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+        let scale = largest(x).max(floor);
         let diff = x
             .iter()
             .zip(y)
@@ -240,16 +245,14 @@ fn vit_embeddings_match_the_cpu() {
     check_embeddings(VIT, 32, &device);
 }
 
-/// Fails on lavapipe: the ModifiedResNet's embeddings differ from the CPU's by 2e-2 at 224
-/// pixels even in inference (no batch statistics), so a kernel other than the row reduction is
-/// wrong there at this size; see issue 10. Takes about 10 minutes on lavapipe.
+/// At 224 pixels and batch 8, where Burn's reduction (BatchNorm's statistics over 100 352
+/// values per stem channel) and its 1x1 `conv2d` are wrong on lavapipe: before clipkd's
+/// workarounds the embeddings differed from the CPU's by 2.2e-2; now 3.1e-7 (inference) and
+/// 1.1e-6 (batch statistics).
 #[test]
-#[ignore = "fails on lavapipe (issue 10): ModifiedResNet at 224 px differs from the CPU"]
 fn modified_resnet_embeddings_match_the_cpu() {
     let Some(device) = gpu() else { return };
-    for size in [64, 224] {
-        check_embeddings(&rn(size), size, &device);
-    }
+    check_embeddings(&rn(224), 224, &device);
 }
 
 /// The sum of the squared embeddings: a loss whose gradient reaches every parameter.
@@ -272,6 +275,15 @@ fn check_gradients(json: &str, size: usize, device: &WgpuDevice) {
     );
     let gg = gradients(&g, &square_loss(&g, micro_batch(&data, device)).backward());
     assert!(gc.len() > 10, "{} gradients", gc.len());
+    for i in 0..gc.len() {
+        let (d, _) = worst_relative(&gc[i..=i], &gg[i..=i]);
+        if d > 1e-4 {
+            println!(
+                "{size}px: gradient {i} ({} values) differs by {d:.2e}",
+                gc[i].len()
+            );
+        }
+    }
     let (worst, which) = worst_relative(&gc, &gg);
     println!(
         "{size}px: worst gradient difference {worst:.2e} (tensor {which} of {})",
@@ -291,11 +303,15 @@ fn vit_gradients_match_the_cpu() {
     check_gradients(VIT, 32, &device);
 }
 
+/// Fails on lavapipe at 224 pixels for one tensor only: the gradient of the first stage's first
+/// `bn3.weight` (BatchNorm gamma, 32 values) differs by 1.4 relative; every other gradient is
+/// within 4e-6, and at 64 pixels all are (issue 10, not found yet: the reductions autodiff uses
+/// for it are right alone, see `axis_reductions_against_the_cpu`). About 4 minutes.
 #[test]
-#[ignore = "fails on lavapipe (issue 10): ModifiedResNet at 224 px differs from the CPU"]
+#[ignore = "fails on lavapipe (issue 10): one BatchNorm gamma gradient at 224 px"]
 fn modified_resnet_gradients_match_the_cpu() {
     let Some(device) = gpu() else { return };
-    for size in [64, 224] {
+    for size in [224, 64] {
         check_gradients(&rn(size), size, &device);
     }
 }
@@ -325,8 +341,10 @@ fn vit_training_steps_match_the_cpu() {
     check_training(VIT, 32, 1e-4, &device);
 }
 
+/// Passes on lavapipe (losses within 1.2e-5 of the CPU's over three steps) but takes about ten
+/// minutes there, so CI runs the ViT's steps and the ResNet's embeddings instead.
 #[test]
-#[ignore = "fails on lavapipe (issue 10): ModifiedResNet at 224 px differs from the CPU"]
+#[ignore = "about 10 minutes on lavapipe: run with --ignored"]
 fn modified_resnet_training_steps_match_the_cpu() {
     let Some(device) = gpu() else { return };
     check_training(&rn(224), 224, 1e-3, &device);
@@ -388,4 +406,143 @@ fn no_adapter_is_a_clear_error_not_a_panic() {
             && stderr.contains("mesa-vulkan-drivers"),
         "{stderr}"
     );
+}
+
+/// The ModifiedResNet's inference forward stage by stage on the CPU and wgpu, printing the
+/// worst relative difference after each: where the 224-pixel mismatch on lavapipe starts.
+#[test]
+#[ignore = "diagnostic for issue 10: prints where the ModifiedResNet leaves the CPU on wgpu"]
+fn modified_resnet_stages_against_the_cpu() {
+    use burn::tensor::activation::relu;
+    use burn::tensor::module::avg_pool2d;
+    use clipkd::models::{ModifiedResNet, VisionTower};
+    let Some(device) = gpu() else { return };
+    fn stages<B: Backend>(tower: &ModifiedResNet<B>, x: Tensor<B, 4>) -> Vec<(String, Vec<f32>)> {
+        let flat = |t: &Tensor<B, 4>| t.clone().into_data().convert::<f32>().to_vec().unwrap();
+        let mut out = Vec::new();
+        let x = tower.conv1.forward(x);
+        out.push(("conv1".to_string(), flat(&x)));
+        let x = relu(tower.bn1.forward(x));
+        out.push(("bn1+relu".to_string(), flat(&x)));
+        let x = tower.conv2.forward(x);
+        out.push(("conv2".to_string(), flat(&x)));
+        let x = relu(tower.bn2.forward(x));
+        let x = tower.conv3.forward(x);
+        out.push(("conv3".to_string(), flat(&x)));
+        let x = relu(tower.bn3.forward(x));
+        let mut x = avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false);
+        out.push(("avgpool".to_string(), flat(&x)));
+        for (i, block) in tower
+            .layer1
+            .iter()
+            .chain(&tower.layer2)
+            .chain(&tower.layer3)
+            .chain(&tower.layer4)
+            .enumerate()
+        {
+            if i == 0 {
+                let y = tower.layer1[0].conv1.forward(x.clone());
+                out.push(("block 0 conv1 (1x1)".to_string(), flat(&y)));
+                let y = relu(block.bn1.forward(y));
+                let y = block.conv2.forward(y);
+                out.push(("block 0 conv2 (3x3)".to_string(), flat(&y)));
+                let y = block.conv3.forward(relu(block.bn2.forward(y)));
+                out.push(("block 0 conv3 (1x1)".to_string(), flat(&y)));
+                let y = block.bn3.forward(y);
+                out.push(("block 0 bn3".to_string(), flat(&y)));
+                if let Some(d) = &block.downsample {
+                    let [n, c, h, w] = x.dims();
+                    let weight = d.conv.weight.val();
+                    let c_out = weight.dims()[0];
+                    let by_matmul = weight
+                        .reshape([1, c_out, c])
+                        .matmul(x.clone().reshape([n, c, h * w]))
+                        .reshape([n, c_out, h, w]);
+                    out.push((
+                        "block 0 downsample as a matmul".to_string(),
+                        flat(&by_matmul),
+                    ));
+                    let z = d.conv.forward(x.clone());
+                    out.push(("block 0 downsample conv (1x1)".to_string(), flat(&z)));
+                    let z = d.bn.forward(z);
+                    out.push(("block 0 downsample bn".to_string(), flat(&z)));
+                    let sum = y + z;
+                    out.push(("block 0 sum".to_string(), flat(&sum)));
+                }
+            }
+            x = block.forward(x);
+            out.push((format!("block {i}"), flat(&x)));
+        }
+        let e = tower.attnpool.forward(x);
+        out.push((
+            "attnpool".to_string(),
+            e.into_data().convert::<f32>().to_vec().unwrap(),
+        ));
+        out
+    }
+    let cfg = config(&rn(224));
+    let data = batch_data(8, 224, 3);
+    fn tower<B: Backend>(model: clipkd::models::Clip<B>) -> ModifiedResNet<B> {
+        match model.visual {
+            VisionTower::ModifiedResNet(r) => r,
+            VisionTower::Vit(_) => unreachable!("a ModifiedResNet config"),
+        }
+    }
+    let cpu_dev = Default::default();
+    let c = tower(cfg.init_seeded::<Cpu>(5, &cpu_dev).unwrap());
+    let g = tower(cfg.init_seeded::<Wgpu>(5, &device).unwrap());
+    let sc = stages(&c, Tensor::from_data(data.0.clone(), &cpu_dev));
+    let sg = stages(&g, Tensor::from_data(data.0.clone(), &device));
+    for ((name, a), (_, b)) in sc.iter().zip(&sg) {
+        let (worst, _) = worst_relative(std::slice::from_ref(a), std::slice::from_ref(b));
+        println!(
+            "{name}: {} values, worst relative difference {worst:.2e}",
+            a.len()
+        );
+    }
+}
+
+/// Burn 0.21's reductions of a `[8, 32, 56, 56]` tensor along each axis on wgpu against the
+/// CPU: the sums autodiff uses to reduce a broadcast per-channel factor's gradient (BatchNorm's
+/// gamma in a ModifiedResNet's first stage at 224 pixels).
+#[test]
+#[ignore = "diagnostic for issue 10: prints which axis reductions are wrong on wgpu"]
+fn axis_reductions_against_the_cpu() {
+    let Some(device) = gpu() else { return };
+    let shape = [8, 32, 56, 56];
+    let full: Vec<f32> = (0..8 * 32 * 56 * 56u64)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect();
+    let cpu =
+        Tensor::<Cpu, 4>::from_data(TensorData::new(full.clone(), shape), &Default::default());
+    let gpu = Tensor::<Wgpu, 4>::from_data(TensorData::new(full, shape), &device);
+    fn other<B: Backend>(t: &Tensor<B, 4>) -> Tensor<B, 4> {
+        t.clone().flip([3]).add_scalar(-0.5)
+    }
+    fn chain<B: Backend>(t: &Tensor<B, 4>) -> Vec<f32> {
+        let y = (t.clone() * other(t)).sum_dim(0).sum_dim(2).sum_dim(3);
+        y.into_data().to_vec().unwrap()
+    }
+    fn flat<B: Backend>(t: &Tensor<B, 4>) -> Vec<f32> {
+        let y = (t.clone() * other(t))
+            .reshape([8, 32, 3136])
+            .sum_dim(0)
+            .sum_dim(2);
+        y.into_data().to_vec().unwrap()
+    }
+    let (worst, _) = worst_relative(&[chain(&cpu)], &[chain(&gpu)]);
+    println!("(x * y).sum_dim(0).sum_dim(2).sum_dim(3): worst relative difference {worst:.2e}");
+    let (worst, _) = worst_relative(&[flat(&cpu)], &[flat(&gpu)]);
+    println!(
+        "(x * y) as [8, 32, 3136], sum_dim(0).sum_dim(2): worst relative difference {worst:.2e}"
+    );
+    for dim in 0..4 {
+        let a: Vec<f32> = cpu.clone().sum_dim(dim).into_data().to_vec().unwrap();
+        let b: Vec<f32> = gpu.clone().sum_dim(dim).into_data().to_vec().unwrap();
+        let (worst, _) = worst_relative(std::slice::from_ref(&a), &[b]);
+        println!(
+            "sum_dim({dim}) of {shape:?}: {} outputs, worst relative difference {worst:.2e}",
+            a.len()
+        );
+    }
 }
