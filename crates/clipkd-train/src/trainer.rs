@@ -444,7 +444,10 @@ impl PreparedRun {
             _ => None,
         };
         // Random initial weights (the student's, the losses' projections) are drawn on the CPU
-        // from the run's seed and copied to the device: the same on every backend.
+        // from the run's seed and copied to the device: the same on every backend. Both host
+        // modules are drawn before either device copy is built: on the CPU the device copies'
+        // own (discarded) draws come from the same generator, and building one between the two
+        // host draws would change the losses' weights from what `init` after seeding gives.
         // The device copies are built under the same lock (build_on_host).
         let (student, losses) = build_on_host(config.run.seed, |cpu| {
             let host_student = match &config.student.init {
