@@ -214,7 +214,8 @@ impl ClipConfig {
     /// [`ClipConfig::init`] with initial weights drawn on the CPU from `seed`, the same on every
     /// backend and device (Burn's own initialisers draw from each backend's generator, which
     /// differ between the CPU and the GPUs); see [`host_init`](crate::host_init). On the CPU
-    /// the weights equal those of `init` after seeding the CPU backend with `seed`.
+    /// the weights equal those of `init` after seeding the CPU backend with `seed`, read in
+    /// visiting order (Burn draws a parameter when it is first read).
     ///
     /// # Errors
     /// As [`ClipConfig::init`].
@@ -223,12 +224,8 @@ impl ClipConfig {
         seed: u64,
         device: &B::Device,
     ) -> Result<Clip<B>, ModelError> {
-        // The target is built under the same lock: on the CPU its own (discarded) draws come
-        // from the same generator, and must not land in another thread's build.
-        build_on_host(seed, |cpu| {
-            let host = self.init::<Flex>(cpu)?;
-            copy_parameters(&host, self.init::<B>(device)?)
-        })
+        let host = build_on_host(seed, |cpu| self.init::<Flex>(cpu))?;
+        copy_parameters(&host, self.init::<B>(device)?)
     }
 }
 

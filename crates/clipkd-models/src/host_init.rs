@@ -7,6 +7,11 @@
 //! and its values are copied into the module built for the target backend, parameter by
 //! parameter in visiting order (the two are built from one config, so the orders agree).
 //! Running statistics (BatchNorm) are copied the same way.
+//!
+//! Burn's parameters are lazy: `Initializer` draws a value on the first `Param::val`, not when
+//! the module is built. [`build_on_host`] therefore draws every parameter (in visiting order)
+//! before it releases the generator, and [`copy_parameters`] never draws the target's own
+//! values, which would come from a generator another thread may be seeding.
 
 use std::sync::Mutex;
 
@@ -17,29 +22,50 @@ use burn_flex::{Flex, FlexDevice};
 
 use crate::error::ModelError;
 
-/// Seeds the CPU backend's generator and builds a module on it: the host half of a
-/// backend-independent initialisation ([`copy_parameters`] makes the other half).
+/// Runs `draw` with the CPU backend's generator seeded with `seed`, holding one process-wide
+/// lock until it returns: the seeded draws made inside are the same on every run and machine.
 ///
 /// Flex's generator is one per process (like every Burn backend's). Calls of this function
-/// hold one process-wide lock from seeding to the end of `build`, so that two threads building
-/// at once each get their seed's draws; random draws made elsewhere at the same time (a bare
-/// `Tensor::random` on the CPU) can still interleave. `build` must not call this function.
-pub fn build_on_host<M, E>(
-    seed: u64,
-    build: impl FnOnce(&FlexDevice) -> Result<M, E>,
-) -> Result<M, E> {
+/// (and of [`build_on_host`]) wait for each other, so two threads drawing at once each get
+/// their seed's values; random draws made elsewhere at the same time (a bare `Tensor::random`
+/// on the CPU outside this function) can still interleave with them. Values must be drawn
+/// inside `draw`: a lazy parameter returned uninitialised would draw later, from whatever the
+/// generator then holds (use [`build_on_host`] for modules). `draw` must not call this function.
+pub fn with_host_seed<T>(seed: u64, draw: impl FnOnce(&FlexDevice) -> T) -> T {
     static HOST_RNG: Mutex<()> = Mutex::new(());
-    // A panic in another build leaves nothing half-done that matters here: reseeding resets it.
+    // A panic in another draw leaves nothing half-done that matters here: reseeding resets it.
     let _guard = HOST_RNG
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = FlexDevice;
     <Flex as Backend>::seed(&device, seed);
-    build(&device)
+    draw(&device)
+}
+
+/// Seeds the CPU backend's generator, builds a module on it and draws every one of its
+/// parameters, in visiting order, before releasing the generator: the host half of a
+/// backend-independent initialisation ([`copy_parameters`] makes the other half).
+///
+/// Build several modules in one call (a tuple is a module) to draw them from one seed, one
+/// after the other. See [`with_host_seed`] for the lock.
+pub fn build_on_host<M, E>(
+    seed: u64,
+    build: impl FnOnce(&FlexDevice) -> Result<M, E>,
+) -> Result<M, E>
+where
+    M: Module<Flex>,
+{
+    with_host_seed(seed, |device| {
+        let module = build(device)?;
+        module.visit(&mut Draw);
+        Ok(module)
+    })
 }
 
 /// Copies every float parameter (and running statistic) of `host` into `target`, in visiting
-/// order, keeping `target`'s parameter ids, devices, dtypes and `require_grad` flags.
+/// order, keeping `target`'s parameter ids, devices and `require_grad` flags. The target's own
+/// lazy initial values are never drawn (build it anywhere, no lock needed); the copies take the
+/// target device's default float dtype.
 ///
 /// # Errors
 /// [`ModelError::StructureMismatch`] if the two modules do not have the same number of float
@@ -78,6 +104,21 @@ where
     Ok(target.map(&mut replace))
 }
 
+/// Initialises every lazy parameter (float, int and bool), in visiting order.
+struct Draw;
+
+impl ModuleVisitor<Flex> for Draw {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+        let _ = param.val();
+    }
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<Flex, D, burn::tensor::Int>>) {
+        let _ = param.val();
+    }
+    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<Flex, D, burn::tensor::Bool>>) {
+        let _ = param.val();
+    }
+}
+
 struct Collect(Vec<TensorData>);
 
 impl ModuleVisitor<Flex> for Collect {
@@ -86,11 +127,12 @@ impl ModuleVisitor<Flex> for Collect {
     }
 }
 
+/// Shapes without initialising: `lazy_shape` reads a lazy parameter's declared shape.
 struct Shapes(Vec<Vec<usize>>);
 
 impl<B: Backend> ModuleVisitor<B> for Shapes {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.val().dims().to_vec());
+        self.0.push(param.lazy_shape().to_vec());
     }
 }
 
@@ -100,52 +142,18 @@ impl<B: Backend> ModuleMapper<B> for Replace {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         // Counts and shapes were checked before mapping.
         let data = self.0.next().expect("one host tensor per target parameter");
-        param.map(|old| {
-            let require_grad = old.is_require_grad();
-            let value = Tensor::<B, D>::from_data(data, &old.device()).cast(old.dtype());
-            if require_grad {
-                value.require_grad()
-            } else {
-                value
-            }
-        })
+        // `transform_for_load` is Burn's loading path: it keeps the id, device and
+        // `require_grad` of a lazy parameter without running its initializer.
+        let value = Tensor::<B, D>::from_data(data, &param.lazy_device());
+        let id = param.id;
+        param.transform_for_load(value, id)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Autodiff;
     use burn::nn::{Linear, LinearConfig};
-
-    #[test]
-    fn one_seed_gives_the_same_weights_whatever_the_target_backend() {
-        let host = |seed| {
-            build_on_host(seed, |d| {
-                Ok::<_, ModelError>(LinearConfig::new(5, 3).init::<Flex>(d))
-            })
-            .unwrap()
-        };
-        let device = FlexDevice;
-        let target: Linear<Autodiff<Flex>> = LinearConfig::new(5, 3).init(&device);
-        let copied = copy_parameters(&host(7), target).unwrap();
-        let again = host(7);
-        copied
-            .weight
-            .val()
-            .into_data()
-            .assert_eq(&again.weight.val().into_data(), true);
-        assert!(
-            copied.weight.val().is_require_grad(),
-            "trainable stays trainable"
-        );
-        let other = host(8);
-        assert_ne!(
-            other.weight.val().into_data().to_vec::<f32>().unwrap(),
-            again.weight.val().into_data().to_vec::<f32>().unwrap(),
-            "another seed, other weights"
-        );
-    }
 
     #[test]
     fn modules_of_another_shape_are_refused_naming_the_parameter() {

@@ -444,26 +444,22 @@ impl PreparedRun {
             _ => None,
         };
         // Random initial weights (the student's, the losses' projections) are drawn on the CPU
-        // from the run's seed and copied to the device: the same on every backend. Both host
-        // modules are drawn before either device copy is built: on the CPU the device copies'
-        // own (discarded) draws come from the same generator, and building one between the two
-        // host draws would change the losses' weights from what `init` after seeding gives.
-        // The device copies are built under the same lock (build_on_host).
-        let (student, losses) = build_on_host(config.run.seed, |cpu| {
+        // from the run's seed, student first, and copied to the device: the same on every
+        // backend.
+        let (host_student, host_losses) = build_on_host(config.run.seed, |cpu| {
             let host_student = match &config.student.init {
                 Some(_) => None,
                 None => Some(student.init::<Flex>(cpu)?),
             };
-            let host_losses = self.loss.init::<Flex>(cpu)?;
-            let student = match (&config.student.init, host_student) {
-                (Some(path), _) => load_open_clip::<B>(path, student, device)
-                    .map_err(|e| TrainError::field("student.init", e))?,
-                (None, Some(host)) => copy_parameters(&host, student.init::<B>(device)?)?,
-                (None, None) => unreachable!("built on the host above"),
-            };
-            let losses: LossSet<B> = copy_parameters(&host_losses, self.loss.init::<B>(device)?)?;
-            Ok::<_, TrainError>((student, losses))
+            Ok::<_, TrainError>((host_student, self.loss.init::<Flex>(cpu)?))
         })?;
+        let student = match (&config.student.init, host_student) {
+            (Some(path), _) => load_open_clip::<B>(path, student, device)
+                .map_err(|e| TrainError::field("student.init", e))?,
+            (None, Some(host)) => copy_parameters(&host, student.init::<B>(device)?)?,
+            (None, None) => unreachable!("built on the host above"),
+        };
+        let losses: LossSet<B> = copy_parameters(&host_losses, self.loss.init::<B>(device)?)?;
         Runner::<B, Clip<B>, Clip<B::InnerBackend>, LossSet<B>>::start(
             self,
             device,

@@ -25,7 +25,7 @@ use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use clipkd::backend::{Cpu, Wgpu, wgpu_adapter};
 use clipkd::losses::{LossPreset, LossSetConfig};
 use clipkd::models::ClipConfig;
-use clipkd::models::host_init::{build_on_host, copy_parameters};
+use clipkd::models::host_init::{build_on_host, copy_parameters, with_host_seed};
 use clipkd::train::{
     AdamWParams, DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step,
 };
@@ -131,13 +131,9 @@ fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, usize) {
 
 /// Seeded pixels and distinct captions (token i+1 then end-of-text), the same on both backends.
 fn batch_data(n: usize, size: usize, seed: u64) -> (TensorData, TensorData) {
-    let pixels = build_on_host(seed, |d| {
-        Ok::<_, ()>(
-            Tensor::<Cpu, 4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), d)
-                .into_data(),
-        )
-    })
-    .unwrap();
+    let pixels = with_host_seed(seed, |d| {
+        Tensor::<Cpu, 4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), d).into_data()
+    });
     let mut ids = vec![0i64; n * 8];
     for (i, row) in ids.chunks_mut(8).enumerate() {
         row[0] = 62;
@@ -364,11 +360,7 @@ fn run_steps<B: AutodiffBackend>(
         .init_seeded::<B::InnerBackend>(8, device)
         .unwrap();
     let student = cfg.init_seeded::<B>(7, device).unwrap();
-    // Under build_on_host's lock: on the CPU the target's own draws share its generator.
-    let loss_module = build_on_host(0, |_| {
-        copy_parameters(host_losses, losses.init::<B>(device).unwrap())
-    })
-    .unwrap();
+    let loss_module = copy_parameters(host_losses, losses.init::<B>(device).unwrap()).unwrap();
     let mut model = DistillModel::new(student, loss_module);
     let mut optimizer = distill_optimizer(&model, AdamWParams::vit());
     let mut out = Vec::new();
