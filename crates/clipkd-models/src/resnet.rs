@@ -41,22 +41,26 @@ fn conv<B: Backend>(
         .init(device)
 }
 
-/// A 1x1 convolution with stride 1 and no padding (`conv` must be one) as one batched matmul:
-/// `[1, C_out, C_in] x [N, C_in, H·W]`, no copy of the activations.
+/// A 1x1 convolution with stride 1 and no padding (`conv` must be one) as one plain 2-D matmul:
+/// `[C_out, C_in] x [C_in, N·H·W]` (the activations' batch axis moved next to the pixels).
 ///
-/// Burn 0.21's `conv2d` gives wrong outputs for such convolutions on wgpu with Mesa's lavapipe
-/// (a Bottleneck's 8 -> 32 channels at 56x56, batch 8: relative error 1.0; found by the
-/// ignored test `modified_resnet_stages_against_the_cpu` in `crates/clipkd/tests/wgpu_backend.rs`),
-/// while the matmul is right to 2e-7. The weight keeps Burn's `Conv2d` layout
-/// `[C_out, C_in, 1, 1]` and its checkpoint key.
-fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// Burn 0.21 on wgpu with Mesa's lavapipe gets both other forms wrong for some shapes: its
+/// `conv2d` for a Bottleneck's 8 -> 32 channels at 56x56, batch 8 (relative error 1.0), and the
+/// batched matmul `[1, C_out, C_in] x [N, C_in, H·W]` once `C_in` is 8 and `C_out` 8 or 16 with
+/// a batch of 2 or more (relative error 1.0; the same kernel is right for a batch of 1). Found
+/// by the ignored diagnostics `modified_resnet_block_steps_against_the_cpu` and
+/// `matmul_shapes_against_the_cpu` in `crates/clipkd/tests/wgpu_backend.rs`. The weight keeps
+/// Burn's `Conv2d` layout `[C_out, C_in, 1, 1]` and its checkpoint key.
+pub fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c_in, h, w] = x.dims();
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
+    let columns = x.swap_dims(0, 1).reshape([c_in, n * h * w]);
     let out = weight
-        .reshape([1, c_out, c_in])
-        .matmul(x.reshape([n, c_in, h * w]))
-        .reshape([n, c_out, h, w]);
+        .reshape([c_out, c_in])
+        .matmul(columns)
+        .reshape([c_out, n, h, w])
+        .swap_dims(0, 1);
     match &conv.bias {
         Some(bias) => out + bias.val().reshape([1, c_out, 1, 1]),
         None => out,
