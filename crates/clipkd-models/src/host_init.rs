@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use burn_flex::{Flex, FlexDevice};
 
 use crate::error::ModelError;
@@ -57,7 +57,7 @@ where
 {
     with_host_seed(seed, |device| {
         let module = build(device)?;
-        module.visit(&mut Draw);
+        force_init(&module);
         Ok(module)
     })
 }
@@ -104,19 +104,23 @@ where
     Ok(target.map(&mut replace))
 }
 
-/// Initialises every lazy parameter (float, int and bool), in visiting order.
-struct Draw;
-
-impl ModuleVisitor<Flex> for Draw {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
-        let _ = param.val();
+/// Materialises every lazily initialised parameter (float, int and bool), in visiting order,
+/// so that initial values depend only on the generator's state now and a clone never draws new
+/// ones (Burn's `Initializer` draws on a parameter's first `Param::val`).
+pub fn force_init<B: Backend, M: Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+            let _ = param.val();
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
+            let _ = param.val();
+        }
     }
-    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<Flex, D, burn::tensor::Int>>) {
-        let _ = param.val();
-    }
-    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<Flex, D, burn::tensor::Bool>>) {
-        let _ = param.val();
-    }
+    module.visit(&mut Touch);
 }
 
 struct Collect(Vec<TensorData>);

@@ -47,7 +47,7 @@ use crate::eval::{ClassNames, Templates};
 use crate::eval::{EvalConfig, RetrievalConfig, ZeroShotConfig};
 use crate::metrics::read_metrics;
 use crate::progress::ProgressMode;
-use crate::trainer::{PreparedRun, RunSummary, force_init};
+use crate::trainer::{PreparedRun, RunSummary};
 
 pub use config::DemoConfig;
 pub use layout::DemoLayout;
@@ -107,7 +107,6 @@ pub fn run_demo<B: AutodiffBackend>(
     let student_init = layout.models.join("student_init.safetensors");
     // Drawn on the CPU: the same initial student on every backend.
     let initial = student_cfg.init_seeded::<B::InnerBackend>(config.seed, device)?;
-    force_init(&initial);
     save_open_clip(&initial, &student_init)?;
     drop(initial);
     let eval = eval_config(&files, config);

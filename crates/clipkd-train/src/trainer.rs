@@ -54,9 +54,7 @@ use checks::{check_file, check_teacher_fits, check_vocab, plots_unavailable};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::backend::AutodiffBackend;
 use burn_flex::Flex;
 use clipkd_data::dataset::{DataSource, SkipReport};
 use clipkd_data::loader::DataLoader;
@@ -535,20 +533,9 @@ impl PreparedRun {
     }
 }
 
-/// Materialises every lazily initialised parameter, in module order, so that initial values
-/// depend only on the seed and a clone never draws new ones.
-pub fn force_init<B: Backend, M: Module<B>>(module: &M) {
-    struct Touch;
-    impl<B: Backend> ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let _ = param.val();
-        }
-        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
-            let _ = param.val();
-        }
-    }
-    module.visit(&mut Touch);
-}
+/// Materialises every lazily initialised parameter, in module order (defined in
+/// `clipkd-models`, where seeded initialisation needs it too).
+pub use clipkd_models::host_init::force_init;
 
 #[cfg(test)]
 mod tests {
