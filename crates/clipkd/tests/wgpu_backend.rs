@@ -101,6 +101,37 @@ fn seeded<B: Backend>(cfg: &ClipConfig, seed: u64, device: &B::Device) -> clipkd
     model
 }
 
+/// A ModifiedResNet config's image tower.
+fn resnet_tower<B: Backend>(model: clipkd::models::Clip<B>) -> clipkd::models::ModifiedResNet<B> {
+    match model.visual {
+        clipkd::models::VisionTower::ModifiedResNet(r) => r,
+        clipkd::models::VisionTower::Vit(_) => unreachable!("a ModifiedResNet config"),
+    }
+}
+
+/// The tower's Bottlenecks, stage after stage.
+fn bottlenecks<B: Backend>(
+    tower: &clipkd::models::ModifiedResNet<B>,
+) -> Vec<&clipkd::models::resnet::Bottleneck<B>> {
+    tower
+        .layer1
+        .iter()
+        .chain(&tower.layer2)
+        .chain(&tower.layer3)
+        .chain(&tower.layer4)
+        .collect()
+}
+
+/// The Bottleneck's anti-aliasing average pool (none at stride 1).
+fn stride_pool<B: Backend>(x: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
+    use burn::tensor::module::avg_pool2d;
+    if stride > 1 {
+        avg_pool2d(x, [stride; 2], [stride; 2], [0, 0], true, false)
+    } else {
+        x
+    }
+}
+
 /// Every float parameter (and running statistic), in visiting order, as f32 values.
 fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<f32>> {
     struct Values(Vec<Vec<f32>>);
@@ -497,7 +528,7 @@ fn no_adapter_is_a_clear_error_not_a_panic() {
 fn modified_resnet_stages_against_the_cpu() {
     use burn::tensor::activation::relu;
     use burn::tensor::module::avg_pool2d;
-    use clipkd::models::{ModifiedResNet, VisionTower};
+    use clipkd::models::ModifiedResNet;
     let Some(device) = gpu() else { return };
     fn stages<B: Backend>(tower: &ModifiedResNet<B>, x: Tensor<B, 4>) -> Vec<(String, Vec<f32>)> {
         let flat = |t: &Tensor<B, 4>| t.clone().into_data().convert::<f32>().to_vec().unwrap();
@@ -514,14 +545,7 @@ fn modified_resnet_stages_against_the_cpu() {
         let x = relu(tower.bn3.forward(x));
         let mut x = avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false);
         out.push(("avgpool".to_string(), flat(&x)));
-        for (i, block) in tower
-            .layer1
-            .iter()
-            .chain(&tower.layer2)
-            .chain(&tower.layer3)
-            .chain(&tower.layer4)
-            .enumerate()
-        {
+        for (i, block) in bottlenecks(tower).into_iter().enumerate() {
             if i == 0 {
                 let y = tower.layer1[0].conv1.forward(x.clone());
                 out.push(("block 0 conv1 (1x1)".to_string(), flat(&y)));
@@ -564,15 +588,9 @@ fn modified_resnet_stages_against_the_cpu() {
     }
     let cfg = config(&rn(224));
     let data = batch_data(8, 224, 3);
-    fn tower<B: Backend>(model: clipkd::models::Clip<B>) -> ModifiedResNet<B> {
-        match model.visual {
-            VisionTower::ModifiedResNet(r) => r,
-            VisionTower::Vit(_) => unreachable!("a ModifiedResNet config"),
-        }
-    }
     let cpu_dev = Default::default();
-    let c = tower(cfg.init_seeded::<Cpu>(5, &cpu_dev).unwrap());
-    let g = tower(cfg.init_seeded::<Wgpu>(5, &device).unwrap());
+    let c = resnet_tower(cfg.init_seeded::<Cpu>(5, &cpu_dev).unwrap());
+    let g = resnet_tower(cfg.init_seeded::<Wgpu>(5, &device).unwrap());
     let sc = stages(&c, Tensor::from_data(data.0.clone(), &cpu_dev));
     let sg = stages(&g, Tensor::from_data(data.0.clone(), &device));
     for ((name, a), (_, b)) in sc.iter().zip(&sg) {
@@ -592,24 +610,13 @@ fn modified_resnet_stages_against_the_cpu() {
 fn modified_resnet_block_steps_against_the_cpu() {
     use burn::tensor::activation::relu;
     use burn::tensor::module::avg_pool2d;
+    use clipkd::models::ModifiedResNet;
     use clipkd::models::resnet::{Bottleneck, conv1x1};
-    use clipkd::models::{ModifiedResNet, VisionTower};
     let Some(device) = gpu() else { return };
     let cpu = burn_flex::FlexDevice;
     let cfg = config(&rn(224));
-    let towers = |seed| {
-        let tower = |m: clipkd::models::Clip<Cpu>| match m.visual {
-            VisionTower::ModifiedResNet(r) => r,
-            VisionTower::Vit(_) => unreachable!(),
-        };
-        let c = tower(cfg.init_seeded::<Cpu>(seed, &cpu).unwrap());
-        let g = match cfg.init_seeded::<Wgpu>(seed, &device).unwrap().visual {
-            VisionTower::ModifiedResNet(r) => r,
-            VisionTower::Vit(_) => unreachable!(),
-        };
-        (c, g)
-    };
-    let (c, g) = towers(6);
+    let c = resnet_tower(cfg.init_seeded::<Cpu>(6, &cpu).unwrap());
+    let g = resnet_tower(cfg.init_seeded::<Wgpu>(6, &device).unwrap());
     type Step<B> = fn(&Bottleneck<B>, Tensor<B, 4>) -> Tensor<B, 4>;
     fn steps<B: Backend>() -> Vec<(&'static str, Step<B>)> {
         vec![
@@ -617,13 +624,7 @@ fn modified_resnet_block_steps_against_the_cpu() {
             ("bn1 + relu", |b, x| relu(b.bn1.forward(x))),
             ("conv2 (3x3)", |b, x| b.conv2.forward(x)),
             ("bn2 + relu", |b, x| relu(b.bn2.forward(x))),
-            ("avg_pool (stride)", |b, x| {
-                if b.stride > 1 {
-                    avg_pool2d(x, [b.stride; 2], [b.stride; 2], [0, 0], true, false)
-                } else {
-                    x
-                }
-            }),
+            ("avg_pool (stride)", |b, x| stride_pool(x, b.stride)),
             ("conv3 (1x1 matmul)", |b, x| conv1x1(&b.conv3, x)),
             ("bn3 (gamma 1)", |b, x| {
                 let c = x.dims()[1];
@@ -642,21 +643,7 @@ fn modified_resnet_block_steps_against_the_cpu() {
     };
     let data = batch_data(8, 224, 4);
     let mut x = stem(&c, Tensor::from_data(data.0.clone(), &cpu));
-    let blocks_c: Vec<_> = c
-        .layer1
-        .iter()
-        .chain(&c.layer2)
-        .chain(&c.layer3)
-        .chain(&c.layer4)
-        .collect();
-    let blocks_g: Vec<_> = g
-        .layer1
-        .iter()
-        .chain(&g.layer2)
-        .chain(&g.layer3)
-        .chain(&g.layer4)
-        .collect();
-    for (i, (bc, bg)) in blocks_c.iter().zip(&blocks_g).enumerate() {
+    for (i, (bc, bg)) in bottlenecks(&c).into_iter().zip(bottlenecks(&g)).enumerate() {
         let block_input = x.clone();
         let mut y = x.clone();
         for ((name, sc), (_, sg)) in steps::<Cpu>().into_iter().zip(steps::<Wgpu>()) {
@@ -675,26 +662,11 @@ fn modified_resnet_block_steps_against_the_cpu() {
         }
         if let Some(d) = &bc.downsample {
             let dg = bg.downsample.as_ref().unwrap();
-            let pool = |x: Tensor<Cpu, 4>, s: usize| {
-                if s > 1 {
-                    avg_pool2d(x, [s; 2], [s; 2], [0, 0], true, false)
-                } else {
-                    x
-                }
-            };
-            let pooled = pool(block_input.clone(), d.stride);
-            let pg = if dg.stride > 1 {
-                avg_pool2d(
-                    Tensor::<Wgpu, 4>::from_data(block_input.clone().into_data(), &device),
-                    [dg.stride; 2],
-                    [dg.stride; 2],
-                    [0, 0],
-                    true,
-                    false,
-                )
-            } else {
-                Tensor::from_data(block_input.clone().into_data(), &device)
-            };
+            let pooled = stride_pool(block_input.clone(), d.stride);
+            let pg = stride_pool(
+                Tensor::<Wgpu, 4>::from_data(block_input.clone().into_data(), &device),
+                dg.stride,
+            );
             let (worst, _) =
                 worst_relative(&[flat(pooled.clone().into_data())], &[flat(pg.into_data())]);
             println!("block {i} downsample pool: worst relative difference {worst:.2e}");
