@@ -47,8 +47,10 @@ run_measured() {
   echo "$name rc=$rc wall=${wall}s peak_device_mem_mib=$peak" | tee -a "$RESULTS/summary.txt"
 }
 
-rust_bench() { # NAME WORKLOAD PRECISION
-  "$BIN" bench --device cuda --precision "$3" --workloads "$2" --teacher "$TEACHER" \
+# rust_bench WORKLOAD PRECISION: the clipkd bench command (a command line, not a shell function,
+# since `timeout` runs it).
+rust_bench() {
+  echo "$BIN" bench --device cuda --precision "$2" --workloads "$1" --teacher "$TEACHER" \
     --student "$STUDENT" --batch "$BATCH" --warmup 2 --steps 10
 }
 
@@ -76,13 +78,13 @@ for part in $parts; do
       # reuse the caches in $CLIPKD_KERNEL_CACHE.
       m=${part#rust-}
       CLIPKD_CUBECL_LOG="$RESULTS/cubecl_${m}.log" run_measured "rust_${m}_bf16" "${RUST_LIMIT:-240}" \
-        rust_bench "$m" "$m" bf16
+        $(rust_bench "$m" bf16)
       ;;
     rust-kd-warm)
-      run_measured rust_kd_bf16_warm "${RUST_LIMIT:-240}" rust_bench kd kd bf16
+      run_measured rust_kd_bf16_warm "${RUST_LIMIT:-240}" $(rust_bench kd bf16)
       ;;
     rust-kd-f32)
-      run_measured rust_kd_f32 "${RUST_LIMIT:-240}" rust_bench kd kd f32
+      run_measured rust_kd_f32 "${RUST_LIMIT:-240}" $(rust_bench kd f32)
       ;;
   esac
 done
