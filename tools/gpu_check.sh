@@ -31,11 +31,14 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RESULTS/gpu.txt"
 
-# part NAME LIMIT_S CMD...: runs CMD under min(LIMIT_S, budget left - 10 s), output to NAME.log.
+# The seconds of the budget left, less 10 s for packing the results.
+left() { echo $((BUDGET_S - SECONDS - 10)); }
+
+# part NAME LIMIT_S CMD...: runs CMD under min(LIMIT_S, budget left), output to NAME.log.
 part() {
   local name=$1 limit=$2
   shift 2
-  local left=$((BUDGET_S - SECONDS - 10))
+  local left=$(left)
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 30 ]; then
     echo "$name skipped: ${left}s of the budget left" | tee -a "$RESULTS/summary.txt"
@@ -56,7 +59,6 @@ CLIPKD_REQUIRE_CUDA=1 part cuda_tests "${TEST_LIMIT:-130}" "$BINS/cuda_backend" 
 # autotune cache; compilations and autotune results logged) then warm (the same cache).
 export CLIPKD_KERNEL_CACHE=$RESULTS/kernel-cache
 export BIN=$BINS/clipkd RESULTS
-left() { echo $((BUDGET_S - SECONDS - 10)); }
 [ "$(left)" -gt 60 ] && RUST_LIMIT=$(($(left) < 200 ? $(left) : 200)) tools/gpu_bench.sh rust-kd >/dev/null
 [ "$(left)" -gt 40 ] && RUST_LIMIT=$(($(left) < 130 ? $(left) : 130)) tools/gpu_bench.sh rust-kd-warm >/dev/null
 [ "$(left)" -gt 60 ] && [ -z "${NO_TORCH:-}" ] && TORCH_LIMIT=$(($(left) < 90 ? $(left) : 90)) tools/gpu_bench.sh torch-amp >/dev/null

@@ -20,7 +20,8 @@
 //! On a real GPU (NVIDIA H200 through its Vulkan driver, 2026-12-01, `tools/gpu_check.sh`)
 //! every test passed except the 224-pixel gradient check (see its comment) and the matmul repro.
 //!
-//! Ignored (run with `--ignored`): Burn's own faults kept as repros and diagnostics, and the ModifiedResNet's slowest checks (224-pixel gradients, training steps).
+//! Ignored (run with `--ignored`): Burn's own faults kept as repros and diagnostics, and the
+//! ModifiedResNet's slowest checks (224-pixel gradients, training steps).
 #![cfg(feature = "wgpu")]
 
 use burn::backend::wgpu::WgpuDevice;

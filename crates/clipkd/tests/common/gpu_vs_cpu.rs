@@ -137,13 +137,15 @@ fn gradients<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &B::Gradients)
 /// exact arithmetic, such as an attention key bias's, compares float noise to that scale), with
 /// the index of the worst tensor.
 fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, usize) {
-    per_tensor_relative(a, b)
-        .into_iter()
+    worst_of(&per_tensor_relative(a, b))
+}
+
+/// The largest of per-tensor differences, with its index.
+fn worst_of(differences: &[f32]) -> (f32, usize) {
+    differences
+        .iter()
         .enumerate()
-        .fold(
-            (0.0, 0),
-            |worst, (i, d)| if d > worst.0 { (d, i) } else { worst },
-        )
+        .fold((0.0, 0), |w, (i, &d)| if d > w.0 { (d, i) } else { w })
 }
 
 /// `worst_relative`'s difference for each tensor (the same floor over all of them).
@@ -299,10 +301,7 @@ fn square_loss<B: Backend>(model: &clipkd::models::Clip<B>, batch: MicroBatch<B>
 /// Gradients of every student parameter after one backward pass.
 fn check_gradients(json: &str, size: usize, device: &GpuDevice) {
     let (differences, _) = compare_gradients(json, size, device, false);
-    let (worst, which) = differences
-        .iter()
-        .enumerate()
-        .fold((0.0f32, 0), |w, (i, &d)| if d > w.0 { (d, i) } else { w });
+    let (worst, which) = worst_of(&differences);
     assert!(
         worst < TOLERANCE,
         "{size}px: gradient {which} differs by {worst:.2e}"
@@ -356,7 +355,7 @@ fn compare_gradients(
             );
         }
     }
-    let (worst, which) = worst_relative(&gc, &gg);
+    let (worst, which) = worst_of(&differences);
     println!(
         "{size}px: worst gradient difference {worst:.2e} (tensor {which} of {})",
         gc.len()
