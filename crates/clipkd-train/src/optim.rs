@@ -15,7 +15,10 @@ use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::record::AdaptorRecord;
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer,
+};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
@@ -183,6 +186,25 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
         Self { groups }
     }
 
+    /// Gives every trainable parameter of `module` without a state zero moments at time 0, as PyTorch's
+    /// AdamW starts (parameters that already have a state keep it).
+    ///
+    /// The first step then computes exactly what Burn's start from no state computes
+    /// (`m = β₁·0 + (1-β₁)·g` is `(1-β₁)·g`, bit for bit), but through the same fused kernels
+    /// as every later step: on the GPU backends the second step compiles nothing new instead
+    /// of a second set of update kernels (17 on the wgpu ViT test, docs/performance.md).
+    pub fn with_zero_moments(mut self, module: &M) -> Self {
+        for group in &mut self.groups {
+            let mut zeros = ZeroMoments::<B, M> {
+                ids: group.ids.iter().copied().collect(),
+                records: group.optim.to_record(),
+            };
+            module.visit(&mut zeros);
+            group.optim = group.optim.clone().load_record(zeros.records);
+        }
+        self
+    }
+
     /// The group of every parameter.
     pub fn kinds(&self) -> Vec<(ParamId, GroupKind)> {
         self.groups
@@ -243,6 +265,36 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
             })
             .collect();
         self
+    }
+}
+
+/// Adds a zero AdamW state for each parameter of one group that has none.
+struct ZeroMoments<B: AutodiffBackend, M: AutodiffModule<B>> {
+    ids: std::collections::HashSet<ParamId>,
+    records: GroupRecord<B, M>,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for ZeroMoments<B, M> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.ids.contains(&param.id) || self.records.contains_key(&param.id) {
+            return;
+        }
+        let value = param.val();
+        // A frozen parameter never gets a gradient, so Burn would never give it a state.
+        if !value.is_require_grad() {
+            return;
+        }
+        let value = value.inner();
+        let momentum = AdaptiveMomentumState {
+            time: 0,
+            moment_1: value.zeros_like(),
+            moment_2: value.zeros_like(),
+            max_moment_2: None,
+        };
+        self.records.insert(
+            param.id,
+            AdaptorRecord::from_state::<D>(AdamWState { momentum }),
+        );
     }
 }
 
@@ -336,5 +388,118 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradScaler<B> {
             self.grads
                 .register::<B::InnerBackend, D>(param.id, grad * factor);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::{Distribution, TensorData};
+    use burn_flex::Flex;
+
+    type B = Autodiff<Flex>;
+
+    #[derive(Module, Debug)]
+    struct Tiny<B: Backend> {
+        layer: Linear<B>,
+        frozen: Param<Tensor<B, 1>>,
+    }
+
+    fn tiny() -> Tiny<B> {
+        let device = Default::default();
+        let frozen = Tensor::<B, 1>::from_floats([1.0, 2.0], &device);
+        Tiny {
+            layer: LinearConfig::new(3, 2).init::<B>(&device),
+            frozen: Param::from_tensor(frozen).set_require_grad(false),
+        }
+    }
+
+    fn weights(model: &Tiny<B>) -> Vec<f32> {
+        let mut out = model
+            .layer
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        out.extend(
+            model
+                .layer
+                .bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
+        );
+        out
+    }
+
+    /// Three AdamW steps on fixed random inputs; the weights after each step.
+    fn train(mut model: Tiny<B>, mut optim: GroupedAdamW<B, Tiny<B>>) -> Vec<Vec<f32>> {
+        let device = Default::default();
+        let mut out = Vec::new();
+        for step in 0..3 {
+            let x = Tensor::<B, 2>::from_data(
+                TensorData::new(
+                    (0..12).map(|i| (i * (step + 1)) as f32 * 0.1).collect(),
+                    [4, 3],
+                ),
+                &device,
+            );
+            let y = model.layer.forward(x) * model.frozen.val().unsqueeze();
+            let grads = GradientsParams::from_grads(y.powi_scalar(2).sum().backward(), &model);
+            model = optim.step(1e-2, model, grads);
+            out.push(weights(&model));
+        }
+        out
+    }
+
+    #[test]
+    fn zero_moments_train_bit_for_bit_like_no_state_and_skip_frozen_parameters() {
+        let model = tiny();
+        let optim = || GroupedAdamW::new(&model, AdamWParams::vit(), |_, _| GroupKind::Decay);
+        let zeroed = optim().with_zero_moments(&model);
+        let records = &zeroed.to_records()[0];
+        assert_eq!(
+            records.len(),
+            2,
+            "weight and bias get a state, the frozen tensor none"
+        );
+        assert!(!records.contains_key(&model.frozen.id));
+
+        let from_zero = train(model.clone(), zeroed);
+        let from_none = train(model.clone(), optim());
+        assert_eq!(from_zero, from_none);
+        assert_ne!(from_zero[0], weights(&model), "the steps moved the weights");
+    }
+
+    #[test]
+    fn zero_moments_keep_an_existing_state() {
+        let model = tiny();
+        let optim = GroupedAdamW::new(&model, AdamWParams::vit(), |_, _| GroupKind::Decay);
+        let x = Tensor::<B, 2>::random([4, 3], Distribution::Default, &Default::default());
+        let grads = GradientsParams::from_grads(model.layer.forward(x).sum().backward(), &model);
+        let mut trained = optim;
+        let model = trained.step(1e-2, model, grads);
+        let before = trained.to_records()[0]
+            .get(&model.layer.weight.id)
+            .cloned()
+            .unwrap()
+            .into_state::<2>();
+        let after = trained.with_zero_moments(&model).to_records()[0]
+            .get(&model.layer.weight.id)
+            .cloned()
+            .unwrap()
+            .into_state::<2>();
+        assert_eq!(after.momentum.time, 1);
+        assert_eq!(
+            after.momentum.moment_1.into_data(),
+            before.momentum.moment_1.into_data()
+        );
     }
 }

@@ -108,7 +108,7 @@ where
         .into_iter()
         .map(|(_, _, id, kind)| (id, kind))
         .collect();
-    GroupedAdamW::from_kinds(&kinds, params)
+    GroupedAdamW::from_kinds(&kinds, params).with_zero_moments(model)
 }
 
 /// Runs the teacher (if any) and the student on the same pixels and tokens and returns the

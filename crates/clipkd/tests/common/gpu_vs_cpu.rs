@@ -470,8 +470,24 @@ fn run_steps<B: AutodiffBackend>(
         assert!(norm.is_finite() && norm < 1e6, "gradient norm {norm}");
         out.push(step.terms.total().unwrap().into_scalar().elem());
         model = step.model;
+        print_compiled_kernels::<B>(out.len(), device);
     }
     out
+}
+
+/// With `CUBECL_DEBUG_LOG=FILE`, prints how many kernels CubeCL has compiled so far (the
+/// figures of docs/performance.md's first-step counts). A CPU backend compiles none.
+fn print_compiled_kernels<B: Backend>(step: usize, device: &B::Device) {
+    let Ok(log) = std::env::var("CUBECL_DEBUG_LOG") else {
+        return;
+    };
+    if matches!(log.as_str(), "stdout" | "stderr" | "0" | "1" | "true" | "false") {
+        return;
+    }
+    B::sync(device).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let kernels = text.matches("[START_KERNEL_COMPILATION]").count();
+    eprintln!("after step {step} on {}: {kernels} kernels compiled", B::name(device));
 }
 
 /// The ModifiedResNet's inference forward stage by stage on the CPU and the GPU with Burn's own
