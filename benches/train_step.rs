@@ -19,7 +19,10 @@
 //! Run: `cargo bench -p clipkd-train --bench train_step`. Settings by environment variable:
 //! `CLIPKD_BENCH_BATCH` (default 32), `CLIPKD_BENCH_IMAGE` (64), `CLIPKD_BENCH_STEPS` (5),
 //! `CLIPKD_BENCH_WARMUP` (1), `CLIPKD_BENCH_WORKLOADS` (`baseline,kd`),
-//! `CLIPKD_BENCH_STUDENT` (`ViT-T-16`), `CLIPKD_BENCH_TEACHER` (`ViT-B-16`).
+//! `CLIPKD_BENCH_STUDENT` (`ViT-T-16`), `CLIPKD_BENCH_TEACHER` (`ViT-B-16`),
+//! `CLIPKD_BENCH_PRECISION` (`f32`; `bf16` or `f16`: mixed precision as `--precision`, f16
+//! with a fixed loss scale of 1024 and its per-step overflow check; measures the autocast's
+//! casts and Flex's half-precision products).
 
 use std::time::Instant;
 
@@ -29,6 +32,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_flex::Flex;
 use clipkd_losses::{LossPreset, LossSetConfig};
 use clipkd_models::{ClipConfig, VisionConfig};
+use clipkd_train::config::Precision;
 use clipkd_train::finite::{LossWatch, check_weights_and_moments};
 use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 use clipkd_train::trainer::force_init;
@@ -80,6 +84,10 @@ fn main() {
     let workloads: String = env("CLIPKD_BENCH_WORKLOADS", "baseline,kd".to_string());
     let student_name: String = env("CLIPKD_BENCH_STUDENT", "ViT-T-16".to_string());
     let teacher_name: String = env("CLIPKD_BENCH_TEACHER", "ViT-B-16".to_string());
+    let precision: Precision = env("CLIPKD_BENCH_PRECISION", Precision::F32);
+    if precision.autocast().is_none() && precision != Precision::F32 {
+        panic!("CLIPKD_BENCH_PRECISION={precision}: the CPU runs f32, bf16 or f16");
+    }
     let device = Default::default();
     let student_cfg = at_size(
         ClipConfig::resolve(&student_name).expect("student config"),
@@ -92,7 +100,7 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "train_step bench: student {student_name}, teacher {teacher_name}, {size} px, batch \
-         {batch}, context {}, {threads} CPU threads, Flex backend",
+         {batch}, context {}, {threads} CPU threads, Flex backend, precision {precision}",
         student_cfg.context_length()
     );
 
@@ -140,7 +148,11 @@ fn main() {
                     images: images.clone(),
                     tokens: toks.clone(),
                 }],
-                &StepOptions::new(1e-4),
+                &StepOptions {
+                    autocast: precision.autocast(),
+                    loss_scale: precision.scales_losses().then_some(1024.0),
+                    ..StepOptions::new(1e-4)
+                },
             )
             .expect("step");
             // Read the loss back: the step's work is done when this returns.

@@ -16,6 +16,7 @@
 //! backend is an autodiff backend.
 #![warn(missing_docs)]
 
+pub mod autocast;
 mod batch_norm;
 pub mod checkpoint;
 pub mod clip;

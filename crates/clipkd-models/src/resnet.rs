@@ -11,9 +11,10 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, avg_pool2d};
+use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use crate::autocast;
 use crate::batch_norm::batch_norm_2d;
 use crate::config::{ModifiedResNetConfig, check_embed_dim};
 use crate::error::ModelError;
@@ -56,9 +57,7 @@ pub fn conv1x1<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
     let columns = x.swap_dims(0, 1).reshape([c_in, n * h * w]);
-    let out = weight
-        .reshape([c_out, c_in])
-        .matmul(columns)
+    let out = autocast::matmul(weight.reshape([c_out, c_in]), columns)
         .reshape([c_out, n, h, w])
         .swap_dims(0, 1);
     match &conv.bias {
@@ -132,7 +131,7 @@ impl<B: Backend> Bottleneck<B> {
     /// - `x`: `[N, inplanes, H, W]` -> `[N, 4 * planes, H / stride, W / stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let out = relu(batch_norm_2d(&self.bn1, conv1x1(&self.conv1, x.clone())));
-        let out = relu(batch_norm_2d(&self.bn2, self.conv2.forward(out)));
+        let out = relu(batch_norm_2d(&self.bn2, autocast::conv2d(&self.conv2, out)));
         let out = if self.stride > 1 {
             avg_pool(out, self.stride)
         } else {
@@ -213,8 +212,8 @@ impl<B: Backend> AttentionPool2d<B> {
         let v = linear_tokens(&self.v_proj, x)
             .reshape([n, l, heads, hd])
             .swap_dims(1, 2);
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.c_proj.forward(out.reshape([n, c]))
+        let out = autocast::attention(q, k, v, None, AttentionModuleOptions::default());
+        autocast::linear(&self.c_proj, out.reshape([n, c]))
     }
 }
 
@@ -314,9 +313,12 @@ impl<B: Backend> ModifiedResNet<B> {
     /// feature map the attention pool was built for (see [`ModifiedResNet::check_images`]).
     pub fn forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         self.check_images(images.dims())?;
-        let x = relu(batch_norm_2d(&self.bn1, self.conv1.forward(images)));
-        let x = relu(batch_norm_2d(&self.bn2, self.conv2.forward(x)));
-        let x = relu(batch_norm_2d(&self.bn3, self.conv3.forward(x)));
+        let x = relu(batch_norm_2d(
+            &self.bn1,
+            autocast::conv2d(&self.conv1, images),
+        ));
+        let x = relu(batch_norm_2d(&self.bn2, autocast::conv2d(&self.conv2, x)));
+        let x = relu(batch_norm_2d(&self.bn3, autocast::conv2d(&self.conv3, x)));
         let mut x = avg_pool(x, 2);
         for block in self
             .layer1

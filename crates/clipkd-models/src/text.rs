@@ -10,6 +10,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::autocast;
 use crate::config::{Activation, TextConfig, TextPool, TextProjType, check_embed_dim};
 use crate::error::ModelError;
 use crate::transformer::{
@@ -30,8 +31,8 @@ impl<B: Backend> TextProjection<B> {
     /// - `x`: `[N, width]` -> `[N, embed_dim]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         match self {
-            TextProjection::Matrix(p) => x.matmul(p.val()),
-            TextProjection::Linear(l) => l.forward(x),
+            TextProjection::Matrix(p) => autocast::matmul(x, p.val()),
+            TextProjection::Linear(l) => autocast::linear(l, x),
         }
     }
 }

@@ -11,9 +11,9 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use crate::autocast;
 use crate::config::{Activation, GeluApproximate};
 
 /// The MLP nonlinearity, resolved from `quick_gelu` and a tower's `act_kwargs`.
@@ -124,7 +124,7 @@ pub(crate) fn linear<B: Backend>(
 /// `[d_in, N L] x [N L, d_out]` product, without the `N`-fold temporary.
 pub(crate) fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [n, l, d] = x.dims();
-    let y = linear.forward(x.reshape([n * l, d]));
+    let y = autocast::linear(linear, x.reshape([n * l, d]));
     let d_out = y.dims()[1];
     y.reshape([n, l, d_out])
 }
@@ -224,7 +224,7 @@ impl<B: Backend> MultiheadAttention<B> {
             softcap: None,
             is_causal: causal,
         };
-        let out = attention(q, k, v, None, None, options);
+        let out = autocast::attention(q, k, v, None, options);
         linear_tokens(&self.out_proj, out.swap_dims(1, 2).reshape([n, l, d]))
     }
 }

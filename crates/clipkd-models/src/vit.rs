@@ -6,6 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
+use crate::autocast;
 use crate::config::{Activation, PosEmbedType, VisionPool, VitConfig, check_embed_dim};
 use crate::error::ModelError;
 use crate::shape::{check_channels, conv_out, show_range, sizes_giving};
@@ -263,7 +264,7 @@ impl<B: Backend> VisionTransformer<B> {
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, L, width]`
     fn patch_tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = self.conv1.forward(images);
+        let x = autocast::conv2d(&self.conv1, images);
         let [n, w, gh, gw] = x.dims();
         debug_assert_eq!(
             [gh, gw],
@@ -340,7 +341,7 @@ impl<B: Backend> VisionTransformer<B> {
                 .mean_dim(1)
                 .reshape([n, w]),
         };
-        (pooled.matmul(self.proj.val()), tapped)
+        (autocast::matmul(pooled, self.proj.val()), tapped)
     }
 }
 

@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::error::TrainError;
+use crate::loss_scale::LossScaler;
 use crate::optim::{GroupRecord, GroupedAdamW};
 use crate::step::{DistillModel, TrainableObjective};
 use crate::student::Student;
@@ -111,6 +112,9 @@ pub struct TrainState {
     pub distill: bool,
     /// The clipkd version that wrote the checkpoint.
     pub clipkd_version: String,
+    /// The dynamic loss scale of an f16 mixed-precision run (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// The backend RNG's state: the run seed; step `s` runs after `B::seed(step_seed(seed, s))`.

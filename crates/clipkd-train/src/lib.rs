@@ -35,6 +35,7 @@ pub mod error;
 pub mod eval;
 pub mod fault;
 pub mod finite;
+pub mod loss_scale;
 pub mod metrics;
 pub mod optim;
 #[cfg(feature = "plots")]

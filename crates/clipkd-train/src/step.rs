@@ -10,13 +10,14 @@ use std::marker::PhantomData;
 use burn::module::{AutodiffModule, Module, ModuleDisplay, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, ElementConversion, Int, Tensor};
 use clipkd_losses::{DistillInput, DistillObjective, Embeddings, LossSet, LossTerms};
+use clipkd_models::autocast::autocast;
 use clipkd_models::{Clip, ClipEncoder};
 
 use crate::error::TrainError;
 use crate::optim::{
-    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_grad_norm, global_grad_norm,
+    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_grad_norm, global_grad_norm, scale_grads,
 };
 use crate::student::Student;
 
@@ -209,6 +210,16 @@ pub struct StepOptions {
     pub grad_clip_norm: Option<f64>,
     /// Compute the global gradient norm even without clipping (for logging).
     pub compute_grad_norm: bool,
+    /// Mixed precision: the type the teacher's and the student's matrix products,
+    /// convolutions and attention run in (bf16 or f16), everything else and the parameters
+    /// staying f32 (see [`clipkd_models::autocast`]). `None`: the thread's current autocast
+    /// scope, if any, applies.
+    pub autocast: Option<DType>,
+    /// Dynamic loss scaling (f16): the loss is multiplied by this before the backward, the
+    /// gradients divided by it before clipping and the optimizer, and a step whose scaled
+    /// gradients are not finite is skipped ([`StepOutput::skipped`]); the caller updates the
+    /// scale ([`crate::loss_scale::LossScaler`]).
+    pub loss_scale: Option<f64>,
 }
 
 impl StepOptions {
@@ -219,6 +230,8 @@ impl StepOptions {
             mask_ratio: None,
             grad_clip_norm: None,
             compute_grad_norm: false,
+            autocast: None,
+            loss_scale: None,
         }
     }
 }
@@ -233,6 +246,9 @@ pub struct StepOutput<B: AutodiffBackend, S: Module<B> = Clip<B>, L: Module<B> =
     /// The global gradient norm before clipping, when clipping or `compute_grad_norm` asked
     /// for it (on the device).
     pub grad_norm: Option<Tensor<B::InnerBackend, 1>>,
+    /// With loss scaling: the scaled gradients were not finite, so no parameter and no
+    /// optimizer state changed (`model` is the input model). Always `false` without.
+    pub skipped: bool,
 }
 
 /// One full optimizer step over `k >= 1` micro-batches (gradient accumulation): for each,
@@ -244,7 +260,8 @@ pub struct StepOutput<B: AutodiffBackend, S: Module<B> = Clip<B>, L: Module<B> =
 /// `N` are not the same as one batch of `k N`: each sample's negatives are the `N - 1` others
 /// of its micro-batch.
 ///
-/// Nothing is read back from the device: the terms and the norm stay tensors.
+/// Nothing is read back from the device (the terms and the norm stay tensors), except with
+/// loss scaling: whether the gradients are finite is read back to decide the step.
 pub fn train_step<B, S, T, L>(
     teacher: Option<&T>,
     model: DistillModel<B, S, L>,
@@ -269,6 +286,8 @@ where
     let mut accumulator = GradientsAccumulator::<DistillModel<B, S, L>>::new();
     let mut sums: Option<LossTerms<B::InnerBackend>> = None;
     for batch in micro_batches {
+        // The models' matrix products in the compute type; the losses never use autocast.
+        let scope = options.autocast.map(|dtype| autocast(Some(dtype)));
         let terms = distill_terms(
             teacher,
             &model,
@@ -276,11 +295,16 @@ where
             batch.tokens,
             options.mask_ratio,
         )?;
+        drop(scope);
         let total = terms.total()?;
         let total = if k == 1 {
             total
         } else {
             total.div_scalar(k as f64)
+        };
+        let total = match options.loss_scale {
+            Some(scale) => total.mul_scalar(scale),
+            None => total,
         };
         let grads = GradientsParams::from_grads(total.backward(), &model);
         accumulator.accumulate(&model, grads);
@@ -291,25 +315,77 @@ where
         });
     }
     let grads = accumulator.grads();
-    let (grads, grad_norm) = match options.grad_clip_norm {
-        Some(max_norm) => clip_grad_norm::<B, _>(&model, grads, max_norm),
-        None if options.compute_grad_norm => {
-            let norm = global_grad_norm::<B, _>(&model, &grads);
-            (grads, norm)
-        }
-        None => (grads, None),
-    };
-    let mut model = optimizer.step(options.lr, model, grads);
     let mut terms = sums.expect("at least one micro-batch");
     if k > 1 {
         terms = terms.scale(1.0 / k as f64);
     }
+    let (grads, grad_norm) = match options.loss_scale {
+        Some(scale) => match unscale(&model, grads, scale, options.grad_clip_norm) {
+            Some(unscaled) => unscaled,
+            None => {
+                return Ok(StepOutput {
+                    model,
+                    terms,
+                    grad_norm: None,
+                    skipped: true,
+                });
+            }
+        },
+        None => match options.grad_clip_norm {
+            Some(max_norm) => clip_grad_norm::<B, _>(&model, grads, max_norm),
+            None if options.compute_grad_norm => {
+                let norm = global_grad_norm::<B, _>(&model, &grads);
+                (grads, norm)
+            }
+            None => (grads, None),
+        },
+    };
+    let mut model = optimizer.step(options.lr, model, grads);
     model.student = model.student.after_step();
     Ok(StepOutput {
         model,
         terms,
         grad_norm,
+        skipped: false,
     })
+}
+
+/// Loss scaling's half of a step: `None` when the gradients of the loss scaled by `scale` are
+/// not finite (the step is to be skipped); otherwise the gradients divided by `scale` (and
+/// clipped to `max_norm`, in the same multiplication) with their norm before clipping.
+fn unscale<B, S, L>(
+    model: &DistillModel<B, S, L>,
+    grads: GradientsParams,
+    scale: f64,
+    max_norm: Option<f64>,
+) -> Option<(GradientsParams, Option<Tensor<B::InnerBackend, 1>>)>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
+    let Some(scaled_norm) = global_grad_norm::<B, _>(model, &grads) else {
+        return Some((grads, None));
+    };
+    // An infinity or a NaN anywhere makes the norm non-finite. (So does an f32 sum of squares
+    // above 3.4e38 of finite gradients, which PyTorch's element check would let through: such
+    // a step is skipped and the scale lowered too.)
+    let scaled: f64 = scaled_norm.clone().into_scalar().elem::<f64>();
+    if !scaled.is_finite() {
+        return None;
+    }
+    let norm = scaled_norm.div_scalar(scale);
+    let factor = match max_norm {
+        Some(max_norm) => norm
+            .clone()
+            .add_scalar(1e-6)
+            .recip()
+            .mul_scalar(max_norm)
+            .clamp_max(1.0)
+            .div_scalar(scale),
+        None => norm.zeros_like().add_scalar(1.0 / scale),
+    };
+    Some((scale_grads::<B, _>(model, grads, factor), Some(norm)))
 }
 
 #[cfg(test)]

@@ -197,17 +197,54 @@ impl OptimConfig {
     }
 }
 
-/// The floating-point type of every tensor of a run.
+/// The floating-point types of a run (`run.precision`, `--precision`).
+///
+/// `bf16` and `f16` are mixed precision, as PyTorch's autocast (open_clip's `amp_bf16` and
+/// `amp`, CLIP-KD's fp16 autocast + GradScaler): parameters, optimizer state, losses and every
+/// op but the models' matrix products, convolutions and attention stay f32
+/// ([`clipkd_models::autocast`]). The `pure_*` types store everything, parameters and AdamW
+/// moments included, in half precision (open_clip's `pure_bf16`/`pure_fp16`), which loses the
+/// small updates (docs/training.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// 32-bit floats (every backend).
     #[default]
     F32,
-    /// bfloat16 (CUDA).
+    /// Mixed precision, bfloat16 compute (CPU, CUDA).
     Bf16,
-    /// IEEE half precision (CUDA).
+    /// Mixed precision, IEEE half compute with dynamic loss scaling (CPU, CUDA).
     F16,
+    /// Everything in bfloat16 (CUDA).
+    PureBf16,
+    /// Everything in IEEE half, without loss scaling (CUDA).
+    PureF16,
+}
+
+impl Precision {
+    /// Every precision, in the order help texts list them.
+    pub const ALL: [Precision; 5] = [
+        Precision::F32,
+        Precision::Bf16,
+        Precision::F16,
+        Precision::PureBf16,
+        Precision::PureF16,
+    ];
+
+    /// The compute type of the mixed precisions (what [`clipkd_models::autocast`] casts the
+    /// models' matrix products to); `None` for `f32` and the pure types.
+    pub fn autocast(self) -> Option<burn::tensor::DType> {
+        match self {
+            Precision::Bf16 => Some(burn::tensor::DType::BF16),
+            Precision::F16 => Some(burn::tensor::DType::F16),
+            Precision::F32 | Precision::PureBf16 | Precision::PureF16 => None,
+        }
+    }
+
+    /// Whether training scales its losses dynamically ([`crate::loss_scale`]): mixed f16.
+    pub fn scales_losses(self) -> bool {
+        self == Precision::F16
+    }
 }
 
 impl fmt::Display for Precision {
@@ -216,6 +253,8 @@ impl fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+            Precision::PureBf16 => "pure_bf16",
+            Precision::PureF16 => "pure_f16",
         })
     }
 }
@@ -223,14 +262,18 @@ impl fmt::Display for Precision {
 impl std::str::FromStr for Precision {
     type Err = String;
 
-    /// `f32`, `bf16` or `f16` (case-insensitive), as the config file and `--precision` write it.
+    /// `f32`, `bf16`, `f16`, `pure_bf16` or `pure_f16` (case-insensitive), as the config file
+    /// and `--precision` write them; open_clip's names `amp_bf16`, `amp` and `pure_fp16` are
+    /// accepted for `bf16`, `f16` and `pure_f16`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            "f16" => Ok(Precision::F16),
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" | "amp_bf16" => Ok(Precision::Bf16),
+            "f16" | "amp" | "amp_fp16" => Ok(Precision::F16),
+            "pure_bf16" => Ok(Precision::PureBf16),
+            "pure_f16" | "pure_fp16" => Ok(Precision::PureF16),
             _ => Err(format!(
-                "unknown precision `{s}` (expected f32, bf16 or f16)"
+                "unknown precision `{s}` (expected f32, bf16, f16, pure_bf16 or pure_f16)"
             )),
         }
     }
@@ -269,7 +312,7 @@ pub struct RunSection {
     /// `plots` feature (as the `clipkd` CLI is), off otherwise; asking for plots in a build
     /// without the feature is an error naming this field.
     pub plots: bool,
-    /// Floating-point precision (bf16/f16 where the backend supports them).
+    /// Precision: f32, mixed bf16/f16, or pure_bf16/pure_f16 (see [`Precision`]).
     pub precision: Precision,
     /// Device: `cpu`, `cuda[:N]`, `wgpu[:N]`.
     pub device: DeviceSpec,

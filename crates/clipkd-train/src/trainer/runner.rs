@@ -9,6 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clipkd_data::dataset::SkipReport;
 use clipkd_data::loader::{Batch, Batches, DataPosition};
 use clipkd_models::ClipEncoder;
+use clipkd_models::autocast::autocast;
 
 use super::data::{micro_batch, skip_counts, skip_details};
 use super::{Models, PreparedRun, RunSummary, force_init};
@@ -19,6 +20,7 @@ use crate::config::{RunConfig, TrainMode};
 use crate::error::TrainError;
 use crate::eval::EvalReport;
 use crate::finite::{LossWatch, check_weights_and_moments};
+use crate::loss_scale::LossScaler;
 use crate::metrics::{EvalRecord, MetricsWriter, StepRecord};
 use crate::optim::GroupedAdamW;
 use crate::progress::Progress;
@@ -132,6 +134,7 @@ where
             config_hash: config.trajectory_hash(),
             distill: prep.mode == TrainMode::Distill,
             clipkd_version: env!("CARGO_PKG_VERSION").to_string(),
+            loss_scaler: config.run.precision.scales_losses().then(LossScaler::new),
         };
         let (model, optimizer, state) = match &prep.resume {
             None => {
@@ -147,6 +150,8 @@ where
                     total_steps: prep.total_steps,
                     config_hash: fresh_state.config_hash,
                     clipkd_version: fresh_state.clipkd_version,
+                    // A checkpoint of the same precision carries its scaler.
+                    loss_scaler: saved.loss_scaler.or(fresh_state.loss_scaler),
                     ..saved
                 };
                 (model, optimizer, state)
@@ -353,6 +358,8 @@ where
             mask_ratio: Some(config.loss.mask_ratio),
             grad_clip_norm: config.optim.grad_clip_norm,
             compute_grad_norm: log_now,
+            autocast: config.run.precision.autocast(),
+            loss_scale: self.state.loss_scaler.map(|s| s.scale),
         };
         let model = self
             .model
@@ -372,8 +379,22 @@ where
         self.window_images += images;
         self.window_steps += 1;
         self.progress.set_step(self.state.step);
-        self.watch.push(self.state.step, &out.terms);
         self.model = Some(out.model);
+        if let Some(scaler) = &mut self.state.loss_scaler {
+            let scale = scaler.scale;
+            scaler.update(out.skipped);
+            if out.skipped {
+                // As PyTorch's GradScaler: no update, a lower scale, the run goes on (its terms
+                // may be infinite: the overflow can be in the forward).
+                self.progress.println(&format!(
+                    "step {} skipped: gradients overflowed at loss scale {scale} (now {}; {} \
+                     skipped so far)",
+                    self.state.step, scaler.scale, scaler.skipped_steps
+                ));
+                return Ok(());
+            }
+        }
+        self.watch.push(self.state.step, &out.terms);
         if log_now {
             // One transfer for every step since the last check; fails on a non-finite term.
             let checked = self.watch.check()?.expect("this step's terms are pending");
@@ -490,7 +511,10 @@ where
             .as_ref()
             .expect("the model is present between steps");
         let student = model.student.valid();
+        // Evaluated in the run's precision, as open_clip evaluates under autocast.
+        let scope = autocast(self.prep.config.run.precision.autocast());
         let report: EvalReport = suite.run(&student, &self.device)?;
+        drop(scope);
         let metrics: BTreeMap<String, f64> = report.metrics().into_iter().collect();
         self.metrics.write_eval(&EvalRecord {
             step: self.state.step,

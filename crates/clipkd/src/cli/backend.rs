@@ -9,8 +9,8 @@ use burn::tensor::backend::AutodiffBackend;
 /// A device by name (`--device`, `run.device`): the trainer config's type.
 pub use clipkd_train::config::DeviceSpec;
 
-/// The floating-point type of every tensor of the run: the trainer config's type, parsed
-/// from `--precision f32|bf16|f16`.
+/// The floating-point types of the run: the trainer config's type, parsed from
+/// `--precision f32|bf16|f16|pure_bf16|pure_f16`.
 pub use clipkd_train::config::Precision;
 
 /// A command written once for any autodiff backend.
@@ -23,14 +23,22 @@ pub trait BackendTask {
 }
 
 /// Runs `task` on the backend and precision the user chose, or explains why it cannot.
+///
+/// The mixed precisions (`bf16`, `f16`) run on the f32 backend inside an autocast scope
+/// ([`clipkd::models::autocast`]), so that every model forward of the task (training,
+/// evaluation, embedding) computes its matrix products in half precision; the trainer also
+/// reads `run.precision` for its own steps and for f16 loss scaling. The `pure_*` precisions
+/// are backends whose every tensor is half precision (CUDA only).
 pub fn dispatch<T: BackendTask>(
     device: DeviceSpec,
     precision: Precision,
     task: T,
 ) -> anyhow::Result<T::Output> {
+    use clipkd::models::autocast::autocast;
     match (device, precision) {
         #[cfg(feature = "flex")]
-        (DeviceSpec::Cpu, Precision::F32) => {
+        (DeviceSpec::Cpu, Precision::F32 | Precision::Bf16 | Precision::F16) => {
+            let _scope = autocast(precision.autocast());
             task.run::<burn::backend::Autodiff<burn_flex::Flex>>(Default::default())
         }
         #[cfg(feature = "cuda")]
@@ -41,9 +49,12 @@ pub fn dispatch<T: BackendTask>(
             use burn::tensor::{bf16, f16};
             let device = CudaDevice::new(index);
             match precision {
-                Precision::F32 => task.run::<burn::backend::Autodiff<Cuda<f32, i32>>>(device),
-                Precision::Bf16 => task.run::<burn::backend::Autodiff<Cuda<bf16, i32>>>(device),
-                Precision::F16 => task.run::<burn::backend::Autodiff<Cuda<f16, i32>>>(device),
+                Precision::F32 | Precision::Bf16 | Precision::F16 => {
+                    let _scope = autocast(precision.autocast());
+                    task.run::<burn::backend::Autodiff<Cuda<f32, i32>>>(device)
+                }
+                Precision::PureBf16 => task.run::<burn::backend::Autodiff<Cuda<bf16, i32>>>(device),
+                Precision::PureF16 => task.run::<burn::backend::Autodiff<Cuda<f16, i32>>>(device),
             }
         }
         #[cfg(feature = "wgpu")]
@@ -57,7 +68,8 @@ pub fn dispatch<T: BackendTask>(
         (device, precision) => anyhow::bail!(
             "device `{device}` with precision `{precision}` is not available in this build \
              (compiled backends: {}); rebuild with the matching cargo feature \
-             (`flex` for cpu, `cuda`, `wgpu`); on the CPU only f32 is supported",
+             (`flex` for cpu, `cuda`, `wgpu`); the pure_* precisions need cuda, and wgpu \
+             runs f32 only",
             compiled_backends().join(", ")
         ),
     }
@@ -78,10 +90,10 @@ fn configure_gpu_runtime(what: &str) {
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut out = Vec::new();
     if cfg!(feature = "flex") {
-        out.push("cpu (f32)");
+        out.push("cpu (f32, bf16, f16)");
     }
     if cfg!(feature = "cuda") {
-        out.push("cuda (f32, bf16, f16)");
+        out.push("cuda (f32, bf16, f16, pure_bf16, pure_f16)");
     }
     if cfg!(feature = "wgpu") {
         out.push("wgpu (f32)");

@@ -36,8 +36,9 @@ pub struct DemoArgs {
     /// Device: cpu, cuda[:N], wgpu[:N] (default: cpu, or the --config file's).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
-    /// Floating-point precision: f32, bf16 or f16 (bf16/f16 on CUDA only).
-    #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
+    /// Precision: f32; bf16 or f16 mixed precision (half-precision matrix products, the rest
+    /// f32; CPU and CUDA); pure_bf16 or pure_f16 (every tensor, CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16|pure_bf16|pure_f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// A demo config (JSON, as --print-config writes) instead of the built-in one.
     #[arg(long, short = 'c', value_name = "FILE")]

@@ -98,8 +98,9 @@ pub struct EvalArgs {
     /// Device: cpu, cuda[:N], wgpu[:N] (among those compiled in).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Floating-point precision: f32, bf16 or f16 (bf16/f16 on CUDA only).
-    #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
+    /// Precision: f32; bf16 or f16 mixed precision (half-precision matrix products, the rest
+    /// f32; CPU and CUDA); pure_bf16 or pure_f16 (every tensor, CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16|pure_bf16|pure_f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Images (and prompts or captions) per forward pass.
     #[arg(long, default_value_t = clipkd_train::eval::DEFAULT_BATCH_SIZE)]

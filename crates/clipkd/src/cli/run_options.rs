@@ -60,8 +60,10 @@ pub struct RunOptions {
     /// Device: cpu, cuda[:N], wgpu[:N] (`run.device`).
     #[arg(long)]
     pub device: Option<String>,
-    /// Floating-point precision: f32, bf16 or f16 (`run.precision`; bf16/f16 on CUDA only).
-    #[arg(long, value_name = "f32|bf16|f16")]
+    /// Precision (`run.precision`): f32; bf16 or f16 mixed precision (half-precision matrix
+    /// products, f32 parameters, f16 with loss scaling; CPU and CUDA); pure_bf16 or pure_f16
+    /// (every tensor, CUDA only).
+    #[arg(long, value_name = "f32|bf16|f16|pure_bf16|pure_f16")]
     pub precision: Option<Precision>,
     /// Continue a run: `latest` (the latest checkpoint of the output directory) or a
     /// checkpoint or run directory. Without --config, the checkpoint's own config is used.
