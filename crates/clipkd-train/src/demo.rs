@@ -278,6 +278,7 @@ fn run_config(
     rc.run.metrics_format = MetricsFormat::Jsonl;
     rc.run.plots = true;
     rc.run.device = config.device;
+    rc.run.precision = config.precision;
     let mut eval = eval.clone();
     let every = (epochs / config.evals_per_run.max(1)).max(1);
     eval.every_epochs = (config.evals_per_run > 0).then_some(every);

@@ -8,7 +8,7 @@ use clipkd_models::ClipConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{DeviceSpec, LossKind, LossTermConfig, Override};
+use crate::config::{DeviceSpec, LossKind, LossTermConfig, Override, Precision};
 use crate::error::TrainError;
 
 use super::*;
@@ -61,6 +61,9 @@ pub struct DemoConfig {
     /// The device name recorded in the run configs (`run.device`); the device itself is the
     /// one [`run_demo`] is given.
     pub device: DeviceSpec,
+    /// The runs' precision (`run.precision`: mixed bf16/f16 compute, f16 loss scaling); the
+    /// backend that runs it is the one [`run_demo`] is given.
+    pub precision: Precision,
 }
 
 impl Default for DemoConfig {
@@ -84,6 +87,7 @@ impl Default for DemoConfig {
             evals_per_run: 3,
             workers: 1,
             device: DeviceSpec::Cpu,
+            precision: Precision::F32,
         }
     }
 }

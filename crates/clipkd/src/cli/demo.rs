@@ -99,6 +99,7 @@ impl DemoArgs {
         if let Some(device) = self.device {
             config.device = device;
         }
+        config.precision = self.precision;
         let mut overrides = Vec::new();
         let mut push = |path: &str, value: serde_json::Value| {
             overrides.push(Override::new(path, value));
@@ -146,7 +147,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         ProgressMode::Auto
     };
-    let report = dispatch(device, args.precision, DemoTask { config, progress })?;
+    let precision = config.precision;
+    let report = dispatch(device, precision, DemoTask { config, progress })?;
     print!("{report}");
     Ok(())
 }
