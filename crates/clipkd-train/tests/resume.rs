@@ -5,15 +5,9 @@
 
 mod common;
 
-use burn::backend::Autodiff;
-use burn_flex::Flex;
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints};
 use clipkd_train::config::{LossKind, LossTermConfig, TrainMode};
-use clipkd_train::progress::ProgressMode;
-use clipkd_train::trainer::PreparedRun;
-use common::{squares, steps, tiny_config, write_models};
-
-type B = Autodiff<Flex>;
+use common::{run_on_squares, steps, tiny_config, write_models};
 
 fn term(kind: LossKind, weight: f64) -> LossTermConfig {
     LossTermConfig {
@@ -49,13 +43,7 @@ fn interrupted_and_resumed_run_takes_the_same_steps() {
         ];
         c.run.stop_after_steps = Some(stop);
         c.run.checkpoint_at_epoch_end = true;
-        PreparedRun::prepare(c, TrainMode::Distill, resume)
-            .unwrap()
-            .with_data(squares(32))
-            .unwrap()
-            .with_progress(ProgressMode::Quiet)
-            .run::<B>(&Default::default())
-            .unwrap()
+        run_on_squares(c, TrainMode::Distill, resume, 32)
     };
     let straight = dir.path().join("straight");
     let a = run(&straight, 7, None);

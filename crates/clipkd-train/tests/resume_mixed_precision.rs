@@ -6,16 +6,10 @@
 
 mod common;
 
-use burn::backend::Autodiff;
-use burn_flex::Flex;
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints, read_checkpoint_meta};
 use clipkd_train::config::{Precision, TrainMode};
 use clipkd_train::loss_scale::INITIAL_SCALE;
-use clipkd_train::progress::ProgressMode;
-use clipkd_train::trainer::PreparedRun;
-use common::{squares, steps, tiny_config, write_models};
-
-type B = Autodiff<Flex>;
+use common::{run_on_squares, steps, tiny_config, write_models};
 
 #[test]
 fn an_f16_run_checkpoints_its_loss_scale_and_resumes_exactly() {
@@ -26,13 +20,7 @@ fn an_f16_run_checkpoints_its_loss_scale_and_resumes_exactly() {
         c.run.precision = Precision::F16;
         c.optim.epochs = 3;
         c.run.stop_after_steps = Some(stop);
-        PreparedRun::prepare(c, TrainMode::Distill, resume)
-            .unwrap()
-            .with_data(squares(32))
-            .unwrap()
-            .with_progress(ProgressMode::Quiet)
-            .run::<B>(&Default::default())
-            .unwrap()
+        run_on_squares(c, TrainMode::Distill, resume, 32)
     };
     let straight = dir.path().join("straight");
     assert_eq!(run(&straight, 10, None).steps, 10);

@@ -15,7 +15,7 @@ use clipkd_train::checkpoint::{
 use clipkd_train::config::{MetricsFormat, TrainMode};
 use clipkd_train::progress::ProgressMode;
 use clipkd_train::trainer::PreparedRun;
-use common::{squares, steps, tiny_config, write_models};
+use common::{run_on_squares, squares, steps, tiny_config, write_models};
 
 type B = Autodiff<Flex>;
 
@@ -43,13 +43,7 @@ fn distillation_reduces_the_loss_and_checkpoints() {
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("state.json"), "{").unwrap();
 
-    let summary = PreparedRun::prepare(config, TrainMode::Distill, None)
-        .unwrap()
-        .with_data(squares(32))
-        .unwrap()
-        .with_progress(ProgressMode::Quiet)
-        .run::<B>(&Default::default())
-        .unwrap();
+    let summary = run_on_squares(config, TrainMode::Distill, None, 32);
     assert_eq!(summary.steps, 16);
     assert_eq!(summary.epochs, 4);
     assert!(!summary.stopped_early);

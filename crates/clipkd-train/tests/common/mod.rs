@@ -9,9 +9,11 @@ use burn_flex::Flex;
 use clipkd_data::dataset::{DataSource, ImageSource, IndexedDataset, SampleRef};
 use clipkd_data::image::DecodedImage;
 use clipkd_models::{ClipConfig, ModelSource, save_open_clip};
+use clipkd_train::config::TrainMode;
 use clipkd_train::config::{DataKind, MetricsFormat, RunConfig};
 use clipkd_train::metrics::{StepRecord, read_metrics};
-use clipkd_train::trainer::force_init;
+use clipkd_train::progress::ProgressMode;
+use clipkd_train::trainer::{PreparedRun, RunSummary, force_init};
 
 /// A ViT student: embedding 16, vision width 32 (1 layer, 2 heads, patch 8 at 32 px), text
 /// width 32 (1 layer, 2 heads, context 16, the CLIP tokenizer's 49408 tokens).
@@ -120,6 +122,23 @@ pub fn tiny_config(student: &Path, teacher: &Path, weights: &Path, out: &Path) -
     c.run.metrics_format = MetricsFormat::Jsonl;
     c.run.plots = false;
     c
+}
+
+/// Runs `config` on the CPU (Flex, f32 backend) over [`squares`]`(samples)`, quietly,
+/// resuming from `resume` when given.
+pub fn run_on_squares(
+    config: RunConfig,
+    mode: TrainMode,
+    resume: Option<&str>,
+    samples: usize,
+) -> RunSummary {
+    PreparedRun::prepare(config, mode, resume)
+        .unwrap()
+        .with_data(squares(samples))
+        .unwrap()
+        .with_progress(ProgressMode::Quiet)
+        .run::<burn::backend::Autodiff<Flex>>(&Default::default())
+        .unwrap()
 }
 
 /// The step rows of a run directory.
