@@ -150,8 +150,11 @@ where
                     total_steps: prep.total_steps,
                     config_hash: fresh_state.config_hash,
                     clipkd_version: fresh_state.clipkd_version,
-                    // A checkpoint of the same precision carries its scaler.
-                    loss_scaler: saved.loss_scaler.or(fresh_state.loss_scaler),
+                    // The checkpoint's scaler when this run scales its losses (a run resumed
+                    // in another precision starts a fresh one, or none).
+                    loss_scaler: fresh_state
+                        .loss_scaler
+                        .map(|fresh| saved.loss_scaler.unwrap_or(fresh)),
                     ..saved
                 };
                 (model, optimizer, state)
