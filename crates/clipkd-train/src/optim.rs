@@ -350,13 +350,17 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     let Some(norm) = global_grad_norm::<B, M>(module, &grads) else {
         return (grads, None);
     };
-    let coef = norm
-        .clone()
-        .add_scalar(1e-6)
+    let coef = clip_coefficient(norm.clone(), max_norm);
+    (scale_grads::<B, M>(module, grads, coef), Some(norm))
+}
+
+/// PyTorch's `clip_grad_norm_` factor for gradients of global norm `norm` (shape `[1]`):
+/// `min(1, max_norm / (norm + 1e-6))`.
+pub fn clip_coefficient<B: Backend>(norm: Tensor<B, 1>, max_norm: f64) -> Tensor<B, 1> {
+    norm.add_scalar(1e-6)
         .recip()
         .mul_scalar(max_norm)
-        .clamp_max(1.0);
-    (scale_grads::<B, M>(module, grads, coef), Some(norm))
+        .clamp_max(1.0)
 }
 
 struct SquaredNorm<'a, B: AutodiffBackend> {

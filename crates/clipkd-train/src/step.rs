@@ -17,7 +17,8 @@ use clipkd_models::{Clip, ClipEncoder};
 
 use crate::error::TrainError;
 use crate::optim::{
-    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_grad_norm, global_grad_norm, scale_grads,
+    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_coefficient, clip_grad_norm,
+    global_grad_norm, scale_grads,
 };
 use crate::student::Student;
 
@@ -376,13 +377,7 @@ where
     }
     let norm = scaled_norm.div_scalar(scale);
     let factor = match max_norm {
-        Some(max_norm) => norm
-            .clone()
-            .add_scalar(1e-6)
-            .recip()
-            .mul_scalar(max_norm)
-            .clamp_max(1.0)
-            .div_scalar(scale),
+        Some(max_norm) => clip_coefficient(norm.clone(), max_norm).div_scalar(scale),
         None => norm.zeros_like().add_scalar(1.0 / scale),
     };
     Some((scale_grads::<B, _>(model, grads, factor), Some(norm)))
