@@ -7,7 +7,7 @@ mod common;
 
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints};
 use clipkd_train::config::{LossKind, LossTermConfig, TrainMode};
-use common::{run_on_squares, steps, tiny_config, write_models};
+use common::{assert_same_steps, run_on_squares, steps, tiny_config, write_models};
 
 fn term(kind: LossKind, weight: f64) -> LossTermConfig {
     LossTermConfig {
@@ -75,25 +75,7 @@ fn interrupted_and_resumed_run_takes_the_same_steps() {
         7,
         "the resumed run's metrics file holds one trajectory"
     );
-    for (x, y) in ra.iter().zip(&rb) {
-        assert_eq!(x.step, y.step);
-        assert_eq!(x.epoch, y.epoch);
-        assert_eq!(x.lr, y.lr);
-        assert_eq!(
-            x.loss.keys().collect::<Vec<_>>(),
-            y.loss.keys().collect::<Vec<_>>()
-        );
-        for (name, va) in &x.loss {
-            let vb = y.loss[name];
-            assert!(
-                (va - vb).abs() <= 1e-6,
-                "step {} term {name}: straight {va} vs resumed {vb}",
-                x.step
-            );
-        }
-        assert!((x.total - y.total).abs() <= 1e-6, "step {}", x.step);
-        assert_eq!(x.samples_seen, y.samples_seen);
-    }
+    assert_same_steps(&ra, &rb);
     // Checkpoints of the resumed run: step 3 (stop), 4 (epoch end), 7 (stop); keep 3.
     let kept: Vec<u64> = list_checkpoints(&resumed.join(CHECKPOINTS_DIR))
         .unwrap()

@@ -9,7 +9,7 @@ mod common;
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints, read_checkpoint_meta};
 use clipkd_train::config::{Precision, TrainMode};
 use clipkd_train::loss_scale::INITIAL_SCALE;
-use common::{run_on_squares, steps, tiny_config, write_models};
+use common::{assert_same_steps, run_on_squares, steps, tiny_config, write_models};
 
 #[test]
 fn an_f16_run_checkpoints_its_loss_scale_and_resumes_exactly() {
@@ -65,16 +65,5 @@ fn an_f16_run_checkpoints_its_loss_scale_and_resumes_exactly() {
         ra.len() >= 3,
         "the run trained after the scale settled: {a:?}"
     );
-    assert_eq!(ra.len(), rb.len());
-    for (x, y) in ra.iter().zip(&rb) {
-        assert_eq!(x.step, y.step);
-        for (name, va) in &x.loss {
-            let vb = y.loss[name];
-            assert!(
-                (va - vb).abs() <= 1e-6,
-                "step {} term {name}: straight {va} vs resumed {vb}",
-                x.step
-            );
-        }
-    }
+    assert_same_steps(&ra, &rb);
 }

@@ -141,6 +141,31 @@ pub fn run_on_squares(
         .unwrap()
 }
 
+/// Two runs' step rows are the same trajectory: the same steps, epochs, learning rates and
+/// samples seen, the same loss terms, each term and the total within 1e-6.
+pub fn assert_same_steps(straight: &[StepRecord], resumed: &[StepRecord]) {
+    assert_eq!(straight.len(), resumed.len(), "number of logged steps");
+    for (x, y) in straight.iter().zip(resumed) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(x.epoch, y.epoch);
+        assert_eq!(x.lr, y.lr);
+        assert_eq!(
+            x.loss.keys().collect::<Vec<_>>(),
+            y.loss.keys().collect::<Vec<_>>()
+        );
+        for (name, va) in &x.loss {
+            let vb = y.loss[name];
+            assert!(
+                (va - vb).abs() <= 1e-6,
+                "step {} term {name}: straight {va} vs resumed {vb}",
+                x.step
+            );
+        }
+        assert!((x.total - y.total).abs() <= 1e-6, "step {}", x.step);
+        assert_eq!(x.samples_seen, y.samples_seen);
+    }
+}
+
 /// The step rows of a run directory.
 pub fn steps(run_dir: &Path) -> Vec<StepRecord> {
     read_metrics(run_dir).unwrap().0
