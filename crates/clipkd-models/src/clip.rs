@@ -13,6 +13,7 @@ use crate::host_init::{build_on_host, copy_parameters};
 use crate::resnet::ModifiedResNet;
 pub use crate::text::TextProjection;
 use crate::text::{TextTowerRef, TextTransformer};
+use crate::timm::TimmTower;
 use crate::transformer::Transformer;
 use crate::vit::VisionTransformer;
 
@@ -25,6 +26,8 @@ pub enum VisionTower<B: Backend> {
     Vit(VisionTransformer<B>),
     /// A ModifiedResNet.
     ModifiedResNet(ModifiedResNet<B>),
+    /// A timm trunk with open_clip's `TimmModel` head.
+    Timm(TimmTower<B>),
 }
 
 impl<B: Backend> VisionTower<B> {
@@ -40,6 +43,7 @@ impl<B: Backend> VisionTower<B> {
         match self {
             VisionTower::Vit(vit) => vit.forward(images),
             VisionTower::ModifiedResNet(resnet) => resnet.forward(images),
+            VisionTower::Timm(timm) => timm.forward(images),
         }
     }
 
@@ -52,6 +56,7 @@ impl<B: Backend> VisionTower<B> {
         match self {
             VisionTower::Vit(vit) => vit.check_images(dims),
             VisionTower::ModifiedResNet(resnet) => resnet.check_images(dims),
+            VisionTower::Timm(timm) => timm.check_images(dims),
         }
     }
 
@@ -61,16 +66,21 @@ impl<B: Backend> VisionTower<B> {
             VisionTower::ModifiedResNet(_) => Err(ModelError::MaskedForwardUnsupported {
                 tower: "a ModifiedResNet",
             }),
+            VisionTower::Timm(_) => Err(ModelError::MaskedForwardUnsupported {
+                tower: "a timm tower",
+            }),
         }
     }
 }
 
 impl VisionConfig {
     /// Builds the vision tower, projecting to `embed_dim`: [`VitConfig::init`] (with
-    /// `activation`) or [`ModifiedResNetConfig::init`] (which has no use for it).
+    /// `activation`), [`ModifiedResNetConfig::init`] or [`TimmConfig::init`] (which have no
+    /// use for it: their activations are ReLUs and timm's own, as in open_clip).
     ///
     /// [`VitConfig::init`]: crate::VitConfig::init
     /// [`ModifiedResNetConfig::init`]: crate::ModifiedResNetConfig::init
+    /// [`TimmConfig::init`]: crate::TimmConfig::init
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`], naming the field, if the tower's config is invalid or
@@ -86,6 +96,7 @@ impl VisionConfig {
             VisionConfig::ModifiedResNet(r) => {
                 VisionTower::ModifiedResNet(r.init(embed_dim, device)?)
             }
+            VisionConfig::Timm(t) => VisionTower::Timm(t.init(embed_dim, device)?),
         })
     }
 }
@@ -317,11 +328,11 @@ impl<B: Backend> Clip<B> {
             .forward_with_keep_indices(images, keep)
     }
 
-    /// Number of patch tokens of a ViT tower (`None` for a ModifiedResNet).
+    /// Number of patch tokens of a ViT tower (`None` for a ModifiedResNet or timm tower).
     pub fn num_patches(&self) -> Option<usize> {
         match &self.visual {
             VisionTower::Vit(vit) => Some(vit.num_patches()),
-            VisionTower::ModifiedResNet(_) => None,
+            VisionTower::ModifiedResNet(_) | VisionTower::Timm(_) => None,
         }
     }
 

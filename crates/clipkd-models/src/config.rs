@@ -1,7 +1,8 @@
 //! Model configs in open_clip's JSON schema (`model_configs/*.json`), typed.
 //!
-//! - the types: [`ClipConfig`] with its vision tower ([`VisionConfig`]: [`VitConfig`] or
-//!   [`ModifiedResNetConfig`]) and text tower ([`TextConfig`]), with open_clip's defaults;
+//! - the types: [`ClipConfig`] with its vision tower ([`VisionConfig`]: [`VitConfig`],
+//!   [`ModifiedResNetConfig`] or [`TimmConfig`]) and text tower ([`TextConfig`]), with
+//!   open_clip's defaults;
 //! - reading and writing open_clip 3.3.0's model-config JSON
 //!   ([`ClipConfig::from_open_clip_json_str`], [`ClipConfig::to_open_clip_json`]; serde uses
 //!   the same format). Fields that change the math are either implemented or rejected with an
@@ -16,9 +17,11 @@
 //! [`ModifiedResNetConfig::init`], [`VisionConfig::init`] or [`TextConfig::init`].
 
 mod open_clip;
+mod timm;
 mod types;
 mod validate;
 
+pub use timm::{ResNetBlock, TimmConfig, TimmPool, TimmProj, TimmResNetConfig, TimmTrunkConfig};
 pub use types::{
     Activation, ClipConfig, DEFAULT_LOGIT_SCALE, GeluApproximate, ModifiedResNetConfig,
     PosEmbedType, TextConfig, TextPool, TextProjType, VisionConfig, VisionPool, VitConfig,

@@ -209,11 +209,11 @@ impl<B: Backend> ClipEncoder<B> for crate::Clip<B> {
     }
 
     /// ViT: `visual.transformer.resblocks.{i}` for every block `i` (its output tokens, class
-    /// token first, `[N, 1 + patches, width]`). ModifiedResNet: none yet.
+    /// token first, `[N, 1 + patches, width]`). ModifiedResNet and timm towers: none yet.
     fn image_feature_names(&self) -> Vec<String> {
         match &self.visual {
             crate::VisionTower::Vit(vit) => (0..vit.layers()).map(vit_block_name).collect(),
-            crate::VisionTower::ModifiedResNet(_) => Vec::new(),
+            crate::VisionTower::ModifiedResNet(_) | crate::VisionTower::Timm(_) => Vec::new(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! CLIP models for Burn with open_clip 3.3.0 parity: ViT and ModifiedResNet vision towers, the
+//! CLIP models for Burn with open_clip 3.3.0 parity: ViT, ModifiedResNet and timm (open_clip's
+//! `TimmModel`) vision towers, the
 //! text transformer, open_clip model configs (and presets), and open_clip checkpoint import and
 //! export.
 //!
@@ -29,6 +30,7 @@ pub mod resnet;
 mod shape;
 pub mod source;
 pub mod text;
+pub mod timm;
 pub mod transformer;
 pub mod vit;
 
@@ -37,12 +39,14 @@ pub use checkpoint::{
 };
 pub use clip::{Clip, ClipOutput, TextProjection, VisionTower, l2_normalize};
 pub use config::{
-    Activation, ClipConfig, GeluApproximate, ModifiedResNetConfig, PosEmbedType, TextConfig,
-    TextPool, TextProjType, VisionConfig, VisionPool, VitConfig,
+    Activation, ClipConfig, GeluApproximate, ModifiedResNetConfig, PosEmbedType, ResNetBlock,
+    TextConfig, TextPool, TextProjType, TimmConfig, TimmPool, TimmProj, TimmResNetConfig,
+    TimmTrunkConfig, VisionConfig, VisionPool, VitConfig,
 };
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};
 pub use resnet::ModifiedResNet;
 pub use source::ModelSource;
 pub use text::TextTransformer;
+pub use timm::TimmTower;
 pub use vit::VisionTransformer;

@@ -4,7 +4,9 @@
 //! (`open_clip/model_configs/`). `ViT-T-16.json` is not part of open_clip: it is CLIP-KD's student
 //! (Yang et al., CVPR 2024; `src/open_clip/model_configs/ViT-T-16.json` in winycg/CLIP-KD):
 //! vision width 192, 12 layers, head width 64 (3 heads), patch 16 at 224 px; text width 384,
-//! 6 heads, 12 layers; embedding 512.
+//! 6 heads, 12 layers; embedding 512. The `timm_*` files are CLIP-KD's timm students, copied
+//! verbatim from the same directory of winycg/CLIP-KD: a timm trunk (no ImageNet weights), the
+//! trunk's own pooling and a linear projection to 512 without bias, with ViT-T-16's text tower.
 //!
 //! [`ClipConfig::preset`] reads one by name, [`ClipConfig::resolve`] takes a preset name or a
 //! path to a JSON file.
@@ -48,6 +50,7 @@ presets!(
     "ViT-S-16",
     "ViT-S-32",
     "ViT-T-16",
+    "timm_resnet18",
 );
 
 /// The error of a preset name that is not one, listing the names that are.

@@ -13,6 +13,7 @@
 
 mod read;
 mod section;
+mod timm;
 mod write;
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use super::timm::TimmConfig;
+
 /// ln(1/0.07), open_clip's default `init_logit_scale` (`np.log(1 / 0.07)`).
 pub const DEFAULT_LOGIT_SCALE: f64 = 2.659_260_036_932_778;
 
@@ -208,6 +210,8 @@ pub enum VisionConfig {
     Vit(VitConfig),
     /// OpenAI's ModifiedResNet (RN50, RN101, RN50x4, ...).
     ModifiedResNet(ModifiedResNetConfig),
+    /// A timm trunk with open_clip's `TimmModel` head (`timm_model_name`).
+    Timm(TimmConfig),
 }
 
 impl VisionConfig {
@@ -216,6 +220,7 @@ impl VisionConfig {
         match self {
             VisionConfig::Vit(c) => c.image_size,
             VisionConfig::ModifiedResNet(c) => [c.image_size, c.image_size],
+            VisionConfig::Timm(c) => c.image_size,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 
+use super::timm::{TimmConfig, TimmTrunkConfig};
 use super::types::{
     ClipConfig, ModifiedResNetConfig, PosEmbedType, TextConfig, VisionConfig, VitConfig,
 };
@@ -124,13 +125,72 @@ impl ModifiedResNetConfig {
     }
 }
 
+impl TimmConfig {
+    /// Checks the invariants a [`crate::TimmTower`] needs: a timm model name clipkd has, a
+    /// trunk of that name's family (for a ResNet, its block type), positive widths and image
+    /// sizes, at least one block per stage, dropout rates in `[0, 1)`.
+    /// [`TimmConfig::init`](crate::TimmConfig::init) calls it.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        positive(
+            "vision_cfg.image_size",
+            self.image_size[0].min(self.image_size[1]),
+        )?;
+        for (field, rate) in [
+            ("vision_cfg.timm_drop", Some(self.drop)),
+            ("vision_cfg.timm_drop_path", self.drop_path),
+        ] {
+            if let Some(rate) = rate
+                && !(0.0..1.0).contains(&rate)
+            {
+                return Err(invalid(field, &json!(rate), "must be in [0, 1)"));
+            }
+        }
+        let Some(named) = TimmTrunkConfig::named(&self.model_name) else {
+            return Err(invalid(
+                "vision_cfg.timm_model_name",
+                &json!(self.model_name),
+                &format!(
+                    "clipkd has no timm model of this name; it has {}",
+                    TimmTrunkConfig::known_names().join(", ")
+                ),
+            ));
+        };
+        match (&self.trunk, &named) {
+            (TimmTrunkConfig::ResNet(r), TimmTrunkConfig::ResNet(n)) => {
+                if r.block != n.block {
+                    return Err(invalid(
+                        "vision_cfg.timm_model_name",
+                        &json!(self.model_name),
+                        &format!(
+                            "the trunk has {:?} blocks, this model has {:?} blocks",
+                            r.block, n.block
+                        ),
+                    ));
+                }
+                for c in r.channels {
+                    positive("vision_cfg.timm_model_kwargs.channels", c)?;
+                }
+                if r.layers.contains(&0) {
+                    return Err(invalid(
+                        "vision_cfg.timm_model_kwargs.layers",
+                        &json!(r.layers),
+                        "every stage needs at least one block",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl VisionConfig {
-    /// Checks the tower's invariants ([`VitConfig::validate`] or
-    /// [`ModifiedResNetConfig::validate`]).
+    /// Checks the tower's invariants ([`VitConfig::validate`],
+    /// [`ModifiedResNetConfig::validate`] or [`TimmConfig::validate`]).
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
             VisionConfig::Vit(v) => v.validate(),
             VisionConfig::ModifiedResNet(r) => r.validate(),
+            VisionConfig::Timm(t) => t.validate(),
         }
     }
 }

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::section::{Section, unsupported};
+use super::timm::parse_timm;
 use crate::config::types::{
     Activation, ClipConfig, DEFAULT_LOGIT_SCALE, ModifiedResNetConfig, PosEmbedType, TextConfig,
     TextPool, TextProjType, VisionConfig, VisionPool, VitConfig,
@@ -71,6 +72,7 @@ fn parse_clip(mut top: Section) -> Result<ClipConfig, ModelError> {
 }
 
 const TIMM_FIELDS: &[&str] = &[
+    "timm_model_kwargs",
     "timm_model_pretrained",
     "timm_pool",
     "timm_proj",
@@ -80,12 +82,8 @@ const TIMM_FIELDS: &[&str] = &[
 ];
 
 fn parse_vision(mut s: Section, activation: Activation) -> Result<VisionConfig, ModelError> {
-    if let Some(v) = s.take("timm_model_name") {
-        return Err(unsupported(
-            "vision_cfg.timm_model_name",
-            &v,
-            "timm vision towers are not implemented (ViT and ModifiedResNet are)",
-        ));
+    if let Some(name) = s.take("timm_model_name") {
+        return Ok(VisionConfig::Timm(parse_timm(s, &name)?));
     }
     s.ignore(TIMM_FIELDS);
     let defaults = VitConfig::default();

@@ -4,7 +4,8 @@
 use serde_json::json;
 
 use crate::config::{
-    ClipConfig, ModifiedResNetConfig, TextPool, VisionConfig, VisionPool, VitConfig,
+    ClipConfig, ModifiedResNetConfig, ResNetBlock, TextPool, TimmPool, TimmProj, TimmTrunkConfig,
+    VisionConfig, VisionPool, VitConfig,
 };
 use crate::error::ModelError;
 
@@ -90,9 +91,36 @@ fn with_text(extra: &str) -> String {
 fn unsupported_fields_are_named() {
     let cases = [
         (
-            with_vision(r#", "timm_model_name": "resnet18""#),
+            with_vision(r#", "timm_model_name": "convnext_tiny""#),
             "vision_cfg.timm_model_name",
-            "\"resnet18\"",
+            "\"convnext_tiny\"",
+        ),
+        (
+            with_vision(r#", "timm_model_name": "resnet18", "timm_model_pretrained": true"#),
+            "vision_cfg.timm_model_pretrained",
+            "true",
+        ),
+        (
+            with_vision(r#", "timm_model_name": "resnet18", "timm_pool": "abs_attn""#),
+            "vision_cfg.timm_pool",
+            "\"abs_attn\"",
+        ),
+        (
+            with_vision(r#", "timm_model_name": "resnet18", "timm_proj": "none""#),
+            "vision_cfg.timm_proj",
+            "\"none\"",
+        ),
+        (
+            with_vision(r#", "timm_model_name": "resnet18", "patch_dropout": 0.5"#),
+            "vision_cfg.patch_dropout",
+            "0.5",
+        ),
+        (
+            with_vision(
+                r#", "timm_model_name": "resnet50", "timm_model_kwargs": {"stem_type": "deep"}"#,
+            ),
+            "vision_cfg.timm_model_kwargs.stem_type",
+            "\"deep\"",
         ),
         (
             with_vision(r#", "attentional_pool": true"#),
@@ -156,6 +184,44 @@ fn unsupported_fields_are_named() {
     );
 }
 
+/// A timm tower reads the timm fields and ignores the ViT/ResNet ones (as open_clip's
+/// `TimmModel` does); an unknown name lists the names clipkd has.
+#[test]
+fn timm_towers_are_read() {
+    let c = ClipConfig::from_open_clip_json_str(&with_vision(
+        r#", "timm_model_name": "resnet50", "timm_pool": "", "timm_proj": "mlp", "timm_proj_bias": true,
+           "timm_drop": 0.1, "timm_drop_path": 0.05, "timm_model_kwargs": {"layers": [1, 1, 1, 1]}"#,
+    ))
+    .unwrap();
+    let VisionConfig::Timm(t) = &c.vision else {
+        panic!("{:?}", c.vision)
+    };
+    assert_eq!(t.model_name, "resnet50");
+    assert_eq!(
+        (t.pool, t.proj, t.proj_bias),
+        (TimmPool::TrunkDefault, TimmProj::Mlp, true)
+    );
+    assert_eq!(
+        (t.drop, t.drop_path, t.image_size),
+        (0.1, Some(0.05), [32, 32])
+    );
+    let TimmTrunkConfig::ResNet(r) = &t.trunk;
+    assert_eq!(
+        (r.block, r.layers, r.num_features()),
+        (ResNetBlock::Bottleneck, [1, 1, 1, 1], 2048)
+    );
+    assert_eq!(
+        ClipConfig::from_open_clip_json_str(&c.to_open_clip_json()).unwrap(),
+        c
+    );
+
+    let error = error_of(&with_vision(r#", "timm_model_name": "mobilenetv4""#)).to_string();
+    assert!(
+        error.contains("resnet18") && error.contains("resnet50"),
+        "{error}"
+    );
+}
+
 #[test]
 fn invalid_fields_are_named() {
     let cases = [
@@ -170,6 +236,26 @@ fn invalid_fields_are_named() {
         (
             with_vision(r#", "unknown_thing": 1"#),
             "vision_cfg.unknown_thing",
+        ),
+        (
+            with_vision(
+                r#", "timm_model_name": "resnet18", "timm_model_kwargs": {"layers": [1, 2]}"#,
+            ),
+            "vision_cfg.timm_model_kwargs.layers",
+        ),
+        (
+            with_vision(r#", "timm_model_name": "resnet18", "timm_model_kwargs": {"depth": 3}"#),
+            "vision_cfg.timm_model_kwargs.depth",
+        ),
+        (
+            with_vision(
+                r#", "timm_model_name": "resnet18", "timm_model_kwargs": {"layers": [1, 0, 1, 1]}"#,
+            ),
+            "vision_cfg.timm_model_kwargs.layers",
+        ),
+        (
+            with_vision(r#", "timm_model_name": "resnet18", "timm_drop": 1.5"#),
+            "vision_cfg.timm_drop",
         ),
         (
             with_vision(r#", "patch_dropout": 1.0"#),

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value, json};
 
+use super::timm::timm_to_value;
+
 use crate::config::types::{
     Activation, ClipConfig, DEFAULT_LOGIT_SCALE, GeluApproximate, PosEmbedType, TextConfig,
     TextPool, TextProjType, VisionConfig, VisionPool,
@@ -91,6 +93,7 @@ fn vision_to_value(vision: &VisionConfig) -> Value {
             }
             m.insert("patch_size".into(), Value::Null);
         }
+        VisionConfig::Timm(t) => return timm_to_value(t),
     }
     Value::Object(m)
 }

@@ -1,0 +1,195 @@
+//! timm vision towers (open_clip's `TimmModel`, `vision_cfg.timm_model_name`): the tower's
+//! settings and the trunk architectures clipkd builds, by timm model name.
+//!
+//! open_clip creates the trunk with `timm.create_model(timm_model_name)`; clipkd has no timm,
+//! so each supported name maps to an architecture config here ([`TimmTrunkConfig::named`]).
+//! The architecture parameters can also be given as `vision_cfg.timm_model_kwargs`, with
+//! timm's own keyword names (`timm.create_model(name, **kwargs)`), for smaller variants of a
+//! family (tests, experiments). That field is clipkd's: open_clip 3.3.0's `CLIPVisionCfg` has
+//! no such field and would reject it, so the writer emits it only for a trunk that differs from
+//! the named one.
+
+/// How the trunk's feature map becomes one vector (`vision_cfg.timm_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimmPool {
+    /// The trunk's own default pooling (`""`): global average pooling for every trunk clipkd
+    /// has. CLIP-KD's configs use this.
+    TrunkDefault,
+    /// Global average pooling (`"avg"`, open_clip's default).
+    #[default]
+    Avg,
+    /// Global max pooling (`"max"`).
+    Max,
+}
+
+impl TimmPool {
+    /// The name in open_clip's JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimmPool::TrunkDefault => "",
+            TimmPool::Avg => "avg",
+            TimmPool::Max => "max",
+        }
+    }
+}
+
+/// The projection from the trunk's pooled features to `embed_dim` (`vision_cfg.timm_proj`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimmProj {
+    /// `head.drop` (dropout `timm_drop`) then `head.proj`, a `Linear` (`"linear"`, the default).
+    #[default]
+    Linear,
+    /// `head.mlp`: timm's `Mlp` (`fc1` to `2 * embed_dim`, GELU, dropout `timm_drop`, `fc2`)
+    /// (`"mlp"`).
+    Mlp,
+}
+
+impl TimmProj {
+    /// The name in open_clip's JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimmProj::Linear => "linear",
+            TimmProj::Mlp => "mlp",
+        }
+    }
+}
+
+/// The residual block of a timm ResNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResNetBlock {
+    /// Two 3x3 convolutions (`BasicBlock`, expansion 1): ResNet-18 and -34.
+    Basic,
+    /// 1x1, 3x3 (strided), 1x1 convolutions (`Bottleneck`, expansion 4): ResNet-50 and deeper.
+    Bottleneck,
+}
+
+impl ResNetBlock {
+    /// Output channels per stage channel (`block.expansion`).
+    pub fn expansion(self) -> usize {
+        match self {
+            ResNetBlock::Basic => 1,
+            ResNetBlock::Bottleneck => 4,
+        }
+    }
+}
+
+/// timm's `ResNet` with its default stem (`stem_type=""`: a 7x7 stride-2 convolution,
+/// BatchNorm, ReLU, 3x3 stride-2 max pooling), strided 1x1 convolution shortcuts and global
+/// average pooling: `resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimmResNetConfig {
+    /// The block of every stage.
+    pub block: ResNetBlock,
+    /// Blocks per stage (timm's `layers`).
+    pub layers: [usize; 4],
+    /// Stage widths before the block expansion (timm's `channels`, default 64, 128, 256, 512).
+    /// The default stem has 64 channels whatever these are (timm's `stem_width` only sizes its
+    /// deep stems).
+    pub channels: [usize; 4],
+}
+
+impl TimmResNetConfig {
+    fn new(block: ResNetBlock, layers: [usize; 4]) -> Self {
+        Self {
+            block,
+            layers,
+            channels: [64, 128, 256, 512],
+        }
+    }
+
+    /// Output channels of timm's default stem.
+    pub const STEM_WIDTH: usize = 64;
+
+    /// The pooled feature width (timm's `num_features`): the last stage's output channels.
+    pub fn num_features(&self) -> usize {
+        self.channels[3] * self.block.expansion()
+    }
+}
+
+/// The architecture of a timm trunk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimmTrunkConfig {
+    /// timm's `ResNet`.
+    ResNet(TimmResNetConfig),
+}
+
+/// The timm model names clipkd builds, with their architectures.
+const NAMED_TRUNKS: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"];
+
+impl TimmTrunkConfig {
+    /// The architecture timm builds for `name` (`timm.create_model(name)`), or `None` if
+    /// clipkd does not have it (see [`TimmTrunkConfig::known_names`]).
+    pub fn named(name: &str) -> Option<Self> {
+        use ResNetBlock::{Basic, Bottleneck};
+        let resnet = |block, layers| Some(Self::ResNet(TimmResNetConfig::new(block, layers)));
+        match name {
+            "resnet18" => resnet(Basic, [2, 2, 2, 2]),
+            "resnet34" => resnet(Basic, [3, 4, 6, 3]),
+            "resnet50" => resnet(Bottleneck, [3, 4, 6, 3]),
+            "resnet101" => resnet(Bottleneck, [3, 4, 23, 3]),
+            "resnet152" => resnet(Bottleneck, [3, 8, 36, 3]),
+            _ => None,
+        }
+    }
+
+    /// Every timm model name [`TimmTrunkConfig::named`] knows.
+    pub fn known_names() -> &'static [&'static str] {
+        NAMED_TRUNKS
+    }
+
+    /// The pooled feature width the trunk hands to the head (what open_clip's `head.proj`
+    /// takes).
+    pub fn num_features(&self) -> usize {
+        match self {
+            TimmTrunkConfig::ResNet(c) => c.num_features(),
+        }
+    }
+}
+
+/// A timm vision tower: open_clip's `TimmModel(timm_model_name, embed_dim, image_size, pool,
+/// proj, proj_bias, drop, drop_path)` with `timm_model_pretrained: false` (clipkd loads
+/// weights from checkpoints instead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimmConfig {
+    /// timm's model name (`timm_model_name`), e.g. `resnet18`.
+    pub model_name: String,
+    /// The trunk's architecture: [`TimmTrunkConfig::named`] for `model_name`, changed by
+    /// `timm_model_kwargs` if given.
+    pub trunk: TimmTrunkConfig,
+    /// `timm_pool`.
+    pub pool: TimmPool,
+    /// `timm_proj`.
+    pub proj: TimmProj,
+    /// Whether the projection's last layer has a bias (`timm_proj_bias`).
+    pub proj_bias: bool,
+    /// Head dropout probability (`timm_drop`).
+    pub drop: f64,
+    /// Stochastic depth of the trunk's blocks (`timm_drop_path`, timm's `drop_path_rate`;
+    /// `None`: the trunk's default, 0 for every trunk clipkd has).
+    pub drop_path: Option<f64>,
+    /// Input size `[height, width]` (`image_size`): the preprocessing size. The trunks pool
+    /// globally, so other sizes also run.
+    pub image_size: [usize; 2],
+}
+
+impl TimmConfig {
+    /// The tower of a named timm model with open_clip's defaults (`timm_pool: "avg"`,
+    /// `timm_proj: "linear"`, no bias, no dropout), or `None` for a name clipkd does not have.
+    pub fn named(model_name: &str, image_size: usize) -> Option<Self> {
+        Some(Self {
+            model_name: model_name.to_string(),
+            trunk: TimmTrunkConfig::named(model_name)?,
+            pool: TimmPool::default(),
+            proj: TimmProj::default(),
+            proj_bias: false,
+            drop: 0.0,
+            drop_path: None,
+            image_size: [image_size, image_size],
+        })
+    }
+
+    /// The stochastic-depth rate the trunk uses (`drop_path`, or 0).
+    pub fn drop_path_rate(&self) -> f64 {
+        self.drop_path.unwrap_or(0.0)
+    }
+}

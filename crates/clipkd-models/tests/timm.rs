@@ -1,0 +1,302 @@
+//! timm vision towers (open_clip's `TimmModel`) against open_clip 3.3.0 + timm 1.0.31, on the
+//! fixtures written by `tools/make_timm_fixtures.py` (`tests/fixtures/timm/`): eval-mode and
+//! train-mode embeddings, every visual parameter's gradient, the BatchNorm running statistics
+//! after a train-mode forward, and the state-dict keys of CLIP-KD's timm presets.
+//!
+//! References are float64 computations stored as float32; clipkd runs in float32. Tolerances:
+//! embeddings min cosine 0.99999 and max abs diff 1e-4 (the features are O(1)-O(10)); gradients
+//! per tensor relative L2 difference 1e-4, or twice PyTorch's own float32 error where that is
+//! larger (the stem convolution of `resnet_bottleneck`, whose gradient through a train-mode
+//! BatchNorm cancels: 1.2e-2 in torch's float32 and in clipkd's); running statistics max abs
+//! diff 1e-5 relative to their scale.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::Flex;
+use clipkd_models::{
+    Clip, ClipConfig, StoredDType, TimmTrunkConfig, VisionConfig, load_open_clip,
+    open_clip_state_dict_spec, save_open_clip,
+};
+use safetensors::SafeTensors;
+
+type B = Flex;
+type AD = Autodiff<Flex>;
+
+const CASES: [&str; 2] = ["resnet_basic", "resnet_bottleneck"];
+
+/// CLIP-KD's timm students among the presets.
+const PRESETS: &[&str] = &["timm_resnet18"];
+
+/// The gradient tolerance where PyTorch's own float32 gradient is closer than it.
+const GRAD_TOLERANCE: f64 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/timm")
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("clipkd-timm-{}-{name}", std::process::id()))
+}
+
+/// The f32 tensors of a safetensors file (integer tensors skipped), by name.
+fn read_f32(path: &Path) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .filter(|(_, view)| view.dtype() == safetensors::Dtype::F32)
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, (values, view.shape().to_vec()))
+        })
+        .collect()
+}
+
+fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data()
+        .convert_dtype(DType::F32)
+        .into_vec::<f32>()
+        .unwrap()
+}
+
+fn load_case<Bk: Backend>(case: &str) -> Clip<Bk> {
+    let config = ClipConfig::from_open_clip_json(fixtures().join(format!("{case}.json"))).unwrap();
+    load_open_clip::<Bk>(
+        fixtures().join(format!("{case}.safetensors")),
+        &config,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{case}: {e}"))
+}
+
+fn tensor<Bk: Backend, const D: usize>(
+    io: &BTreeMap<String, (Vec<f32>, Vec<usize>)>,
+    key: &str,
+) -> Tensor<Bk, D> {
+    let (v, s) = io[key].clone();
+    Tensor::from_data(TensorData::new(v, s), &Default::default())
+}
+
+/// Min row cosine and max abs difference of two `[N, D]` embeddings, asserted.
+fn assert_embeddings(what: &str, ours: &[f32], theirs: &[f32], dim: usize) {
+    assert_eq!(ours.len(), theirs.len(), "{what}");
+    let mut min_cos = f64::INFINITY;
+    for (a, b) in ours.chunks(dim).zip(theirs.chunks(dim)) {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        min_cos = min_cos.min(dot / (na * nb));
+    }
+    let max_abs = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("{what}: min cosine {min_cos:.9}, max abs diff {max_abs:.2e}");
+    assert!(min_cos >= 0.99999, "{what}: cosine {min_cos}");
+    assert!(max_abs <= 1e-4, "{what}: max abs diff {max_abs}");
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+#[test]
+fn eval_mode_embeddings_match_open_clip() {
+    for case in CASES {
+        let model = load_case::<B>(case);
+        let io = read_f32(&fixtures().join(format!("{case}_io.safetensors")));
+        let ours = values(model.encode_image(tensor(&io, "pixels")).unwrap());
+        let (theirs, shape) = &io["image_features_eval"];
+        assert_embeddings(&format!("{case} eval"), &ours, theirs, shape[1]);
+    }
+}
+
+/// Replaces every float parameter by its gradient (running statistics, which have none, keep
+/// their values), so that the export writes the gradients under open_clip's keys.
+struct GradientsAsValues(<AD as AutodiffBackend>::Gradients);
+
+impl ModuleMapper<AD> for GradientsAsValues {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AD, D>>) -> Param<Tensor<AD, D>> {
+        let (id, tensor, _) = param.consume();
+        match tensor.grad(&self.0) {
+            Some(grad) => Param::initialized(id, Tensor::from_inner(grad)),
+            None => Param::initialized(id, tensor),
+        }
+    }
+}
+
+/// Train mode (batch statistics, on the autodiff backend): embeddings, the gradient of every
+/// visual parameter, and the running statistics' update, all against PyTorch.
+#[test]
+fn train_mode_embeddings_gradients_and_running_statistics_match_open_clip() {
+    for case in CASES {
+        let model = load_case::<AD>(case);
+        let io = read_f32(&fixtures().join(format!("{case}_io.safetensors")));
+        let features = model.encode_image(tensor(&io, "pixels")).unwrap();
+        let (theirs, shape) = &io["image_features_train"];
+        assert_embeddings(
+            &format!("{case} train"),
+            &values(features.clone()),
+            theirs,
+            shape[1],
+        );
+
+        // The running statistics, updated by that forward.
+        let after = temp_path(&format!("{case}-after.safetensors"));
+        save_open_clip(&model.valid(), &after).unwrap();
+        let exported = read_f32(&after);
+        std::fs::remove_file(&after).unwrap();
+        let mut statistics = 0;
+        for (key, (expected, _)) in io.iter().filter(|(k, _)| k.starts_with("after_train.")) {
+            let key = key.trim_start_matches("after_train.");
+            let (ours, _) = &exported[key];
+            let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let max_abs = ours
+                .iter()
+                .zip(expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max_abs <= 1e-5 * scale, "{case} {key}: {max_abs}");
+            statistics += 1;
+        }
+        assert!(statistics >= 10, "{case}: {statistics} running statistics");
+
+        let weights: Tensor<AD, 2> = tensor(&io, "grad_weights");
+        let grads = (features * weights).sum().backward();
+        let gradient_model = model.clone().map(&mut GradientsAsValues(grads)).valid();
+        let path = temp_path(&format!("{case}-grads.safetensors"));
+        save_open_clip(&gradient_model, &path).unwrap();
+        let ours = read_f32(&path);
+        std::fs::remove_file(&path).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join("meta.json")).unwrap())
+                .unwrap();
+        let torch_f32 = &meta["cases"][case]["torch_f32_grad_relative_l2"];
+        let mut compared = 0;
+        let mut worst = 0.0f64;
+        for (key, (expected, _)) in io.iter().filter(|(k, _)| k.starts_with("grad.")) {
+            let key = key.trim_start_matches("grad.");
+            let error = relative_l2(&ours[key].0, expected);
+            let torch = torch_f32[key].as_f64().unwrap();
+            assert!(
+                error <= GRAD_TOLERANCE.max(2.0 * torch),
+                "{case} gradient of {key}: relative L2 {error:.2e} (torch f32: {torch:.2e})"
+            );
+            worst = worst.max(error);
+            compared += 1;
+        }
+        println!("{case}: {compared} gradients, worst relative L2 {worst:.2e}");
+        let visual = open_clip_state_dict_spec(&model)
+            .into_iter()
+            .filter(|s| s.key.starts_with("visual.") && s.dtype == StoredDType::F32)
+            .filter(|s| !s.key.ends_with("running_mean") && !s.key.ends_with("running_var"))
+            .count();
+        assert_eq!(compared, visual, "{case}: every visual parameter compared");
+    }
+}
+
+fn keys_of(model: &str) -> BTreeMap<String, (Vec<usize>, StoredDType)> {
+    let text = std::fs::read_to_string(fixtures().join("state_dict_keys.json")).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    all[model]
+        .as_array()
+        .unwrap_or_else(|| panic!("no keys for {model}"))
+        .iter()
+        .map(|entry| {
+            let key = entry[0].as_str().unwrap().to_string();
+            let shape = entry[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let dtype = match entry[2].as_str().unwrap() {
+                "float32" => StoredDType::F32,
+                "int64" => StoredDType::I64,
+                other => panic!("{other}"),
+            };
+            (key, (shape, dtype))
+        })
+        .collect()
+}
+
+fn spec_of<Bk: Backend>(model: &Clip<Bk>) -> BTreeMap<String, (Vec<usize>, StoredDType)> {
+    open_clip_state_dict_spec(model)
+        .into_iter()
+        .map(|s| (s.key, (s.shape, s.dtype)))
+        .collect()
+}
+
+/// The fixture models and CLIP-KD's full-size presets have exactly open_clip's keys, shapes and
+/// dtypes (built lazily: the full-size weights are never drawn).
+#[test]
+fn state_dicts_have_open_clip_keys() {
+    for case in CASES {
+        let model = load_case::<B>(case);
+        assert_eq!(spec_of(&model), keys_of(case), "{case}");
+    }
+    for preset in PRESETS {
+        let config = ClipConfig::preset(preset).unwrap();
+        let model = config.init::<B>(&Default::default()).unwrap();
+        assert_eq!(
+            spec_of(&model),
+            keys_of(&format!("preset:{preset}")),
+            "{preset}"
+        );
+    }
+}
+
+/// Export then import gives the same weights bit for bit, and the config written for a small
+/// variant (with `timm_model_kwargs`) reads back to the same config.
+#[test]
+fn round_trips_weights_and_configs() {
+    for case in CASES {
+        let model = load_case::<B>(case);
+        let path = temp_path(&format!("{case}-round.safetensors"));
+        save_open_clip(&model, &path).unwrap();
+        let again = load_open_clip::<B>(&path, model.config(), &Default::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let original = read_f32(&fixtures().join(format!("{case}.safetensors")));
+        let path = temp_path(&format!("{case}-again.safetensors"));
+        save_open_clip(&again, &path).unwrap();
+        let written = read_f32(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(written.len(), original.len());
+        for (key, (values, _)) in &original {
+            assert_eq!(&written[key].0, values, "{case} {key}");
+        }
+        let json = model.config().to_open_clip_json();
+        assert_eq!(
+            &ClipConfig::from_open_clip_json_str(&json).unwrap(),
+            model.config()
+        );
+    }
+    let preset = ClipConfig::preset("timm_resnet18").unwrap();
+    let json = preset.to_open_clip_json();
+    assert!(!json.contains("timm_model_kwargs"), "{json}");
+    assert_eq!(ClipConfig::from_open_clip_json_str(&json).unwrap(), preset);
+    match &preset.vision {
+        VisionConfig::Timm(t) => {
+            assert_eq!(Some(&t.trunk), TimmTrunkConfig::named("resnet18").as_ref());
+            assert_eq!(t.trunk.num_features(), 512);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Parity fixtures for clipkd's timm vision towers, computed with open_clip 3.3.0 + timm (torch, CPU).
+
+open_clip builds a timm tower as `TimmModel`: `timm.create_model(timm_model_name)`, its
+classifier removed (`reset_classifier(0)`, the trunk's global pooling kept for `timm_pool: ""`),
+then `head.proj` (or `head.mlp`). The fixture models are small variants of the real trunks:
+their architecture keyword arguments (`timm_model_kwargs`, clipkd's config field) are passed to
+`timm.create_model` here by wrapping it while open_clip builds the model, which is exactly what
+`timm.create_model(name, **kwargs)` builds.
+
+For every case, EVERY parameter is perturbed (BatchNorm weights 1 + 0.2 N(0,1), biases + 0.1
+N(0,1), weights + 0.2 std N(0,1)) and the BatchNorm running statistics are calibrated (train-mode
+forwards on random images), then written to `tests/fixtures/timm/`:
+
+  <case>.json             the open_clip model config (+ `timm_model_kwargs`)
+  <case>.safetensors      the weights: `model.state_dict()` (f32, int64 `num_batches_tracked`)
+  <case>_io.safetensors   pixels [N,3,H,W] f32;
+                          image_features_eval: the eval-mode embeddings (running statistics);
+                          image_features_train: the train-mode embeddings (batch statistics);
+                          grad_weights [N, embed_dim] f32 and grad.<key> for every visual
+                          parameter: the gradient of sum(image_features_train * grad_weights);
+                          after_train.<key>: every BatchNorm running statistic after that one
+                          train-mode forward (PyTorch's update: momentum 0.1, unbiased variance)
+  meta.json               versions, what is where, and per case the relative L2 error of
+                          PyTorch's own float32 gradients against the float64 reference
+  state_dict_keys.json    the state-dict keys, shapes and dtypes of every case and of CLIP-KD's
+                          full-size timm configs (presets)
+
+References are computed in float64 (model.double()) and stored as float32.
+
+Run: /work/venv/bin/python tools/make_timm_fixtures.py   (deterministic: fixed seeds)
+"""
+
+import contextlib
+import json
+import os
+
+import open_clip
+import timm
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from safetensors.torch import save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+OUT = os.path.join(ROOT, "tests", "fixtures", "timm")
+PRESET_DIR = os.path.join(ROOT, "crates", "clipkd-models", "src", "presets")
+
+TEXT = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
+
+CASES = {
+    # ResNet-18's BasicBlock, CLIP-KD's head settings (trunk pooling, linear projection without
+    # bias), stages [1, 2, 1, 1] so that a stage has a block without a shortcut.
+    "resnet_basic": {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "resnet18", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 64,
+                       "timm_model_kwargs": {"layers": [1, 2, 1, 1], "channels": [8, 16, 24, 32]}},
+        "text_cfg": TEXT,
+    },
+    # ResNet-50's Bottleneck, an image side that is not a multiple of 32 (48 px: 3x3 then 2x2
+    # maps), max pooling and the MLP head with a biased last layer.
+    "resnet_bottleneck": {
+        "embed_dim": 12,
+        "vision_cfg": {"timm_model_name": "resnet50", "timm_model_pretrained": False, "timm_pool": "max",
+                       "timm_proj": "mlp", "timm_proj_bias": True, "image_size": 48,
+                       "timm_model_kwargs": {"layers": [1, 1, 2, 1], "channels": [4, 8, 12, 16]}},
+        "text_cfg": TEXT,
+    },
+}
+
+# CLIP-KD's configs for its timm students, as shipped in clipkd's presets.
+PRESETS = ["timm_resnet18"]
+
+
+@contextlib.contextmanager
+def timm_kwargs(kwargs):
+    """Passes `kwargs` to every `timm.create_model` call made inside (open_clip's TimmModel)."""
+    original = timm.create_model
+
+    def create(name, *args, **kw):
+        return original(name, *args, **{**kw, **kwargs})
+
+    timm.create_model = create
+    try:
+        yield
+    finally:
+        timm.create_model = original
+
+
+def build(cfg, seed):
+    torch.manual_seed(seed)
+    vision = dict(cfg["vision_cfg"])
+    kwargs = vision.pop("timm_model_kwargs", {})
+    with timm_kwargs(kwargs):
+        return CLIP(cfg["embed_dim"], vision, cfg["text_cfg"])
+
+
+@torch.no_grad()
+def perturb(model):
+    for name, p in model.named_parameters():
+        if name == "logit_scale":
+            p.fill_(2.3)
+        elif p.ndim == 1 and ("bn" in name or "downsample.1" in name) and name.endswith("weight"):
+            p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        elif name.endswith("bias") or p.ndim == 1:
+            p.add_(0.1 * torch.randn_like(p))
+        else:
+            p.add_(0.2 * p.std() * torch.randn_like(p))
+
+
+@torch.no_grad()
+def calibrate_batch_norm(model, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(10):
+        model.encode_image(torch.randn(8, 3, size, size, generator=g))
+    model.eval()
+
+
+def state_dict_spec(model):
+    return [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in model.state_dict().items()]
+
+
+def make_case(name, cfg, seed):
+    model = build(cfg, seed)
+    perturb(model)
+    size = cfg["vision_cfg"]["image_size"]
+    calibrate_batch_norm(model, size, seed + 1)
+    model.eval()
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(OUT, f"{name}.safetensors"))
+    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+        json.dump(cfg, f, indent=4)
+
+    g = torch.Generator().manual_seed(seed + 2)
+    n = 4
+    pixels = torch.randn(n, 3, size, size, generator=g)
+    weights = torch.randn(n, cfg["embed_dim"], generator=g)
+
+    ref = build(cfg, seed)
+    ref.load_state_dict(model.state_dict())
+    ref = ref.double()
+    out = {"pixels": pixels, "grad_weights": weights}
+    ref.eval()
+    with torch.no_grad():
+        out["image_features_eval"] = ref.encode_image(pixels.double()).float()
+    ref.train()
+    train = ref.encode_image(pixels.double())
+    out["image_features_train"] = train.detach().float()
+    (train * weights.double()).sum().backward()
+    for key, p in ref.visual.named_parameters():
+        out[f"grad.visual.{key}"] = p.grad.float()
+    for key, b in ref.visual.named_buffers():
+        if key.endswith("running_mean") or key.endswith("running_var"):
+            out[f"after_train.visual.{key}"] = b.float()
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, f"{name}_io.safetensors"))
+
+    # PyTorch's own float32 run of the same step, for the tolerances: a gradient that cancels
+    # heavily (a convolution feeding a train-mode BatchNorm) is as far from the float64 value
+    # in torch's float32 as in clipkd's.
+    f32 = build(cfg, seed)
+    f32.load_state_dict(model.state_dict())
+    f32.train()
+    (f32.encode_image(pixels) * weights).sum().backward()
+    torch_f32_grad_error = {}
+    for key, p in f32.visual.named_parameters():
+        ref_grad = out[f"grad.visual.{key}"].double()
+        torch_f32_grad_error[f"visual.{key}"] = float((p.grad.double() - ref_grad).norm() / ref_grad.norm())
+    return model, {"config": f"{name}.json", "weights": f"{name}.safetensors", "io": f"{name}_io.safetensors",
+                   "torch_f32_grad_relative_l2": torch_f32_grad_error}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.set_num_threads(2)
+    keys = {}
+    meta = {"open_clip": open_clip.__version__, "timm": timm.__version__, "torch": torch.__version__,
+            "note": "references computed in float64 and stored as float32", "cases": {}}
+    for i, (name, cfg) in enumerate(CASES.items()):
+        model, info = make_case(name, cfg, 300 + 10 * i)
+        keys[name] = state_dict_spec(model)
+        meta["cases"][name] = info
+    for name in PRESETS:
+        with open(os.path.join(PRESET_DIR, f"{name}.json")) as f:
+            keys["preset:" + name] = state_dict_spec(build(json.load(f), 0))
+    with open(os.path.join(OUT, "state_dict_keys.json"), "w") as f:
+        json.dump(keys, f, indent=1)
+    with open(os.path.join(OUT, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    total = sum(os.path.getsize(os.path.join(OUT, p)) for p in os.listdir(OUT))
+    print(f"wrote {len(os.listdir(OUT))} files, {total / 1e6:.2f} MB, to {os.path.normpath(OUT)}")
+
+
+if __name__ == "__main__":
+    main()
