@@ -51,6 +51,7 @@ fn at_size(mut config: ClipConfig, size: usize) -> ClipConfig {
     match &mut config.vision {
         VisionConfig::Vit(v) => v.image_size = [size, size],
         VisionConfig::ModifiedResNet(r) => r.image_size = size,
+        VisionConfig::Timm(t) => t.image_size = [size, size],
     }
     config
 }

@@ -118,6 +118,16 @@ impl AdamWParams {
         }
     }
 
+    /// CLIP-KD's settings for a student of this config: [`AdamWParams::vit`] for a ViT,
+    /// [`AdamWParams::resnet`] for the other towers (ModifiedResNet, timm ResNet).
+    pub fn clip_kd(student: &clipkd_models::ClipConfig) -> Self {
+        if student.is_vit() {
+            Self::vit()
+        } else {
+            Self::resnet()
+        }
+    }
+
     fn config(&self, weight_decay: f32) -> AdamWConfig {
         AdamWConfig::new()
             .with_beta_1(self.beta_1)

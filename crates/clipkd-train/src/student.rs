@@ -100,13 +100,9 @@ impl<B: AutodiffBackend> Student<B> for Clip<B> {
             .collect()
     }
 
-    /// ViT: betas (0.9, 0.98), eps 1e-6; ModifiedResNet: (0.9, 0.999), 1e-8 (CLIP-KD).
+    /// CLIP-KD's settings for the student's tower ([`AdamWParams::clip_kd`]).
     fn default_adamw(&self) -> AdamWParams {
-        if self.is_vit() {
-            AdamWParams::vit()
-        } else {
-            AdamWParams::resnet()
-        }
+        AdamWParams::clip_kd(self.config())
     }
 
     /// Clamps the log logit scale to `[0, ln 100]`.

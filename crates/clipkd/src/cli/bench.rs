@@ -157,12 +157,7 @@ impl BackendTask for BenchTask {
                     LossSetConfig::preset(preset, student.embed_dim, teacher_dim)
                         .init::<B>(&device)?,
                 );
-                let params = if student.is_vit() {
-                    AdamWParams::vit()
-                } else {
-                    AdamWParams::resnet()
-                };
-                let optimizer = distill_optimizer(&model, params);
+                let optimizer = distill_optimizer(&model, AdamWParams::clip_kd(&student));
                 Some(StudentStep {
                     model: Some(model),
                     optimizer,
