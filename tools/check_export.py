@@ -44,6 +44,10 @@ def build(config_path):
     with open(config_path) as f:
         cfg = json.load(f)
     cfg = cfg.get("model_cfg", cfg)
+    if "timm_model_name" in cfg["vision_cfg"]:
+        # timm towers: clipkd's timm_model_kwargs and the MobileNetV3 head width, as the fixtures
+        from make_timm_fixtures import build as build_timm
+        return build_timm(cfg, 0)
     kwargs = {k: v for k, v in cfg.items() if k not in ("vision_cfg", "text_cfg", "embed_dim")}
     return CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], **kwargs)
 

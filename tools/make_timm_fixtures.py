@@ -37,6 +37,8 @@ import os
 
 import open_clip
 import timm
+import timm.models.efficientnet
+import timm.models.mobilenetv3
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
@@ -67,10 +69,38 @@ CASES = {
                        "timm_model_kwargs": {"layers": [1, 1, 2, 1], "channels": [4, 8, 12, 16]}},
         "text_cfg": TEXT,
     },
+    # EfficientNet-B0's layout at an eighth of its widths and half its depth (stages of 1 and 2
+    # blocks: with and without skips), SiLU, sigmoid-gated SE, head conv + BN before the pool.
+    "efficientnet_small": {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "efficientnet_b0", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 64,
+                       "timm_model_kwargs": {"channel_multiplier": 0.125, "depth_multiplier": 0.5}},
+        "text_cfg": TEXT,
+    },
+    # MobileNetV3-Small at an eighth of its widths (16-channel stem kept), every block: ReLU and
+    # hard-swish blocks, hard-sigmoid SE, pooling then the 1024-wide head conv with bias.
+    "mobilenetv3_small": {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "mobilenetv3_small_100", "timm_model_pretrained": False,
+                       "timm_pool": "", "timm_proj": "linear", "image_size": 64,
+                       "timm_model_kwargs": {"channel_multiplier": 0.125}},
+        "text_cfg": TEXT,
+    },
 }
 
 # CLIP-KD's configs for its timm students, as shipped in clipkd's presets.
-PRESETS = ["timm_resnet18"]
+PRESETS = ["timm_resnet18", "timm-efficientnet-b0", "timm_mobilenetv3_small_100"]
+
+# timm's generator functions behind the model names, which take the channel and depth
+# multipliers (the registered names fix them, so `create_model(name, channel_multiplier=...)`
+# cannot pass them).
+GENERATORS = {
+    "efficientnet_": lambda name, cm, dm, **kw: timm.models.efficientnet._gen_efficientnet(
+        name, channel_multiplier=cm, depth_multiplier=dm, **kw),
+    "mobilenetv3_": lambda name, cm, dm, **kw: timm.models.mobilenetv3._gen_mobilenet_v3(
+        name, cm, depth_multiplier=dm, **kw),
+}
 
 
 @contextlib.contextmanager
@@ -79,6 +109,12 @@ def timm_kwargs(kwargs):
     original = timm.create_model
 
     def create(name, *args, **kw):
+        multipliers = {k: kwargs[k] for k in ("channel_multiplier", "depth_multiplier") if k in kwargs}
+        if multipliers:
+            prefix = next(p for p in GENERATORS if name.startswith(p))
+            kw.pop("pretrained", None)
+            return GENERATORS[prefix](name, multipliers.get("channel_multiplier", 1.0),
+                                      multipliers.get("depth_multiplier", 1.0), **kw)
         return original(name, *args, **{**kw, **kwargs})
 
     timm.create_model = create
@@ -93,7 +129,16 @@ def build(cfg, seed):
     vision = dict(cfg["vision_cfg"])
     kwargs = vision.pop("timm_model_kwargs", {})
     with timm_kwargs(kwargs):
-        return CLIP(cfg["embed_dim"], vision, cfg["text_cfg"])
+        model = CLIP(cfg["embed_dim"], vision, cfg["text_cfg"])
+    # open_clip 3.3.0 sizes head.proj from timm's `num_features`; a MobileNetV3's pooled output
+    # is its `head_hidden_size` (the conv_head after the pooling), so open_clip's own forward
+    # fails. CLIP-KD's checkpoints (older timm) have head.proj sized from the real output: so
+    # does this reference.
+    trunk, head = model.visual.trunk, model.visual.head
+    hidden = getattr(trunk, "head_hidden_size", trunk.num_features)
+    if hasattr(head, "proj") and head.proj.in_features != hidden:
+        head.proj = torch.nn.Linear(hidden, cfg["embed_dim"], bias=head.proj.bias is not None)
+    return model
 
 
 @torch.no_grad()

@@ -21,7 +21,11 @@ mod timm;
 mod types;
 mod validate;
 
-pub use timm::{ResNetBlock, TimmConfig, TimmPool, TimmProj, TimmResNetConfig, TimmTrunkConfig};
+pub(crate) use timm::make_divisible;
+pub use timm::{
+    EfficientNetArch, ResNetBlock, TimmConfig, TimmEfficientNetConfig, TimmPool, TimmProj,
+    TimmResNetConfig, TimmTrunkConfig,
+};
 pub use types::{
     Activation, ClipConfig, DEFAULT_LOGIT_SCALE, GeluApproximate, ModifiedResNetConfig,
     PosEmbedType, TextConfig, TextPool, TextProjType, VisionConfig, VisionPool, VitConfig,

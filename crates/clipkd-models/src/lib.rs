@@ -39,9 +39,9 @@ pub use checkpoint::{
 };
 pub use clip::{Clip, ClipOutput, TextProjection, VisionTower, l2_normalize};
 pub use config::{
-    Activation, ClipConfig, GeluApproximate, ModifiedResNetConfig, PosEmbedType, ResNetBlock,
-    TextConfig, TextPool, TextProjType, TimmConfig, TimmPool, TimmProj, TimmResNetConfig,
-    TimmTrunkConfig, VisionConfig, VisionPool, VitConfig,
+    Activation, ClipConfig, EfficientNetArch, GeluApproximate, ModifiedResNetConfig, PosEmbedType,
+    ResNetBlock, TextConfig, TextPool, TextProjType, TimmConfig, TimmEfficientNetConfig, TimmPool,
+    TimmProj, TimmResNetConfig, TimmTrunkConfig, VisionConfig, VisionPool, VitConfig,
 };
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};

@@ -51,6 +51,8 @@ presets!(
     "ViT-S-32",
     "ViT-T-16",
     "timm_resnet18",
+    "timm-efficientnet-b0",
+    "timm_mobilenetv3_small_100",
 );
 
 /// The error of a preset name that is not one, listing the names that are.

@@ -106,15 +106,88 @@ impl TimmResNetConfig {
     }
 }
 
+/// The block layout of a timm `EfficientNet`-builder model (timm's `arch_def` of its generator
+/// function), before the channel and depth multipliers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EfficientNetArch {
+    /// `_gen_efficientnet`: MBConv blocks with SiLU and sigmoid-gated squeeze-excitation, stem
+    /// 32, a 1x1 head convolution to 1280 with BatchNorm before the pooling.
+    EfficientNet,
+    /// `_gen_mobilenet_v3` for a `small` variant: hard-swish (ReLU in the first blocks),
+    /// hard-sigmoid-gated squeeze-excitation, stem 16, pooling then a 1x1 head convolution to
+    /// 1024 (with bias, no norm).
+    MobileNetV3Small,
+    /// `_gen_mobilenet_v3` for a `large` variant: as `small`, head 1280.
+    MobileNetV3Large,
+}
+
+/// A model of timm's `EfficientNetBuilder` family: `efficientnet_b0`..`b3` (`EfficientNet`)
+/// and `mobilenetv3_small_*` / `mobilenetv3_large_*` (`MobileNetV3`): the layout, scaled by
+/// timm's channel and depth multipliers (the arguments of its generator functions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimmEfficientNetConfig {
+    /// The block layout.
+    pub arch: EfficientNetArch,
+    /// Channel multiplier (`channel_multiplier`): every width times it, rounded to a multiple
+    /// of 8 (timm's `round_channels`); a MobileNetV3 below 0.75 keeps its 16-channel stem.
+    pub channel_multiplier: f64,
+    /// Depth multiplier (`depth_multiplier`): the blocks of each stage times it, rounded up.
+    pub depth_multiplier: f64,
+}
+
+impl TimmEfficientNetConfig {
+    /// timm's `round_channels(channels, multiplier)`: `channels * multiplier` to a multiple of 8.
+    pub fn round_channels(&self, channels: usize) -> usize {
+        make_divisible(channels as f64 * self.channel_multiplier, 8)
+    }
+
+    /// The trunk's pooled output width (see [`TimmTrunkConfig::num_features`]).
+    pub fn num_features(&self) -> usize {
+        match self.arch {
+            EfficientNetArch::EfficientNet => self.round_channels(1280),
+            EfficientNetArch::MobileNetV3Small => 1024,
+            EfficientNetArch::MobileNetV3Large => 1280,
+        }
+    }
+}
+
+/// timm's `make_divisible(v, divisor)`: the nearest multiple of `divisor` (halves up), at least
+/// `divisor`, and not below 90% of `v`.
+pub(crate) fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut rounded = (((v + d / 2.0) as usize) / divisor * divisor).max(divisor);
+    if (rounded as f64) < 0.9 * v {
+        rounded += divisor;
+    }
+    rounded
+}
+
 /// The architecture of a timm trunk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TimmTrunkConfig {
     /// timm's `ResNet`.
     ResNet(TimmResNetConfig),
+    /// timm's `EfficientNet` or `MobileNetV3`.
+    EfficientNet(TimmEfficientNetConfig),
 }
 
 /// The timm model names clipkd builds, with their architectures.
-const NAMED_TRUNKS: &[&str] = &["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"];
+const NAMED_TRUNKS: &[&str] = &[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "mobilenetv3_small_050",
+    "mobilenetv3_small_075",
+    "mobilenetv3_small_100",
+    "mobilenetv3_large_075",
+    "mobilenetv3_large_100",
+];
 
 impl TimmTrunkConfig {
     /// The architecture timm builds for `name` (`timm.create_model(name)`), or `None` if
@@ -122,7 +195,24 @@ impl TimmTrunkConfig {
     pub fn named(name: &str) -> Option<Self> {
         use ResNetBlock::{Basic, Bottleneck};
         let resnet = |block, layers| Some(Self::ResNet(TimmResNetConfig::new(block, layers)));
+        let effnet = |arch, channel_multiplier, depth_multiplier| {
+            Some(Self::EfficientNet(TimmEfficientNetConfig {
+                arch,
+                channel_multiplier,
+                depth_multiplier,
+            }))
+        };
+        use EfficientNetArch::{EfficientNet, MobileNetV3Large, MobileNetV3Small};
         match name {
+            "efficientnet_b0" => effnet(EfficientNet, 1.0, 1.0),
+            "efficientnet_b1" => effnet(EfficientNet, 1.0, 1.1),
+            "efficientnet_b2" => effnet(EfficientNet, 1.1, 1.2),
+            "efficientnet_b3" => effnet(EfficientNet, 1.2, 1.4),
+            "mobilenetv3_small_050" => effnet(MobileNetV3Small, 0.5, 1.0),
+            "mobilenetv3_small_075" => effnet(MobileNetV3Small, 0.75, 1.0),
+            "mobilenetv3_small_100" => effnet(MobileNetV3Small, 1.0, 1.0),
+            "mobilenetv3_large_075" => effnet(MobileNetV3Large, 0.75, 1.0),
+            "mobilenetv3_large_100" => effnet(MobileNetV3Large, 1.0, 1.0),
             "resnet18" => resnet(Basic, [2, 2, 2, 2]),
             "resnet34" => resnet(Basic, [3, 4, 6, 3]),
             "resnet50" => resnet(Bottleneck, [3, 4, 6, 3]),
@@ -137,11 +227,17 @@ impl TimmTrunkConfig {
         NAMED_TRUNKS
     }
 
-    /// The pooled feature width the trunk hands to the head (what open_clip's `head.proj`
-    /// takes).
+    /// The pooled feature width the trunk hands to the head (what `head.proj` takes).
+    ///
+    /// For a MobileNetV3 this is the width of its head convolution after the pooling (timm's
+    /// `head_hidden_size`, 1024 for `mobilenetv3_small_100`), which is what the trunk outputs.
+    /// open_clip 3.3.0 sizes `head.proj` from timm's `num_features` instead (576, the width
+    /// before that convolution, in timm >= 0.9) and then fails on its own forward; CLIP-KD's
+    /// checkpoints (older timm) have the 1024-wide `head.proj` this builds.
     pub fn num_features(&self) -> usize {
         match self {
             TimmTrunkConfig::ResNet(c) => c.num_features(),
+            TimmTrunkConfig::EfficientNet(c) => c.num_features(),
         }
     }
 }

@@ -178,6 +178,34 @@ impl TimmConfig {
                     ));
                 }
             }
+            (TimmTrunkConfig::EfficientNet(e), TimmTrunkConfig::EfficientNet(n)) => {
+                if e.arch != n.arch {
+                    return Err(invalid(
+                        "vision_cfg.timm_model_name",
+                        &json!(self.model_name),
+                        &format!("the trunk is a {:?}, this model a {:?}", e.arch, n.arch),
+                    ));
+                }
+                for (field, m) in [
+                    ("channel_multiplier", e.channel_multiplier),
+                    ("depth_multiplier", e.depth_multiplier),
+                ] {
+                    if !(m > 0.0 && m.is_finite()) {
+                        return Err(invalid(
+                            &format!("vision_cfg.timm_model_kwargs.{field}"),
+                            &json!(m),
+                            "must be a positive number",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "vision_cfg.timm_model_name",
+                    &json!(self.model_name),
+                    "the trunk's architecture is of another family than this timm model",
+                ));
+            }
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! running statistics otherwise; so do dropout and stochastic depth.
 
 mod drop_path;
+pub mod efficientnet;
+pub mod efficientnet_arch;
 pub mod resnet;
 
 use burn::module::Module;
@@ -15,6 +17,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 pub use drop_path::drop_path;
+pub use efficientnet::TimmEfficientNet;
 pub use resnet::TimmResNet;
 
 use crate::autocast;
@@ -29,17 +32,35 @@ use crate::transformer::{gelu_exact, linear, torch_linear, uniform};
 pub enum TimmTrunk<B: Backend> {
     /// timm's `ResNet`.
     ResNet(TimmResNet<B>),
+    /// timm's `EfficientNet` or `MobileNetV3`.
+    EfficientNet(TimmEfficientNet<B>),
 }
 
 impl<B: Backend> TimmTrunk<B> {
-    /// The trunk's final feature map (timm's `forward_features`).
+    /// The pooled features the trunk hands to the head: timm's `forward_features` then
+    /// `forward_head(pre_logits=True)` without the classifier (the pooling and, for
+    /// MobileNetV3, the head convolution after it).
     ///
     /// # Shapes
-    /// - `images`: `[N, 3, H, W]` -> `[N, num_features, h, w]`
-    pub fn forward_features(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// - `images`: `[N, 3, H, W]` -> `[N, num_features]`
+    pub fn forward_pooled(&self, images: Tensor<B, 4>, pool: TimmPool) -> Tensor<B, 2> {
         match self {
-            TimmTrunk::ResNet(r) => r.forward_features(images),
+            TimmTrunk::ResNet(r) => {
+                let x = global_pool(r.forward_features(images), pool);
+                let [n, c, _, _] = x.dims();
+                x.reshape([n, c])
+            }
+            TimmTrunk::EfficientNet(e) => e.forward_pooled(images, pool),
         }
+    }
+}
+
+/// timm's `SelectAdaptivePool2d` with output size 1: `[N, C, H, W]` -> `[N, C, 1, 1]` (the
+/// trunks' own pooling, `""`, is the average for every trunk clipkd has).
+pub(crate) fn global_pool<B: Backend>(x: Tensor<B, 4>, pool: TimmPool) -> Tensor<B, 4> {
+    match pool {
+        TimmPool::TrunkDefault | TimmPool::Avg => x.mean_dim(3).mean_dim(2),
+        TimmPool::Max => x.max_dim(3).max_dim(2),
     }
 }
 
@@ -142,6 +163,9 @@ impl TimmConfig {
             TimmTrunkConfig::ResNet(r) => {
                 TimmTrunk::ResNet(TimmResNet::new(r, self.drop_path_rate(), device))
             }
+            TimmTrunkConfig::EfficientNet(e) => {
+                TimmTrunk::EfficientNet(TimmEfficientNet::new(e, self.drop_path_rate(), device))
+            }
         };
         Ok(TimmTower {
             trunk,
@@ -152,7 +176,7 @@ impl TimmConfig {
 }
 
 impl<B: Backend> TimmTower<B> {
-    /// Image embeddings: trunk features, global pooling, head.
+    /// Image embeddings: trunk, global pooling, head.
     ///
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, embed_dim]`
@@ -161,13 +185,9 @@ impl<B: Backend> TimmTower<B> {
     /// [`ModelError::InputShape`] if the images do not have 3 channels.
     pub fn forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 2>, ModelError> {
         self.check_images(images.dims())?;
-        let features = self.trunk.forward_features(images);
-        let [n, c, _, _] = features.dims();
-        let pooled = match self.pool {
-            TimmPool::TrunkDefault | TimmPool::Avg => features.mean_dim(3).mean_dim(2),
-            TimmPool::Max => features.max_dim(3).max_dim(2),
-        };
-        Ok(self.head.forward(pooled.reshape([n, c])))
+        Ok(self
+            .head
+            .forward(self.trunk.forward_pooled(images, self.pool)))
     }
 
     /// Checks an image batch's shape `[N, C, H, W]`: `C` must be 3. The trunks pool globally,

@@ -205,7 +205,9 @@ fn timm_towers_are_read() {
         (t.drop, t.drop_path, t.image_size),
         (0.1, Some(0.05), [32, 32])
     );
-    let TimmTrunkConfig::ResNet(r) = &t.trunk;
+    let TimmTrunkConfig::ResNet(r) = &t.trunk else {
+        panic!("{:?}", t.trunk)
+    };
     assert_eq!(
         (r.block, r.layers, r.num_features()),
         (ResNetBlock::Bottleneck, [1, 1, 1, 1], 2048)

@@ -149,6 +149,11 @@ fn apply_kwargs(
             }
             TimmTrunkConfig::ResNet(r)
         }
+        TimmTrunkConfig::EfficientNet(mut e) => {
+            e.channel_multiplier = kwargs.f64("channel_multiplier", e.channel_multiplier)?;
+            e.depth_multiplier = kwargs.f64("depth_multiplier", e.depth_multiplier)?;
+            TimmTrunkConfig::EfficientNet(e)
+        }
     };
     kwargs.finish()?;
     Ok(trunk)
@@ -217,6 +222,16 @@ fn kwargs_value(t: &TimmConfig) -> Option<Value> {
                 m.insert("channels".into(), json!(r.channels));
             }
         }
+        (TimmTrunkConfig::EfficientNet(e), TimmTrunkConfig::EfficientNet(n)) => {
+            if e.channel_multiplier != n.channel_multiplier {
+                m.insert("channel_multiplier".into(), json!(e.channel_multiplier));
+            }
+            if e.depth_multiplier != n.depth_multiplier {
+                m.insert("depth_multiplier".into(), json!(e.depth_multiplier));
+            }
+        }
+        // A valid config's trunk is of its name's family.
+        _ => {}
     }
     Some(Value::Object(m))
 }
