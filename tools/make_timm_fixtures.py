@@ -23,8 +23,9 @@ forwards on random images), then written to `tests/fixtures/timm/`:
                           train-mode forward (PyTorch's update: momentum 0.1, unbiased variance)
   meta.json               versions, what is where, and per case the relative L2 error of
                           PyTorch's own float32 gradients against the float64 reference
-  state_dict_keys.json    the state-dict keys, shapes and dtypes of every case and of CLIP-KD's
-                          full-size timm configs (presets)
+  state_dict_keys.json    the state-dict keys, shapes and dtypes of every case, of CLIP-KD's
+                          full-size timm configs (presets), and the visual keys of every other
+                          timm model name clipkd builds (`named:<name>`)
 
 References are computed in float64 (model.double()) and stored as float32.
 
@@ -91,6 +92,11 @@ CASES = {
 
 # CLIP-KD's configs for its timm students, as shipped in clipkd's presets.
 PRESETS = ["timm_resnet18", "timm-efficientnet-b0", "timm_mobilenetv3_small_100"]
+
+# Every other timm model name clipkd builds: their visual state-dict keys are checked too.
+NAMED = ["resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b1", "efficientnet_b2",
+         "efficientnet_b3", "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_large_075",
+         "mobilenetv3_large_100"]
 
 # timm's generator functions behind the model names, which take the channel and depth
 # multipliers (the registered names fix them, so `create_model(name, channel_multiplier=...)`
@@ -229,6 +235,10 @@ def main():
     for name in PRESETS:
         with open(os.path.join(PRESET_DIR, f"{name}.json")) as f:
             keys["preset:" + name] = state_dict_spec(build(json.load(f), 0))
+    for name in NAMED:
+        cfg = {"embed_dim": 512, "text_cfg": TEXT,
+               "vision_cfg": {"timm_model_name": name, "timm_pool": "", "timm_proj": "linear"}}
+        keys["named:" + name] = [k for k in state_dict_spec(build(cfg, 0)) if k[0].startswith("visual.")]
     with open(os.path.join(OUT, "state_dict_keys.json"), "w") as f:
         json.dump(keys, f, indent=1)
     with open(os.path.join(OUT, "meta.json"), "w") as f:

@@ -276,9 +276,34 @@ fn spec_of<Bk: Backend>(model: &Clip<Bk>) -> BTreeMap<String, (Vec<usize>, Store
 }
 
 /// The fixture models and CLIP-KD's full-size presets have exactly open_clip's keys, shapes and
-/// dtypes (built lazily: the full-size weights are never drawn).
+/// dtypes, and so do the vision towers of every other timm model name clipkd builds (built
+/// lazily: the full-size weights are never drawn).
 #[test]
 fn state_dicts_have_open_clip_keys() {
+    let mut named = 0;
+    for &name in TimmTrunkConfig::known_names() {
+        let key = format!("named:{name}");
+        let all = std::fs::read_to_string(fixtures().join("state_dict_keys.json")).unwrap();
+        if !all.contains(&format!("\"{key}\"")) {
+            continue; // a preset's or a case's model, checked below
+        }
+        let json = format!(
+            r#"{{"embed_dim": 512, "vision_cfg": {{"timm_model_name": "{name}", "timm_pool": "", "timm_proj": "linear"}},
+                "text_cfg": {{"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}}}"#
+        );
+        let model = ClipConfig::from_open_clip_json_str(&json)
+            .unwrap()
+            .init::<B>(&Default::default())
+            .unwrap();
+        let visual: BTreeMap<_, _> = spec_of(&model)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("visual."))
+            .collect();
+        assert_eq!(visual, keys_of(&key), "{name}");
+        named += 1;
+    }
+    // Every name but the three of CLIP-KD's presets.
+    assert_eq!(named, TimmTrunkConfig::known_names().len() - 3);
     for case in CASES {
         let model = load_case::<B>(case);
         assert_eq!(spec_of(&model), keys_of(case), "{case}");
