@@ -21,6 +21,7 @@ forwards on random images), then written to `tests/fixtures/timm/`:
                           parameter: the gradient of sum(image_features_train * grad_weights);
                           after_train.<key>: every BatchNorm running statistic after that one
                           train-mode forward (PyTorch's update: momentum 0.1, unbiased variance)
+  swin_small_legacy.safetensors  swin_small's weights in the key layout of timm < 0.9
   meta.json               versions, what is where, and per case the relative L2 error of
                           PyTorch's own float32 gradients against the float64 reference
   state_dict_keys.json    the state-dict keys, shapes and dtypes of every case, of CLIP-KD's
@@ -35,6 +36,7 @@ Run: /work/venv/bin/python tools/make_timm_fixtures.py   (deterministic: fixed s
 import contextlib
 import json
 import os
+import re
 
 import open_clip
 import timm
@@ -88,15 +90,28 @@ CASES = {
                        "timm_model_kwargs": {"channel_multiplier": 0.125}},
         "text_cfg": TEXT,
     },
+    # Swin-T's layout, small: a 10x10 patch grid with 4x4 windows (shifted blocks with masks, and
+    # maps padded to whole windows: 10 -> 12, 5 -> 8), patch merging of an odd map (5 -> 3), and
+    # maps no larger than a window (3, 2: one window, no shift). Stochastic depth off (timm's
+    # Swin default is 0.1), so that the train-mode reference is not random.
+    "swin_small": {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "swin_tiny_patch4_window7_224", "timm_model_pretrained": False,
+                       "timm_pool": "", "timm_proj": "linear", "image_size": 40, "timm_drop_path": 0.0,
+                       "timm_model_kwargs": {"img_size": 40, "window_size": 4, "embed_dim": 8,
+                                             "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]}},
+        "text_cfg": TEXT,
+    },
 }
 
 # CLIP-KD's configs for its timm students, as shipped in clipkd's presets.
-PRESETS = ["timm_resnet18", "timm-efficientnet-b0", "timm_mobilenetv3_small_100"]
+PRESETS = ["timm_resnet18", "timm-efficientnet-b0", "timm_mobilenetv3_small_100",
+           "timm-swin_tiny_patch4_window7_224"]
 
 # Every other timm model name clipkd builds: their visual state-dict keys are checked too.
 NAMED = ["resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b1", "efficientnet_b2",
          "efficientnet_b3", "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_large_075",
-         "mobilenetv3_large_100"]
+         "mobilenetv3_large_100", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"]
 
 # timm's generator functions behind the model names, which take the channel and depth
 # multipliers (the registered names fix them, so `create_model(name, channel_multiplier=...)`
@@ -152,7 +167,7 @@ def perturb(model):
     for name, p in model.named_parameters():
         if name == "logit_scale":
             p.fill_(2.3)
-        elif p.ndim == 1 and ("bn" in name or "downsample.1" in name) and name.endswith("weight"):
+        elif p.ndim == 1 and ("bn" in name or "norm" in name or "downsample.1" in name) and name.endswith("weight"):
             p.copy_(1.0 + 0.2 * torch.randn_like(p))
         elif name.endswith("bias") or p.ndim == 1:
             p.add_(0.1 * torch.randn_like(p))
@@ -222,6 +237,29 @@ def make_case(name, cfg, seed):
                    "torch_f32_grad_relative_l2": torch_f32_grad_error}
 
 
+def write_swin_legacy(name):
+    """The same weights in the layout of timm < 0.9 (CLIP-KD's checkpoints): patch merging as the
+    last module of the previous stage, and the persistent buffers relative_position_index and
+    attn_mask (shifted blocks) that those versions saved."""
+    from safetensors.torch import load_file
+    sd = load_file(os.path.join(OUT, f"{name}.safetensors"))
+    with open(os.path.join(OUT, f"{name}.json")) as f:
+        model = build(json.load(f), 0)
+    legacy = {}
+    for k, v in sd.items():
+        m = re.match(r"visual\.trunk\.layers\.(\d+)\.downsample\.(.*)", k)
+        if m:
+            k = f"visual.trunk.layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+        legacy[k] = v
+    for i, stage in enumerate(model.visual.trunk.layers):
+        for j, block in enumerate(stage.blocks):
+            prefix = f"visual.trunk.layers.{i}.blocks.{j}."
+            legacy[prefix + "attn.relative_position_index"] = block.attn.relative_position_index.clone()
+            if block.attn_mask is not None:
+                legacy[prefix + "attn_mask"] = block.attn_mask.clone()
+    save_file({k: v.contiguous() for k, v in legacy.items()}, os.path.join(OUT, f"{name}_legacy.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(2)
@@ -232,6 +270,9 @@ def main():
         model, info = make_case(name, cfg, 300 + 10 * i)
         keys[name] = state_dict_spec(model)
         meta["cases"][name] = info
+    write_swin_legacy("swin_small")
+    meta["swin_small_legacy.safetensors"] = ("swin_small's weights in timm < 0.9's layout (patch merging at the end "
+                                             "of the previous stage, persistent relative_position_index and attn_mask)")
     for name in PRESETS:
         with open(os.path.join(PRESET_DIR, f"{name}.json")) as f:
             keys["preset:" + name] = state_dict_spec(build(json.load(f), 0))

@@ -26,6 +26,9 @@
 //!   found automatically; a `module.` prefix (DistributedDataParallel) is stripped.
 //! - Weights stored as f16, bf16, f32 or f64 are cast to the backend's float type.
 //! - `logit_scale` / `logit_bias` are accepted as `[]` or `[1]` (as open_clip's loader does).
+//! - timm towers: the key layout of older timm versions is upgraded first, as timm's own
+//!   `checkpoint_filter_fn` does (`crate::timm::legacy_keys`: Swin's patch merging moved to
+//!   the next stage, its persistent index and mask buffers dropped).
 //! - Ignored on purpose: `*.num_batches_tracked` of the model's BatchNorms (see above);
 //!   `attn_mask` (a non-persistent buffer in open_clip, rebuilt from the config);
 //!   `input_resolution`, `context_length`, `vocab_size` (metadata in OpenAI's archives, which
@@ -53,7 +56,7 @@ use regex::Regex;
 use safetensors::tensor::TensorView;
 
 use crate::clip::Clip;
-use crate::config::ClipConfig;
+use crate::config::{ClipConfig, VisionConfig};
 use crate::error::{KeyReport, ModelError, ShapeMismatch};
 
 /// Renames from a Burn parameter path to an open_clip key (after the norm rename), in order.
@@ -287,7 +290,10 @@ impl<B: Backend> Clip<B> {
     /// refuses NaN or infinite weights.
     pub fn load_open_clip_weights(mut self, path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let source = read_state_dict(path)?;
+        let mut source = read_state_dict(path)?;
+        if let VisionConfig::Timm(timm) = &self.config().vision {
+            crate::timm::legacy_keys::upgrade(&timm.trunk, &mut source);
+        }
         let slots = collect_slots(&self, false);
         let device = self.logit_scale.lazy_device();
         let target: DType = get_device_settings::<B>(&device).float_dtype.into();

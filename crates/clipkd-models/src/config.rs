@@ -24,7 +24,7 @@ mod validate;
 pub(crate) use timm::make_divisible;
 pub use timm::{
     EfficientNetArch, ResNetBlock, TimmConfig, TimmEfficientNetConfig, TimmPool, TimmProj,
-    TimmResNetConfig, TimmTrunkConfig,
+    TimmResNetConfig, TimmSwinConfig, TimmTrunkConfig,
 };
 pub use types::{
     Activation, ClipConfig, DEFAULT_LOGIT_SCALE, GeluApproximate, ModifiedResNetConfig,

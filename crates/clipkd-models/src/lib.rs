@@ -41,7 +41,8 @@ pub use clip::{Clip, ClipOutput, TextProjection, VisionTower, l2_normalize};
 pub use config::{
     Activation, ClipConfig, EfficientNetArch, GeluApproximate, ModifiedResNetConfig, PosEmbedType,
     ResNetBlock, TextConfig, TextPool, TextProjType, TimmConfig, TimmEfficientNetConfig, TimmPool,
-    TimmProj, TimmResNetConfig, TimmTrunkConfig, VisionConfig, VisionPool, VitConfig,
+    TimmProj, TimmResNetConfig, TimmSwinConfig, TimmTrunkConfig, VisionConfig, VisionPool,
+    VitConfig,
 };
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};

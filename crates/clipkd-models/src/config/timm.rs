@@ -162,6 +162,52 @@ pub(crate) fn make_divisible(v: f64, divisor: usize) -> usize {
     rounded
 }
 
+/// timm's `SwinTransformer` (`swin_*_patch4_window7_224`): a patch embedding, stages of
+/// shifted-window attention blocks with relative position bias, patch merging between stages,
+/// a final LayerNorm and average pooling. The arguments are timm's keyword arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimmSwinConfig {
+    /// Input side the model is built for (`img_size`; timm's patch embedding requires it).
+    pub img_size: usize,
+    /// Patch side (`patch_size`).
+    pub patch_size: usize,
+    /// Attention window side (`window_size`); a stage whose feature map is not larger uses
+    /// the whole map as its window, without shift.
+    pub window_size: usize,
+    /// Width of the first stage (`embed_dim`), doubled at each later stage.
+    pub embed_dim: usize,
+    /// Blocks per stage (`depths`).
+    pub depths: Vec<usize>,
+    /// Attention heads per stage (`num_heads`).
+    pub num_heads: Vec<usize>,
+    /// MLP width over block width (`mlp_ratio`).
+    pub mlp_ratio: f64,
+}
+
+impl TimmSwinConfig {
+    fn new(embed_dim: usize, depths: &[usize], num_heads: &[usize]) -> Self {
+        Self {
+            img_size: 224,
+            patch_size: 4,
+            window_size: 7,
+            embed_dim,
+            depths: depths.to_vec(),
+            num_heads: num_heads.to_vec(),
+            mlp_ratio: 4.0,
+        }
+    }
+
+    /// Width of stage `i`: `embed_dim * 2^i`.
+    pub fn stage_dim(&self, i: usize) -> usize {
+        self.embed_dim << i
+    }
+
+    /// The pooled feature width: the last stage's width.
+    pub fn num_features(&self) -> usize {
+        self.stage_dim(self.depths.len().saturating_sub(1))
+    }
+}
+
 /// The architecture of a timm trunk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TimmTrunkConfig {
@@ -169,6 +215,8 @@ pub enum TimmTrunkConfig {
     ResNet(TimmResNetConfig),
     /// timm's `EfficientNet` or `MobileNetV3`.
     EfficientNet(TimmEfficientNetConfig),
+    /// timm's `SwinTransformer`.
+    Swin(TimmSwinConfig),
 }
 
 /// The timm model names clipkd builds, with their architectures.
@@ -187,6 +235,9 @@ const NAMED_TRUNKS: &[&str] = &[
     "mobilenetv3_small_100",
     "mobilenetv3_large_075",
     "mobilenetv3_large_100",
+    "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+    "swin_base_patch4_window7_224",
 ];
 
 impl TimmTrunkConfig {
@@ -203,7 +254,13 @@ impl TimmTrunkConfig {
             }))
         };
         use EfficientNetArch::{EfficientNet, MobileNetV3Large, MobileNetV3Small};
+        let swin = |embed_dim, depths: &[usize], heads: &[usize]| {
+            Some(Self::Swin(TimmSwinConfig::new(embed_dim, depths, heads)))
+        };
         match name {
+            "swin_tiny_patch4_window7_224" => swin(96, &[2, 2, 6, 2], &[3, 6, 12, 24]),
+            "swin_small_patch4_window7_224" => swin(96, &[2, 2, 18, 2], &[3, 6, 12, 24]),
+            "swin_base_patch4_window7_224" => swin(128, &[2, 2, 18, 2], &[4, 8, 16, 32]),
             "efficientnet_b0" => effnet(EfficientNet, 1.0, 1.0),
             "efficientnet_b1" => effnet(EfficientNet, 1.0, 1.1),
             "efficientnet_b2" => effnet(EfficientNet, 1.1, 1.2),
@@ -219,6 +276,16 @@ impl TimmTrunkConfig {
             "resnet101" => resnet(Bottleneck, [3, 4, 23, 3]),
             "resnet152" => resnet(Bottleneck, [3, 8, 36, 3]),
             _ => None,
+        }
+    }
+
+    /// timm's default `drop_path_rate` of the model class: 0.1 for `SwinTransformer`, 0 for
+    /// the others. open_clip passes `timm_drop_path` only when it is set, so a Swin student
+    /// of CLIP-KD's config trains with stochastic depth 0.1.
+    pub fn default_drop_path_rate(&self) -> f64 {
+        match self {
+            TimmTrunkConfig::Swin(_) => 0.1,
+            TimmTrunkConfig::ResNet(_) | TimmTrunkConfig::EfficientNet(_) => 0.0,
         }
     }
 
@@ -238,6 +305,7 @@ impl TimmTrunkConfig {
         match self {
             TimmTrunkConfig::ResNet(c) => c.num_features(),
             TimmTrunkConfig::EfficientNet(c) => c.num_features(),
+            TimmTrunkConfig::Swin(c) => c.num_features(),
         }
     }
 }
@@ -261,7 +329,7 @@ pub struct TimmConfig {
     /// Head dropout probability (`timm_drop`).
     pub drop: f64,
     /// Stochastic depth of the trunk's blocks (`timm_drop_path`, timm's `drop_path_rate`;
-    /// `None`: the trunk's default, 0 for every trunk clipkd has).
+    /// `None`: the trunk's default, [`TimmTrunkConfig::default_drop_path_rate`]).
     pub drop_path: Option<f64>,
     /// Input size `[height, width]` (`image_size`): the preprocessing size. The trunks pool
     /// globally, so other sizes also run.
@@ -284,8 +352,9 @@ impl TimmConfig {
         })
     }
 
-    /// The stochastic-depth rate the trunk uses (`drop_path`, or 0).
+    /// The stochastic-depth rate the trunk uses: `drop_path`, or the trunk's default.
     pub fn drop_path_rate(&self) -> f64 {
-        self.drop_path.unwrap_or(0.0)
+        self.drop_path
+            .unwrap_or_else(|| self.trunk.default_drop_path_rate())
     }
 }

@@ -199,6 +199,62 @@ impl TimmConfig {
                     }
                 }
             }
+            (TimmTrunkConfig::Swin(w), TimmTrunkConfig::Swin(_)) => {
+                const KW: &str = "vision_cfg.timm_model_kwargs";
+                positive(&format!("{KW}.patch_size"), w.patch_size)?;
+                positive(&format!("{KW}.window_size"), w.window_size)?;
+                positive(&format!("{KW}.embed_dim"), w.embed_dim)?;
+                if w.depths.is_empty()
+                    || w.depths.len() != w.num_heads.len()
+                    || w.depths.contains(&0)
+                {
+                    return Err(invalid(
+                        &format!("{KW}.depths"),
+                        &json!(w.depths),
+                        &format!(
+                            "one positive block count per stage, as many as num_heads {:?}",
+                            w.num_heads
+                        ),
+                    ));
+                }
+                for (i, &heads) in w.num_heads.iter().enumerate() {
+                    if heads == 0 || !w.stage_dim(i).is_multiple_of(heads) {
+                        return Err(invalid(
+                            &format!("{KW}.num_heads"),
+                            &json!(w.num_heads),
+                            &format!(
+                                "stage {i}'s width {} must split into {heads} heads",
+                                w.stage_dim(i)
+                            ),
+                        ));
+                    }
+                }
+                if w.img_size < w.patch_size {
+                    return Err(invalid(
+                        &format!("{KW}.img_size"),
+                        &json!(w.img_size),
+                        "smaller than the patch size",
+                    ));
+                }
+                if self.image_size != [w.img_size, w.img_size] {
+                    return Err(invalid(
+                        "vision_cfg.image_size",
+                        &json!(self.image_size),
+                        &format!(
+                            "timm's Swin is built for {0}x{0} images (img_size) and takes no \
+                             other size",
+                            w.img_size
+                        ),
+                    ));
+                }
+                if !(w.mlp_ratio > 0.0) {
+                    return Err(invalid(
+                        &format!("{KW}.mlp_ratio"),
+                        &json!(w.mlp_ratio),
+                        "must be positive",
+                    ));
+                }
+            }
             _ => {
                 return Err(invalid(
                     "vision_cfg.timm_model_name",

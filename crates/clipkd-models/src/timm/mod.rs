@@ -9,7 +9,9 @@
 mod drop_path;
 pub mod efficientnet;
 pub mod efficientnet_arch;
+pub(crate) mod legacy_keys;
 pub mod resnet;
+pub mod swin;
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -19,6 +21,7 @@ use burn::tensor::backend::Backend;
 pub use drop_path::drop_path;
 pub use efficientnet::TimmEfficientNet;
 pub use resnet::TimmResNet;
+pub use swin::TimmSwin;
 
 use crate::autocast;
 use crate::config::{TimmConfig, TimmPool, TimmProj, TimmTrunkConfig, check_embed_dim};
@@ -34,6 +37,8 @@ pub enum TimmTrunk<B: Backend> {
     ResNet(TimmResNet<B>),
     /// timm's `EfficientNet` or `MobileNetV3`.
     EfficientNet(TimmEfficientNet<B>),
+    /// timm's `SwinTransformer`.
+    Swin(TimmSwin<B>),
 }
 
 impl<B: Backend> TimmTrunk<B> {
@@ -51,6 +56,21 @@ impl<B: Backend> TimmTrunk<B> {
                 x.reshape([n, c])
             }
             TimmTrunk::EfficientNet(e) => e.forward_pooled(images, pool),
+            TimmTrunk::Swin(w) => {
+                // NHWC tokens; the pooling is over the spatial axes.
+                let x = global_pool(w.forward_features(images).permute([0, 3, 1, 2]), pool);
+                let [n, c, _, _] = x.dims();
+                x.reshape([n, c])
+            }
+        }
+    }
+
+    /// The image side the trunk requires, if it requires one (Swin's patch embedding is built
+    /// for one size; the others pool globally).
+    pub fn required_side(&self) -> Option<usize> {
+        match self {
+            TimmTrunk::Swin(w) => Some(w.img_size()),
+            TimmTrunk::ResNet(_) | TimmTrunk::EfficientNet(_) => None,
         }
     }
 }
@@ -166,6 +186,9 @@ impl TimmConfig {
             TimmTrunkConfig::EfficientNet(e) => {
                 TimmTrunk::EfficientNet(TimmEfficientNet::new(e, self.drop_path_rate(), device))
             }
+            TimmTrunkConfig::Swin(w) => {
+                TimmTrunk::Swin(TimmSwin::new(w, self.drop_path_rate(), device))
+            }
         };
         Ok(TimmTower {
             trunk,
@@ -190,15 +213,29 @@ impl<B: Backend> TimmTower<B> {
             .forward(self.trunk.forward_pooled(images, self.pool)))
     }
 
-    /// Checks an image batch's shape `[N, C, H, W]`: `C` must be 3. The trunks pool globally,
-    /// so any side of at least one pixel runs (the config's `image_size` is what the
-    /// preprocessing produces).
+    /// Checks an image batch's shape `[N, C, H, W]`: `C` must be 3; a Swin trunk takes only
+    /// its `img_size`; the other trunks pool globally, so any side of at least one pixel runs
+    /// (the config's `image_size` is what the preprocessing produces).
     ///
     /// # Errors
-    /// [`ModelError::InputShape`] for another channel count or an empty image.
+    /// [`ModelError::InputShape`] for another channel count, another size for a Swin, or an
+    /// empty image.
     pub fn check_images(&self, dims: [usize; 4]) -> Result<(), ModelError> {
         const PART: &str = "timm vision tower";
         check_channels(PART, dims)?;
+        if let Some(side) = self.trunk.required_side()
+            && (dims[2] != side || dims[3] != side)
+        {
+            return Err(ModelError::InputShape {
+                part: PART,
+                input: "images",
+                expected: format!(
+                    "[N, 3, {side}, {side}]: timm's Swin is built for {side}x{side} images \
+                     (resize them to the model's image size, vision_cfg.image_size)"
+                ),
+                got: dims.to_vec(),
+            });
+        }
         if dims[2] == 0 || dims[3] == 0 {
             return Err(ModelError::InputShape {
                 part: PART,

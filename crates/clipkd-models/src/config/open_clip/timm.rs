@@ -154,9 +154,35 @@ fn apply_kwargs(
             e.depth_multiplier = kwargs.f64("depth_multiplier", e.depth_multiplier)?;
             TimmTrunkConfig::EfficientNet(e)
         }
+        TimmTrunkConfig::Swin(mut w) => {
+            w.img_size = kwargs.usize("img_size", w.img_size)?;
+            w.patch_size = kwargs.usize("patch_size", w.patch_size)?;
+            w.window_size = kwargs.usize("window_size", w.window_size)?;
+            w.embed_dim = kwargs.usize("embed_dim", w.embed_dim)?;
+            w.mlp_ratio = kwargs.f64("mlp_ratio", w.mlp_ratio)?;
+            for (key, list) in [("depths", &mut w.depths), ("num_heads", &mut w.num_heads)] {
+                if let Some(v) = kwargs.take(key) {
+                    *list = counts(key, &v)?;
+                }
+            }
+            TimmTrunkConfig::Swin(w)
+        }
     };
     kwargs.finish()?;
     Ok(trunk)
+}
+
+/// Non-negative integers, one per stage.
+fn counts(key: &str, v: &Value) -> Result<Vec<usize>, ModelError> {
+    v.as_array()
+        .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect())
+        .ok_or_else(|| {
+            invalid(
+                &format!("vision_cfg.timm_model_kwargs.{key}"),
+                v,
+                "expected a list of non-negative integers, one per stage",
+            )
+        })
 }
 
 /// Four non-negative integers (a per-stage kwarg).
@@ -228,6 +254,27 @@ fn kwargs_value(t: &TimmConfig) -> Option<Value> {
             }
             if e.depth_multiplier != n.depth_multiplier {
                 m.insert("depth_multiplier".into(), json!(e.depth_multiplier));
+            }
+        }
+        (TimmTrunkConfig::Swin(w), TimmTrunkConfig::Swin(n)) => {
+            for (key, ours, named) in [
+                ("img_size", w.img_size, n.img_size),
+                ("patch_size", w.patch_size, n.patch_size),
+                ("window_size", w.window_size, n.window_size),
+                ("embed_dim", w.embed_dim, n.embed_dim),
+            ] {
+                if ours != named {
+                    m.insert(key.into(), json!(ours));
+                }
+            }
+            if w.depths != n.depths {
+                m.insert("depths".into(), json!(w.depths));
+            }
+            if w.num_heads != n.num_heads {
+                m.insert("num_heads".into(), json!(w.num_heads));
+            }
+            if w.mlp_ratio != n.mlp_ratio {
+                m.insert("mlp_ratio".into(), json!(w.mlp_ratio));
             }
         }
         // A valid config's trunk is of its name's family.
