@@ -247,7 +247,7 @@ impl TimmConfig {
                         ),
                     ));
                 }
-                if !(w.mlp_ratio > 0.0) {
+                if !w.mlp_ratio.is_finite() || w.mlp_ratio <= 0.0 {
                     return Err(invalid(
                         &format!("{KW}.mlp_ratio"),
                         &json!(w.mlp_ratio),
