@@ -102,16 +102,34 @@ CASES = {
                                              "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]}},
         "text_cfg": TEXT,
     },
+    # MobileViT-S's layout, narrow: inverted residuals with and without a residual, MobileViT
+    # blocks at 7x7 (resized to 8x8 for the 2x2 patches and back), 4x4 and 2x2 maps (56 px).
+    "mobilevit_small": {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "mobilevit_s", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 56,
+                       "timm_model_kwargs": {
+                           "stem_chs": 8, "num_features": 32, "bottle_ratio": 2.0,
+                           "stages": [{"d": 1, "c": 8, "s": 1}, {"d": 2, "c": 16, "s": 2},
+                                      {"d": 1, "c": 16, "s": 2, "transformer_dim": 16, "transformer_depth": 2,
+                                       "patch_size": 2},
+                                      {"d": 1, "c": 24, "s": 2, "transformer_dim": 24, "transformer_depth": 1,
+                                       "patch_size": 2},
+                                      {"d": 1, "c": 24, "s": 2, "transformer_dim": 16, "transformer_depth": 1,
+                                       "patch_size": 2}]}},
+        "text_cfg": TEXT,
+    },
 }
 
 # CLIP-KD's configs for its timm students, as shipped in clipkd's presets.
 PRESETS = ["timm_resnet18", "timm-efficientnet-b0", "timm_mobilenetv3_small_100",
-           "timm-swin_tiny_patch4_window7_224"]
+           "timm-swin_tiny_patch4_window7_224", "timm-mobilevit_s"]
 
 # Every other timm model name clipkd builds: their visual state-dict keys are checked too.
 NAMED = ["resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b1", "efficientnet_b2",
          "efficientnet_b3", "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_large_075",
-         "mobilenetv3_large_100", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"]
+         "mobilenetv3_large_100", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
+         "mobilevit_xs", "mobilevit_xxs"]
 
 # timm's generator functions behind the model names, which take the channel and depth
 # multipliers (the registered names fix them, so `create_model(name, channel_multiplier=...)`
@@ -124,12 +142,35 @@ GENERATORS = {
 }
 
 
+def mobilevit(kwargs, **kw):
+    """timm's ByobNet for a MobileViT layout given as clipkd's timm_model_kwargs (timm's own
+    ByoBlockCfg names), built with the blocks `mobilevit_s` uses."""
+    from timm.models.byobnet import ByobNet, ByoModelCfg, ByoBlockCfg
+    stages = []
+    for st in kwargs["stages"]:
+        bottle = ByoBlockCfg(type="bottle", d=st["d"], c=st["c"], s=st["s"], gs=1, br=kwargs["bottle_ratio"],
+                             block_kwargs=dict(bottle_in=True, linear_out=True))
+        if "transformer_dim" in st:
+            stages.append((bottle, ByoBlockCfg(type="mobilevit", d=1, c=st["c"], s=1, block_kwargs=dict(
+                transformer_dim=st["transformer_dim"], transformer_depth=st["transformer_depth"],
+                patch_size=st["patch_size"]))))
+        else:
+            stages.append(bottle)
+    cfg = ByoModelCfg(blocks=tuple(stages), stem_chs=kwargs["stem_chs"], stem_type="3x3", stem_pool="",
+                      downsample="", act_layer="silu", num_features=kwargs["num_features"])
+    net = ByobNet(cfg, **kw)
+    net.default_cfg = net.pretrained_cfg = {}  # what create_model would attach; open_clip reads it
+    return net
+
+
 @contextlib.contextmanager
 def timm_kwargs(kwargs):
     """Passes `kwargs` to every `timm.create_model` call made inside (open_clip's TimmModel)."""
     original = timm.create_model
 
     def create(name, *args, **kw):
+        if "stages" in kwargs:
+            return mobilevit(kwargs, **{k: v for k, v in kw.items() if k != "pretrained"})
         multipliers = {k: kwargs[k] for k in ("channel_multiplier", "depth_multiplier") if k in kwargs}
         if multipliers:
             prefix = next(p for p in GENERATORS if name.startswith(p))

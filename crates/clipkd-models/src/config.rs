@@ -23,8 +23,9 @@ mod validate;
 
 pub(crate) use timm::make_divisible;
 pub use timm::{
-    EfficientNetArch, ResNetBlock, TimmConfig, TimmEfficientNetConfig, TimmPool, TimmProj,
-    TimmResNetConfig, TimmSwinConfig, TimmTrunkConfig,
+    EfficientNetArch, MobileVitStage, MobileVitTransformer, ResNetBlock, TimmConfig,
+    TimmEfficientNetConfig, TimmMobileVitConfig, TimmPool, TimmProj, TimmResNetConfig,
+    TimmSwinConfig, TimmTrunkConfig,
 };
 pub use types::{
     Activation, ClipConfig, DEFAULT_LOGIT_SCALE, GeluApproximate, ModifiedResNetConfig,

@@ -39,10 +39,10 @@ pub use checkpoint::{
 };
 pub use clip::{Clip, ClipOutput, TextProjection, VisionTower, l2_normalize};
 pub use config::{
-    Activation, ClipConfig, EfficientNetArch, GeluApproximate, ModifiedResNetConfig, PosEmbedType,
-    ResNetBlock, TextConfig, TextPool, TextProjType, TimmConfig, TimmEfficientNetConfig, TimmPool,
-    TimmProj, TimmResNetConfig, TimmSwinConfig, TimmTrunkConfig, VisionConfig, VisionPool,
-    VitConfig,
+    Activation, ClipConfig, EfficientNetArch, GeluApproximate, MobileVitStage,
+    MobileVitTransformer, ModifiedResNetConfig, PosEmbedType, ResNetBlock, TextConfig, TextPool,
+    TextProjType, TimmConfig, TimmEfficientNetConfig, TimmMobileVitConfig, TimmPool, TimmProj,
+    TimmResNetConfig, TimmSwinConfig, TimmTrunkConfig, VisionConfig, VisionPool, VitConfig,
 };
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};

@@ -54,6 +54,7 @@ presets!(
     "timm-efficientnet-b0",
     "timm_mobilenetv3_small_100",
     "timm-swin_tiny_patch4_window7_224",
+    "timm-mobilevit_s",
 );
 
 /// The error of a preset name that is not one, listing the names that are.

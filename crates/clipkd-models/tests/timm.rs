@@ -28,12 +28,13 @@ use safetensors::SafeTensors;
 type B = Flex;
 type AD = Autodiff<Flex>;
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "resnet_basic",
     "resnet_bottleneck",
     "efficientnet_small",
     "mobilenetv3_small",
     "swin_small",
+    "mobilevit_small",
 ];
 
 /// CLIP-KD's timm students among the presets.
@@ -42,6 +43,7 @@ const PRESETS: &[&str] = &[
     "timm-efficientnet-b0",
     "timm_mobilenetv3_small_100",
     "timm-swin_tiny_patch4_window7_224",
+    "timm-mobilevit_s",
 ];
 
 /// The gradient tolerance where PyTorch's own float32 gradient is closer than it.

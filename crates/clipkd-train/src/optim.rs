@@ -118,10 +118,14 @@ impl AdamWParams {
         }
     }
 
-    /// CLIP-KD's settings for a student of this config: [`AdamWParams::vit`] for a ViT,
-    /// [`AdamWParams::resnet`] for the other towers (ModifiedResNet, timm ResNet).
+    /// CLIP-KD's settings for a student of this config: [`AdamWParams::vit`] for a ViT and a
+    /// timm MobileViT, [`AdamWParams::resnet`] for the other towers (ModifiedResNet, timm
+    /// ResNet, EfficientNet, MobileNetV3, Swin).
     pub fn clip_kd(student: &clipkd_models::ClipConfig) -> Self {
-        if student.is_vit() {
+        use clipkd_models::{TimmTrunkConfig, VisionConfig};
+        let mobilevit = matches!(&student.vision,
+            VisionConfig::Timm(t) if matches!(t.trunk, TimmTrunkConfig::MobileVit(_)));
+        if student.is_vit() || mobilevit {
             Self::vit()
         } else {
             Self::resnet()
@@ -408,6 +412,28 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradScaler<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CLIP-KD's rule: ViT and MobileViT students get (0.9, 0.98, 1e-6), the others
+    /// (0.9, 0.999, 1e-8).
+    #[test]
+    fn clip_kd_settings_follow_the_student_family() {
+        let betas = |name: &str| {
+            let p = AdamWParams::clip_kd(&clipkd_models::ClipConfig::preset(name).unwrap());
+            (p.beta_2, p.epsilon)
+        };
+        for vit in ["ViT-T-16", "timm-mobilevit_s"] {
+            assert_eq!(betas(vit), (0.98, 1e-6), "{vit}");
+        }
+        for other in [
+            "RN50",
+            "timm_resnet18",
+            "timm-efficientnet-b0",
+            "timm_mobilenetv3_small_100",
+            "timm-swin_tiny_patch4_window7_224",
+        ] {
+            assert_eq!(betas(other), (0.999, 1e-8), "{other}");
+        }
+    }
     use burn::backend::Autodiff;
     use burn::module::Module;
     use burn::nn::{Linear, LinearConfig};

@@ -208,6 +208,95 @@ impl TimmSwinConfig {
     }
 }
 
+/// The transformer of a MobileViT stage (timm's `MobileVitBlock`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MobileVitTransformer {
+    /// Token width (`transformer_dim`).
+    pub dim: usize,
+    /// Transformer blocks (`transformer_depth`).
+    pub depth: usize,
+    /// Side of the patches whose pixels are the sequences (`patch_size`).
+    pub patch_size: usize,
+}
+
+/// One stage of a MobileViT: `blocks` inverted-residual blocks (the first with `stride`),
+/// then a MobileViT block if `transformer` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MobileVitStage {
+    /// Inverted-residual blocks (timm's `d`).
+    pub blocks: usize,
+    /// Output channels (timm's `c`, rounded to a multiple of 8 as timm's builder does).
+    pub channels: usize,
+    /// Stride of the stage's first block (timm's `s`).
+    pub stride: usize,
+    /// The MobileViT block that ends the stage, if any.
+    pub transformer: Option<MobileVitTransformer>,
+}
+
+/// timm's `mobilevit_*` (a `ByobNet`): a 3x3 stride-2 stem, stages of inverted residuals
+/// (depthwise, `bottle_ratio` expansion of the input, linear output) and MobileViT blocks
+/// (local 3x3 + 1x1 convolutions, a transformer over the pixels of each patch position, 1x1
+/// projection and a 3x3 fusion with the input), then a 1x1 convolution to `num_features`.
+/// `timm_model_kwargs` describes other layouts with timm's `ByoBlockCfg` names:
+/// `stem_chs`, `num_features`, `bottle_ratio`, and `stages`, a list of
+/// `{"d", "c", "s"[, "transformer_dim", "transformer_depth", "patch_size"]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimmMobileVitConfig {
+    /// Stem output channels (`stem_chs`).
+    pub stem_chs: usize,
+    /// The stages.
+    pub stages: Vec<MobileVitStage>,
+    /// Expansion of the inverted residuals' input width (`br`, 4 for `s`/`xs`, 2 for `xxs`).
+    pub bottle_ratio: f64,
+    /// Width of the final 1x1 convolution (`num_features`).
+    pub num_features: usize,
+    /// Attention heads of the transformers (timm's default, 4).
+    pub num_heads: usize,
+    /// MLP width over token width in the transformers (timm's default, 2).
+    pub mlp_ratio: f64,
+}
+
+impl TimmMobileVitConfig {
+    fn named(
+        stem_chs: usize,
+        bottle_ratio: f64,
+        num_features: usize,
+        c: [usize; 5],
+        t: [(usize, usize); 3],
+    ) -> Self {
+        let plain = |blocks, channels, stride| MobileVitStage {
+            blocks,
+            channels,
+            stride,
+            transformer: None,
+        };
+        let vit = |channels, (dim, depth): (usize, usize)| MobileVitStage {
+            blocks: 1,
+            channels,
+            stride: 2,
+            transformer: Some(MobileVitTransformer {
+                dim,
+                depth,
+                patch_size: 2,
+            }),
+        };
+        Self {
+            stem_chs,
+            stages: vec![
+                plain(1, c[0], 1),
+                plain(3, c[1], 2),
+                vit(c[2], t[0]),
+                vit(c[3], t[1]),
+                vit(c[4], t[2]),
+            ],
+            bottle_ratio,
+            num_features,
+            num_heads: 4,
+            mlp_ratio: 2.0,
+        }
+    }
+}
+
 /// The architecture of a timm trunk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TimmTrunkConfig {
@@ -217,6 +306,8 @@ pub enum TimmTrunkConfig {
     EfficientNet(TimmEfficientNetConfig),
     /// timm's `SwinTransformer`.
     Swin(TimmSwinConfig),
+    /// timm's `mobilevit_*` (`ByobNet`).
+    MobileVit(TimmMobileVitConfig),
 }
 
 /// The timm model names clipkd builds, with their architectures.
@@ -238,6 +329,9 @@ const NAMED_TRUNKS: &[&str] = &[
     "swin_tiny_patch4_window7_224",
     "swin_small_patch4_window7_224",
     "swin_base_patch4_window7_224",
+    "mobilevit_s",
+    "mobilevit_xs",
+    "mobilevit_xxs",
 ];
 
 impl TimmTrunkConfig {
@@ -257,7 +351,33 @@ impl TimmTrunkConfig {
         let swin = |embed_dim, depths: &[usize], heads: &[usize]| {
             Some(Self::Swin(TimmSwinConfig::new(embed_dim, depths, heads)))
         };
+        let mobilevit = |stem, br, features, c, t| {
+            Some(Self::MobileVit(TimmMobileVitConfig::named(
+                stem, br, features, c, t,
+            )))
+        };
         match name {
+            "mobilevit_s" => mobilevit(
+                16,
+                4.0,
+                640,
+                [32, 64, 96, 128, 160],
+                [(144, 2), (192, 4), (240, 3)],
+            ),
+            "mobilevit_xs" => mobilevit(
+                16,
+                4.0,
+                384,
+                [32, 48, 64, 80, 96],
+                [(96, 2), (120, 4), (144, 3)],
+            ),
+            "mobilevit_xxs" => mobilevit(
+                16,
+                2.0,
+                320,
+                [16, 24, 48, 64, 80],
+                [(64, 2), (80, 4), (96, 3)],
+            ),
             "swin_tiny_patch4_window7_224" => swin(96, &[2, 2, 6, 2], &[3, 6, 12, 24]),
             "swin_small_patch4_window7_224" => swin(96, &[2, 2, 18, 2], &[3, 6, 12, 24]),
             "swin_base_patch4_window7_224" => swin(128, &[2, 2, 18, 2], &[4, 8, 16, 32]),
@@ -285,7 +405,9 @@ impl TimmTrunkConfig {
     pub fn default_drop_path_rate(&self) -> f64 {
         match self {
             TimmTrunkConfig::Swin(_) => 0.1,
-            TimmTrunkConfig::ResNet(_) | TimmTrunkConfig::EfficientNet(_) => 0.0,
+            TimmTrunkConfig::ResNet(_)
+            | TimmTrunkConfig::EfficientNet(_)
+            | TimmTrunkConfig::MobileVit(_) => 0.0,
         }
     }
 
@@ -306,6 +428,7 @@ impl TimmTrunkConfig {
             TimmTrunkConfig::ResNet(c) => c.num_features(),
             TimmTrunkConfig::EfficientNet(c) => c.num_features(),
             TimmTrunkConfig::Swin(c) => c.num_features(),
+            TimmTrunkConfig::MobileVit(c) => c.num_features,
         }
     }
 }

@@ -255,6 +255,44 @@ impl TimmConfig {
                     ));
                 }
             }
+            (TimmTrunkConfig::MobileVit(v), TimmTrunkConfig::MobileVit(_)) => {
+                const KW: &str = "vision_cfg.timm_model_kwargs";
+                positive(&format!("{KW}.stem_chs"), v.stem_chs)?;
+                positive(&format!("{KW}.num_features"), v.num_features)?;
+                if !v.bottle_ratio.is_finite() || v.bottle_ratio <= 0.0 || v.stages.is_empty() {
+                    return Err(invalid(
+                        &format!("{KW}.bottle_ratio"),
+                        &json!(v.bottle_ratio),
+                        "a positive ratio, with at least one stage",
+                    ));
+                }
+                for (i, stage) in v.stages.iter().enumerate() {
+                    let field = format!("{KW}.stages[{i}]");
+                    if stage.blocks == 0 || stage.channels == 0 || !(1..=2).contains(&stage.stride)
+                    {
+                        return Err(invalid(
+                            &field,
+                            &json!({"d": stage.blocks, "c": stage.channels, "s": stage.stride}),
+                            "needs d >= 1 blocks, c >= 1 channels and a stride s of 1 or 2",
+                        ));
+                    }
+                    if let Some(t) = &stage.transformer
+                        && (t.depth == 0
+                            || t.patch_size == 0
+                            || t.dim == 0
+                            || !t.dim.is_multiple_of(v.num_heads))
+                    {
+                        return Err(invalid(
+                            &field,
+                            &json!({"transformer_dim": t.dim, "transformer_depth": t.depth, "patch_size": t.patch_size}),
+                            &format!(
+                                "needs a positive depth and patch size, and a width that splits into {} heads",
+                                v.num_heads
+                            ),
+                        ));
+                    }
+                }
+            }
             _ => {
                 return Err(invalid(
                     "vision_cfg.timm_model_name",

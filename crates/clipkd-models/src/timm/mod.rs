@@ -10,6 +10,7 @@ mod drop_path;
 pub mod efficientnet;
 pub mod efficientnet_arch;
 pub(crate) mod legacy_keys;
+pub mod mobilevit;
 pub mod resnet;
 pub mod swin;
 
@@ -20,6 +21,7 @@ use burn::tensor::backend::Backend;
 
 pub use drop_path::drop_path;
 pub use efficientnet::TimmEfficientNet;
+pub use mobilevit::TimmMobileVit;
 pub use resnet::TimmResNet;
 pub use swin::TimmSwin;
 
@@ -39,6 +41,8 @@ pub enum TimmTrunk<B: Backend> {
     EfficientNet(TimmEfficientNet<B>),
     /// timm's `SwinTransformer`.
     Swin(TimmSwin<B>),
+    /// timm's `mobilevit_*`.
+    MobileVit(TimmMobileVit<B>),
 }
 
 impl<B: Backend> TimmTrunk<B> {
@@ -56,6 +60,11 @@ impl<B: Backend> TimmTrunk<B> {
                 x.reshape([n, c])
             }
             TimmTrunk::EfficientNet(e) => e.forward_pooled(images, pool),
+            TimmTrunk::MobileVit(m) => {
+                let x = global_pool(m.forward_features(images), pool);
+                let [n, c, _, _] = x.dims();
+                x.reshape([n, c])
+            }
             TimmTrunk::Swin(w) => {
                 // NHWC tokens; the pooling is over the spatial axes.
                 let x = global_pool(w.forward_features(images).permute([0, 3, 1, 2]), pool);
@@ -70,7 +79,7 @@ impl<B: Backend> TimmTrunk<B> {
     pub fn required_side(&self) -> Option<usize> {
         match self {
             TimmTrunk::Swin(w) => Some(w.img_size()),
-            TimmTrunk::ResNet(_) | TimmTrunk::EfficientNet(_) => None,
+            TimmTrunk::ResNet(_) | TimmTrunk::EfficientNet(_) | TimmTrunk::MobileVit(_) => None,
         }
     }
 }
@@ -188,6 +197,9 @@ impl TimmConfig {
             }
             TimmTrunkConfig::Swin(w) => {
                 TimmTrunk::Swin(TimmSwin::new(w, self.drop_path_rate(), device))
+            }
+            TimmTrunkConfig::MobileVit(m) => {
+                TimmTrunk::MobileVit(TimmMobileVit::new(m, self.drop_path_rate(), device))
             }
         };
         Ok(TimmTower {

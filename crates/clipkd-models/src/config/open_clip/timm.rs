@@ -5,7 +5,9 @@
 use serde_json::{Map, Value, json};
 
 use super::section::{Section, unsupported};
-use crate::config::timm::{TimmConfig, TimmPool, TimmProj, TimmTrunkConfig};
+use crate::config::timm::{
+    MobileVitStage, MobileVitTransformer, TimmConfig, TimmPool, TimmProj, TimmTrunkConfig,
+};
 use crate::config::validate::invalid;
 use crate::error::ModelError;
 
@@ -167,9 +169,52 @@ fn apply_kwargs(
             }
             TimmTrunkConfig::Swin(w)
         }
+        TimmTrunkConfig::MobileVit(mut v) => {
+            v.stem_chs = kwargs.usize("stem_chs", v.stem_chs)?;
+            v.num_features = kwargs.usize("num_features", v.num_features)?;
+            v.bottle_ratio = kwargs.f64("bottle_ratio", v.bottle_ratio)?;
+            if let Some(stages) = kwargs.take("stages") {
+                v.stages = mobilevit_stages(&stages)?;
+            }
+            TimmTrunkConfig::MobileVit(v)
+        }
     };
     kwargs.finish()?;
     Ok(trunk)
+}
+
+/// `timm_model_kwargs.stages` of a MobileViT.
+fn mobilevit_stages(v: &Value) -> Result<Vec<MobileVitStage>, ModelError> {
+    let list = v.as_array().ok_or_else(|| {
+        invalid(
+            "vision_cfg.timm_model_kwargs.stages",
+            v,
+            "expected a list of stages",
+        )
+    })?;
+    list.iter()
+        .map(|stage| {
+            let mut s = Section::new("vision_cfg.timm_model_kwargs.stages[]", stage.clone())?;
+            let blocks = s.required_usize("d")?;
+            let channels = s.required_usize("c")?;
+            let stride = s.required_usize("s")?;
+            let transformer = match s.take("transformer_dim") {
+                None => None,
+                Some(dim) => Some(MobileVitTransformer {
+                    dim: s.usize_value("transformer_dim", &dim)?,
+                    depth: s.required_usize("transformer_depth")?,
+                    patch_size: s.usize("patch_size", 2)?,
+                }),
+            };
+            s.finish()?;
+            Ok(MobileVitStage {
+                blocks,
+                channels,
+                stride,
+                transformer,
+            })
+        })
+        .collect()
 }
 
 /// Non-negative integers, one per stage.
@@ -275,6 +320,33 @@ fn kwargs_value(t: &TimmConfig) -> Option<Value> {
             }
             if w.mlp_ratio != n.mlp_ratio {
                 m.insert("mlp_ratio".into(), json!(w.mlp_ratio));
+            }
+        }
+        (TimmTrunkConfig::MobileVit(v), TimmTrunkConfig::MobileVit(n)) => {
+            if v.stem_chs != n.stem_chs {
+                m.insert("stem_chs".into(), json!(v.stem_chs));
+            }
+            if v.num_features != n.num_features {
+                m.insert("num_features".into(), json!(v.num_features));
+            }
+            if v.bottle_ratio != n.bottle_ratio {
+                m.insert("bottle_ratio".into(), json!(v.bottle_ratio));
+            }
+            if v.stages != n.stages {
+                let stages: Vec<Value> = v
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        let mut o = json!({"d": s.blocks, "c": s.channels, "s": s.stride});
+                        if let Some(t) = &s.transformer {
+                            o["transformer_dim"] = json!(t.dim);
+                            o["transformer_depth"] = json!(t.depth);
+                            o["patch_size"] = json!(t.patch_size);
+                        }
+                        o
+                    })
+                    .collect();
+                m.insert("stages".into(), Value::Array(stages));
             }
         }
         // A valid config's trunk is of its name's family.
