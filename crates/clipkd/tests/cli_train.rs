@@ -126,6 +126,44 @@ fn bad_configs_fail_naming_the_field_or_file() {
     );
 }
 
+/// `pure_bf16` on the CPU: every float tensor of the process is bf16 (the CPU device's default
+/// float type), so every logged loss is a bf16 value; the run trains, evaluates and exports a
+/// checkpoint that loads in f32.
+#[test]
+fn distill_in_pure_bf16_on_the_cpu() {
+    let dir = TempDir::new("cli-train-bf16");
+    let config = setup(&dir.0);
+    let c = config.to_str().unwrap();
+    let run = dir.0.join("run");
+    ok(&["distill", "--config", c, "--precision", "pure_bf16", "-q"]);
+    let rows = metric_rows(&run);
+    assert_eq!(rows.len(), 8);
+    for row in &rows {
+        for (term, value) in row["loss"].as_object().unwrap() {
+            let v = value.as_f64().unwrap() as f32;
+            assert!(v.is_finite(), "{term}: {row}");
+            assert_eq!(
+                v.to_bits() & 0xffff,
+                0,
+                "{term} = {v} is not a bf16 value: {row}"
+            );
+        }
+    }
+    let out = dir.0.join("student.safetensors");
+    let cfg_out = dir.0.join("student_out.json");
+    ok(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model-config",
+        cfg_out.to_str().unwrap(),
+    ]);
+    let cfg = ClipConfig::from_open_clip_json(&cfg_out).unwrap();
+    load_open_clip::<Flex>(&out, &cfg, &Default::default()).unwrap();
+}
+
 #[test]
 fn distill_stop_resume_export_plot_and_baseline() {
     let dir = TempDir::new("cli-train");

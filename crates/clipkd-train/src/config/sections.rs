@@ -215,9 +215,9 @@ pub enum Precision {
     Bf16,
     /// Mixed precision, IEEE half compute with dynamic loss scaling (CPU, CUDA).
     F16,
-    /// Everything in bfloat16 (CUDA).
+    /// Everything in bfloat16 (CPU, CUDA).
     PureBf16,
-    /// Everything in IEEE half, without loss scaling (CUDA).
+    /// Everything in IEEE half, without loss scaling (CPU, CUDA).
     PureF16,
 }
 

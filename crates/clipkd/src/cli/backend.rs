@@ -28,7 +28,10 @@ pub trait BackendTask {
 /// ([`clipkd::models::autocast`]), so that every model forward of the task (training,
 /// evaluation, embedding) computes its matrix products in half precision; the trainer also
 /// reads `run.precision` for its own steps and for f16 loss scaling. The `pure_*` precisions
-/// are backends whose every tensor is half precision (CUDA only).
+/// make every float tensor half precision: on CUDA a backend whose float type is bf16/f16, on
+/// the CPU the f32 backend with its device's default float type set to bf16/f16 (Burn's
+/// per-device dtype policy, [`burn::tensor::set_default_dtypes`]), which holds for the rest of
+/// the process.
 pub fn dispatch<T: BackendTask>(
     device: DeviceSpec,
     precision: Precision,
@@ -40,6 +43,13 @@ pub fn dispatch<T: BackendTask>(
         (DeviceSpec::Cpu, Precision::F32 | Precision::Bf16 | Precision::F16) => {
             let _scope = autocast(precision.autocast());
             task.run::<burn::backend::Autodiff<burn_flex::Flex>>(Default::default())
+        }
+        #[cfg(feature = "flex")]
+        (DeviceSpec::Cpu, Precision::PureBf16 | Precision::PureF16) => {
+            type B = burn::backend::Autodiff<burn_flex::Flex>;
+            let device = Default::default();
+            cpu_half_precision_default::<B>(&device, precision)?;
+            task.run::<B>(device)
         }
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(index), precision) => {
@@ -68,11 +78,39 @@ pub fn dispatch<T: BackendTask>(
         (device, precision) => anyhow::bail!(
             "device `{device}` with precision `{precision}` is not available in this build \
              (compiled backends: {}); rebuild with the matching cargo feature \
-             (`flex` for cpu, `cuda`, `wgpu`); the pure_* precisions need cuda, and wgpu \
-             runs f32 only",
+             (`flex` for cpu, `cuda`, `wgpu`); wgpu runs f32 only",
             compiled_backends().join(", ")
         ),
     }
+}
+
+/// Makes `precision`'s half type (`pure_bf16`, `pure_f16`) the default float type of the CPU
+/// device, so that every float tensor the task creates (weights, data, optimizer moments) is
+/// half precision. Burn fixes a device's defaults at its first tensor, once per process: a
+/// second task with the same precision finds them set; one with another precision is refused.
+#[cfg(feature = "flex")]
+fn cpu_half_precision_default<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    precision: Precision,
+) -> anyhow::Result<()> {
+    use burn::tensor::{Element, FloatDType, get_device_settings, set_default_dtypes};
+    let float = match precision {
+        Precision::PureBf16 => FloatDType::BF16,
+        Precision::PureF16 => FloatDType::F16,
+        other => anyhow::bail!("precision `{other}` is not an all-half precision"),
+    };
+    // Reading the settings would fix them: the int type is the backend's own default.
+    let int = <B::IntElem as Element>::dtype();
+    if set_default_dtypes::<B>(device, float, int).is_err() {
+        let current = get_device_settings::<B>(device).float_dtype;
+        anyhow::ensure!(
+            current == float,
+            "precision `{precision}`: the CPU device already creates {current:?} tensors in \
+             this process (Burn sets a device's default float type once, before its first \
+             tensor); run `{precision}` in a process of its own"
+        );
+    }
+    Ok(())
 }
 
 /// Sets up the GPU runtime's caches once per process (see [`super::kernel_cache`]); `what`
@@ -90,7 +128,7 @@ fn configure_gpu_runtime(what: &str) {
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut out = Vec::new();
     if cfg!(feature = "flex") {
-        out.push("cpu (f32, bf16, f16)");
+        out.push("cpu (f32, bf16, f16, pure_bf16, pure_f16)");
     }
     if cfg!(feature = "cuda") {
         out.push("cuda (f32, bf16, f16, pure_bf16, pure_f16)");

@@ -45,7 +45,7 @@ pub struct BenchArgs {
     pub device: DeviceSpec,
     /// Precision: f32; bf16 or f16 mixed precision (matrix products, convolutions and attention
     /// in half precision, the rest f32; f16 measured without the loss scaler's per-step
-    /// overflow check); pure_bf16 or pure_f16 (every tensor, CUDA only).
+    /// overflow check); pure_bf16 or pure_f16 (every tensor; CPU and CUDA).
     #[arg(long, value_name = "f32|bf16|f16|pure_bf16|pure_f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Workloads to run, in order (comma separated).

@@ -37,7 +37,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub device: Option<DeviceSpec>,
     /// Precision: f32; bf16 or f16 mixed precision (half-precision matrix products, the rest
-    /// f32; CPU and CUDA); pure_bf16 or pure_f16 (every tensor, CUDA only).
+    /// f32; CPU and CUDA); pure_bf16 or pure_f16 (every tensor; CPU and CUDA).
     #[arg(long, value_name = "f32|bf16|f16|pure_bf16|pure_f16", default_value_t = Precision::F32)]
     pub precision: Precision,
     /// A demo config (JSON, as --print-config writes) instead of the built-in one.

@@ -62,7 +62,7 @@ pub struct RunOptions {
     pub device: Option<String>,
     /// Precision (`run.precision`): f32; bf16 or f16 mixed precision (half-precision matrix
     /// products, f32 parameters, f16 with loss scaling; CPU and CUDA); pure_bf16 or pure_f16
-    /// (every tensor, CUDA only).
+    /// (every tensor; CPU and CUDA).
     #[arg(long, value_name = "f32|bf16|f16|pure_bf16|pure_f16")]
     pub precision: Option<Precision>,
     /// Continue a run: `latest` (the latest checkpoint of the output directory) or a
