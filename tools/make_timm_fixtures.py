@@ -196,6 +196,8 @@ def build(cfg, seed):
     # is its `head_hidden_size` (the conv_head after the pooling), so open_clip's own forward
     # fails. CLIP-KD's checkpoints (older timm) have head.proj sized from the real output: so
     # does this reference.
+    if not hasattr(model.visual, "trunk"):
+        return model  # not a timm tower
     trunk, head = model.visual.trunk, model.visual.head
     hidden = getattr(trunk, "head_hidden_size", trunk.num_features)
     if hasattr(head, "proj") and head.proj.in_features != hidden:
