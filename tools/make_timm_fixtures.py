@@ -22,6 +22,7 @@ forwards on random images), then written to `tests/fixtures/timm/`:
                           after_train.<key>: every BatchNorm running statistic after that one
                           train-mode forward (PyTorch's update: momentum 0.1, unbiased variance)
   swin_small_legacy.safetensors  swin_small's weights in the key layout of timm < 0.9
+  mobilenetv3_small_clip_kd.pt   mobilenetv3_small's weights as CLIP-KD saves a checkpoint
   meta.json               versions, what is where, and per case the relative L2 error of
                           PyTorch's own float32 gradients against the float64 reference
   state_dict_keys.json    the state-dict keys, shapes and dtypes of every case, of CLIP-KD's
@@ -303,6 +304,15 @@ def write_swin_legacy(name):
     save_file({k: v.contiguous() for k, v in legacy.items()}, os.path.join(OUT, f"{name}_legacy.safetensors"))
 
 
+def write_clip_kd_checkpoint(name):
+    """The weights in the form CLIP-KD's (open_clip's) training code saves them under DDP."""
+    from safetensors.torch import load_file
+    sd = load_file(os.path.join(OUT, f"{name}.safetensors"))
+    torch.save({"epoch": 32, "name": name, "state_dict": {"module." + k: v for k, v in sd.items()},
+                "optimizer": {"state": {}, "param_groups": []}},
+               os.path.join(OUT, f"{name}_clip_kd.pt"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(2)
@@ -314,6 +324,10 @@ def main():
         keys[name] = state_dict_spec(model)
         meta["cases"][name] = info
     write_swin_legacy("swin_small")
+    write_clip_kd_checkpoint("mobilenetv3_small")
+    meta["mobilenetv3_small_clip_kd.pt"] = ("mobilenetv3_small's weights as CLIP-KD's training code saves a "
+                                            "checkpoint: torch zip, {'epoch', 'name', 'state_dict': "
+                                            "{'module.' + key}, 'optimizer'}")
     meta["swin_small_legacy.safetensors"] = ("swin_small's weights in timm < 0.9's layout (patch merging at the end "
                                              "of the previous stage, persistent relative_position_index and attn_mask)")
     for name in PRESETS:

@@ -347,6 +347,30 @@ fn older_timm_swin_checkpoints_load() {
     assert_embeddings("swin_small legacy", &ours, theirs, shape[1]);
 }
 
+/// A checkpoint as CLIP-KD's training code saves it (torch zip, the state dict nested under
+/// `state_dict` with DDP's `module.` prefix, next to the epoch and the optimizer) loads and
+/// embeds as open_clip does.
+#[test]
+fn clip_kd_training_checkpoints_load() {
+    let config =
+        ClipConfig::from_open_clip_json(fixtures().join("mobilenetv3_small.json")).unwrap();
+    let model = load_open_clip::<B>(
+        fixtures().join("mobilenetv3_small_clip_kd.pt"),
+        &config,
+        &Default::default(),
+    )
+    .unwrap();
+    let io = read_f32(&fixtures().join("mobilenetv3_small_io.safetensors"));
+    let ours = values(model.encode_image(tensor(&io, "pixels")).unwrap());
+    let (theirs, shape) = &io["image_features_eval"];
+    assert_embeddings(
+        "mobilenetv3_small CLIP-KD checkpoint",
+        &ours,
+        theirs,
+        shape[1],
+    );
+}
+
 /// Export then import gives the same weights bit for bit, and the config written for a small
 /// variant (with `timm_model_kwargs`) reads back to the same config.
 #[test]
