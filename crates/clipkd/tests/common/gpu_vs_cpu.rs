@@ -75,7 +75,9 @@ fn seeded<B: Backend>(cfg: &ClipConfig, seed: u64, device: &B::Device) -> clipkd
 fn resnet_tower<B: Backend>(model: clipkd::models::Clip<B>) -> clipkd::models::ModifiedResNet<B> {
     match model.visual {
         clipkd::models::VisionTower::ModifiedResNet(r) => r,
-        clipkd::models::VisionTower::Vit(_) => unreachable!("a ModifiedResNet config"),
+        clipkd::models::VisionTower::Vit(_) | clipkd::models::VisionTower::Timm(_) => {
+            unreachable!("a ModifiedResNet config")
+        }
     }
 }
 
