@@ -21,6 +21,16 @@ pub enum TrainError {
     /// The device failed (e.g. reading a tensor back).
     #[error("device error: {0}")]
     Device(String),
+    /// A collective operation of a data-parallel group failed (burn-collective).
+    #[error("data-parallel peer {rank}: {operation} failed: {message}")]
+    Collective {
+        /// The peer's rank.
+        rank: usize,
+        /// The operation (`join`, `all_reduce`, `broadcast`, `finish`).
+        operation: &'static str,
+        /// burn-collective's error.
+        message: String,
+    },
     /// The model's token table is smaller than the tokenizer's vocabulary.
     #[error(
         "the model's text_cfg.vocab_size is {model_vocab}, smaller than the CLIP tokenizer's \

@@ -30,6 +30,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod distributed;
 pub mod embed;
 pub mod error;
 pub mod eval;
