@@ -10,61 +10,18 @@
 //! BatchNorm's keys.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{hard_sigmoid, hard_swish, relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 
 use super::drop_path::drop_path;
 use super::efficientnet_arch::{Act, BlockKind, BlockSpec, EfficientNetSpec, Gate, SeSpec};
+use super::layers::{apply_conv, batch_norm, conv};
 use crate::autocast;
 use crate::batch_norm::batch_norm_2d;
 use crate::config::{TimmEfficientNetConfig, TimmPool};
-use crate::resnet::conv1x1;
-use crate::transformer::normal;
-
-/// timm's `create_conv2d(c_in, c_out, k, stride, groups, padding="")`: symmetric padding
-/// `((stride - 1) + (k - 1)) // 2`, initialised as `_init_weight_goog`: normal with standard
-/// deviation `sqrt(2 / fan_out)`, `fan_out = k^2 c_out / groups`, bias zero.
-fn conv<B: Backend>(
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    bias: bool,
-    device: &B::Device,
-) -> Conv2d<B> {
-    let p = ((stride - 1) + (k - 1)) / 2;
-    let fan_out = k * k * c_out / groups;
-    let mut layer = Conv2dConfig::new([c_in, c_out], [k, k])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .with_groups(groups)
-        .with_bias(bias)
-        .with_initializer(normal((2.0 / fan_out as f64).sqrt()))
-        .init(device);
-    if bias {
-        layer.bias = Some(burn::module::Initializer::Zeros.init([c_out], device));
-    }
-    layer
-}
-
-fn batch_norm<B: Backend>(c: usize, device: &B::Device) -> BatchNorm<B> {
-    BatchNormConfig::new(c).init(device)
-}
-
-/// A convolution: 1x1 stride-1 ungrouped ones as one matrix product ([`conv1x1`], which avoids
-/// a wgpu kernel bug), the others as `conv2d`; under the autocast scope either way.
-fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [_, c_in_per_group, kh, kw] = conv.weight.lazy_shape().dims();
-    if kh == 1 && kw == 1 && conv.stride == [1, 1] && c_in_per_group == x.dims()[1] {
-        conv1x1(conv, x)
-    } else {
-        autocast::conv2d(conv, x)
-    }
-}
 
 fn activate<B: Backend>(act: Act, x: Tensor<B, 4>) -> Tensor<B, 4> {
     match act {
@@ -179,26 +136,26 @@ impl<B: Backend> EfficientBlock<B> {
             BlockKind::DepthwiseSeparable { .. } => {
                 Self::DepthwiseSeparable(DepthwiseSeparableConv {
                     conv_dw: conv(i, i, k, s, i, false, device),
-                    bn1: batch_norm(i, device),
+                    bn1: batch_norm(i, false, device),
                     se: se(i),
                     conv_pw: conv(i, o, 1, 1, 1, false, device),
-                    bn2: batch_norm(o, device),
+                    bn2: batch_norm(o, false, device),
                     spec,
                 })
             }
             BlockKind::InvertedResidual { mid } => Self::InvertedResidual(InvertedResidual {
                 conv_pw: conv(i, mid, 1, 1, 1, false, device),
-                bn1: batch_norm(mid, device),
+                bn1: batch_norm(mid, false, device),
                 conv_dw: conv(mid, mid, k, s, mid, false, device),
-                bn2: batch_norm(mid, device),
+                bn2: batch_norm(mid, false, device),
                 se: se(mid),
                 conv_pwl: conv(mid, o, 1, 1, 1, false, device),
-                bn3: batch_norm(o, device),
+                bn3: batch_norm(o, false, device),
                 spec,
             }),
             BlockKind::ConvBnAct => Self::ConvBnAct(ConvBnAct {
                 conv: conv(i, o, k, s, 1, false, device),
-                bn1: batch_norm(o, device),
+                bn1: batch_norm(o, false, device),
                 spec,
             }),
         }
@@ -276,7 +233,7 @@ impl<B: Backend> TimmEfficientNet<B> {
             .map_or(spec.stem, |b| b.out_chs);
         Self {
             conv_stem: conv(3, spec.stem, 3, 2, 1, false, device),
-            bn1: batch_norm(spec.stem, device),
+            bn1: batch_norm(spec.stem, false, device),
             blocks: spec
                 .stages
                 .iter()
@@ -288,7 +245,7 @@ impl<B: Backend> TimmEfficientNet<B> {
                 })
                 .collect(),
             conv_head: conv(last, spec.head, 1, 1, 1, spec.head_after_pool, device),
-            bn2: (!spec.head_after_pool).then(|| batch_norm(spec.head, device)),
+            bn2: (!spec.head_after_pool).then(|| batch_norm(spec.head, false, device)),
             act: spec.act,
         }
     }

@@ -12,8 +12,8 @@
 //! checkpoint keys under `visual.trunk.`.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, Linear, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, LayerNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
@@ -21,32 +21,11 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use super::drop_path::drop_path;
+use super::layers::{apply_conv, batch_norm, conv};
 use crate::autocast;
 use crate::batch_norm::batch_norm_2d;
 use crate::config::{TimmMobileVitConfig, make_divisible};
-use crate::resnet::conv1x1;
 use crate::transformer::{layer_norm, linear, normal};
-
-/// A convolution initialised as ByobNet's `_init_weights`: normal with standard deviation
-/// `sqrt(2 / fan_out)`, `fan_out = k^2 c_out / groups`; padding `k // 2`; no bias.
-fn conv<B: Backend>(
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    device: &B::Device,
-) -> Conv2d<B> {
-    let p = k / 2;
-    let fan_out = k * k * c_out / groups;
-    Conv2dConfig::new([c_in, c_out], [k, k])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .with_groups(groups)
-        .with_bias(false)
-        .with_initializer(normal((2.0 / fan_out as f64).sqrt()))
-        .init(device)
-}
 
 /// ByobNet's `Linear` initialisation: weight normal(0, 0.01), bias zero.
 fn byob_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
@@ -57,17 +36,6 @@ fn byob_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Lin
         Some(burn::module::Initializer::Zeros),
         device,
     )
-}
-
-/// A convolution: 1x1 stride-1 ungrouped ones as one matrix product ([`conv1x1`], which avoids
-/// a wgpu kernel bug), the others as `conv2d`; under the autocast scope either way.
-fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [_, c_in_per_group, kh, kw] = conv.weight.lazy_shape().dims();
-    if kh == 1 && kw == 1 && conv.stride == [1, 1] && c_in_per_group == x.dims()[1] {
-        conv1x1(conv, x)
-    } else {
-        autocast::conv2d(conv, x)
-    }
 }
 
 /// timm's `ConvNormAct`: convolution, BatchNorm, and SiLU unless `act` is off.
@@ -93,13 +61,9 @@ impl<B: Backend> ConvNormAct<B> {
         zero_bn: bool,
         device: &B::Device,
     ) -> Self {
-        let mut bn = BatchNormConfig::new(c_out).init(device);
-        if zero_bn {
-            bn.gamma = burn::module::Initializer::Zeros.init([c_out], device);
-        }
         Self {
-            conv: conv(c_in, c_out, k, stride, groups, device),
-            bn,
+            conv: conv(c_in, c_out, k, stride, groups, false, device),
+            bn: batch_norm(c_out, zero_bn, device),
             act,
         }
     }
@@ -321,7 +285,7 @@ impl<B: Backend> TimmMobileVit<B> {
                     index += 1;
                     blocks.push(MobileVitStageBlock::MobileVit(MobileVitBlock {
                         conv_kxk: ConvNormAct::new(out, out, 3, 1, 1, true, false, device),
-                        conv_1x1: conv(out, t.dim, 1, 1, 1, device),
+                        conv_1x1: conv(out, t.dim, 1, 1, 1, false, device),
                         transformer: (0..t.depth)
                             .map(|_| MobileVitTransformerBlock {
                                 norm1: layer_norm(t.dim, 1e-5, device),

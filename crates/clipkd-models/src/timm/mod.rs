@@ -9,6 +9,7 @@
 mod drop_path;
 pub mod efficientnet;
 pub mod efficientnet_arch;
+mod layers;
 pub(crate) mod legacy_keys;
 pub mod mobilevit;
 pub mod resnet;

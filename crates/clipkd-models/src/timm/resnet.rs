@@ -6,59 +6,18 @@
 //! `visual.trunk.` (the shortcut's `conv` / `bn` are timm's `downsample.0` / `downsample.1`).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 
 use super::drop_path::drop_path;
+use super::layers::{apply_conv, batch_norm, conv};
 use crate::autocast;
 use crate::batch_norm::batch_norm_2d;
 use crate::config::{ResNetBlock, TimmResNetConfig};
-use crate::resnet::conv1x1;
-use crate::transformer::normal;
-
-/// `nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False)` initialised as timm's
-/// `ResNet.init_weights`: `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, i.e. normal
-/// with standard deviation `sqrt(2 / (c_out k^2))`.
-fn conv<B: Backend>(
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    device: &B::Device,
-) -> Conv2d<B> {
-    let p = k / 2;
-    let std = (2.0 / (c_out * k * k) as f64).sqrt();
-    Conv2dConfig::new([c_in, c_out], [k, k])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .with_bias(false)
-        .with_initializer(normal(std))
-        .init(device)
-}
-
-/// `nn.BatchNorm2d(c)`: weight 1 (0 with `zero`, timm's `zero_init_last`), bias 0.
-fn batch_norm<B: Backend>(c: usize, zero: bool, device: &B::Device) -> BatchNorm<B> {
-    let mut bn = BatchNormConfig::new(c).init(device);
-    if zero {
-        bn.gamma = burn::module::Initializer::Zeros.init([c], device);
-    }
-    bn
-}
-
-/// A convolution: 1x1 stride-1 ones as one matrix product ([`conv1x1`], which avoids a wgpu
-/// kernel bug), the others as `conv2d`; under the autocast scope either way.
-fn apply_conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [_, _, kh, kw] = conv.weight.lazy_shape().dims();
-    if kh == 1 && kw == 1 && conv.stride == [1, 1] {
-        conv1x1(conv, x)
-    } else {
-        autocast::conv2d(conv, x)
-    }
-}
 
 /// timm's `downsample_conv`: a strided 1x1 convolution and BatchNorm (`downsample.0`, `.1`).
 #[derive(Module, Debug)]
@@ -72,7 +31,7 @@ pub struct ConvShortcut<B: Backend> {
 impl<B: Backend> ConvShortcut<B> {
     fn new(c_in: usize, c_out: usize, stride: usize, device: &B::Device) -> Self {
         Self {
-            conv: conv(c_in, c_out, 1, stride, device),
+            conv: conv(c_in, c_out, 1, stride, 1, false, device),
             bn: batch_norm(c_out, false, device),
         }
     }
@@ -148,19 +107,19 @@ impl<B: Backend> ResNetBlockModule<B> {
             .then(|| ConvShortcut::new(inplanes, out, stride, device));
         match kind {
             ResNetBlock::Basic => Self::Basic(BasicBlock {
-                conv1: conv(inplanes, planes, 3, stride, device),
+                conv1: conv(inplanes, planes, 3, stride, 1, false, device),
                 bn1: batch_norm(planes, false, device),
-                conv2: conv(planes, out, 3, 1, device),
+                conv2: conv(planes, out, 3, 1, 1, false, device),
                 bn2: batch_norm(out, true, device),
                 downsample,
                 drop_path,
             }),
             ResNetBlock::Bottleneck => Self::Bottleneck(Bottleneck {
-                conv1: conv(inplanes, planes, 1, 1, device),
+                conv1: conv(inplanes, planes, 1, 1, 1, false, device),
                 bn1: batch_norm(planes, false, device),
-                conv2: conv(planes, planes, 3, stride, device),
+                conv2: conv(planes, planes, 3, stride, 1, false, device),
                 bn2: batch_norm(planes, false, device),
-                conv3: conv(planes, out, 1, 1, device),
+                conv3: conv(planes, out, 1, 1, 1, false, device),
                 bn3: batch_norm(out, true, device),
                 downsample,
                 drop_path,
@@ -249,7 +208,7 @@ impl<B: Backend> TimmResNet<B> {
             stages.next().unwrap(),
         );
         Self {
-            conv1: conv(3, stem, 7, 2, device),
+            conv1: conv(3, stem, 7, 2, 1, false, device),
             bn1: batch_norm(stem, false, device),
             layer1,
             layer2,
