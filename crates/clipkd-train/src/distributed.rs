@@ -36,6 +36,43 @@ use clipkd_losses::{DistillInput, Embeddings};
 
 use crate::error::TrainError;
 
+/// What this thread's peer has put through collectives since the last [`take_stats`]: the
+/// bytes of the tensors it handed in (a ring all-reduce of `S` bytes sends `2 (W - 1) / W · S`
+/// per peer over the links; the figure here is `S`), and the wall time spent inside the calls
+/// (waiting for the slowest peer included).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CollectiveStats {
+    /// Collective calls.
+    pub calls: u64,
+    /// Bytes of the tensors handed to the collectives.
+    pub bytes: u64,
+    /// Seconds spent inside the calls.
+    pub seconds: f64,
+}
+
+thread_local! {
+    static STATS: std::cell::Cell<CollectiveStats> = const {
+        std::cell::Cell::new(CollectiveStats { calls: 0, bytes: 0, seconds: 0.0 })
+    };
+}
+
+/// This thread's [`CollectiveStats`] since the last call, reset to zero (a peer is a thread).
+pub fn take_stats() -> CollectiveStats {
+    STATS.with(|s| s.replace(CollectiveStats::default()))
+}
+
+/// Counts one collective call of `bytes` that took `start.elapsed()`.
+fn record(bytes: usize, start: std::time::Instant) {
+    let seconds = start.elapsed().as_secs_f64();
+    STATS.with(|s| {
+        let mut v = s.get();
+        v.calls += 1;
+        v.bytes += bytes as u64;
+        v.seconds += seconds;
+        s.set(v);
+    });
+}
+
 /// One peer of a data-parallel group inside this process (a thread per device), joined
 /// through burn-collective's local server of one backend. burn-collective keeps a server per
 /// backend type: join with the inner backend of the autodiff backend that trains, and run every
@@ -101,8 +138,11 @@ impl Peer {
         &self,
         x: Tensor<B, D>,
     ) -> Result<Tensor<B, D>, TrainError> {
+        let bytes = x.shape().num_elements() * x.dtype().size();
+        let start = std::time::Instant::now();
         let out = all_reduce::<B>(self.id(), x.into_primitive().tensor(), ReduceOperation::Sum)
             .map_err(|e| self.error("all_reduce", e))?;
+        record(bytes, start);
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 
@@ -114,8 +154,11 @@ impl Peer {
         &self,
         x: Tensor<B, D>,
     ) -> Result<Tensor<B, D>, TrainError> {
+        let bytes = x.shape().num_elements() * x.dtype().size();
+        let start = std::time::Instant::now();
         let mine = (self.rank == 0).then(|| x.into_primitive().tensor());
         let out = broadcast::<B>(self.id(), mine).map_err(|e| self.error("broadcast", e))?;
+        record(bytes, start);
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
     }
 

@@ -19,7 +19,7 @@ use burn_flex::Flex;
 use clipkd_losses::{DistillInput, Embeddings, LossKind};
 use clipkd_models::ClipConfig;
 use clipkd_train::config::{LossSection, LossTermConfig, TrainMode};
-use clipkd_train::distributed::{Peer, TeacherShare, data_parallel_gradients};
+use clipkd_train::distributed::{Peer, TeacherShare, data_parallel_gradients, take_stats};
 use clipkd_train::step::DistillModel;
 
 type B = Autodiff<Flex>;
@@ -200,7 +200,13 @@ fn data_parallel(
                     |input| Ok(loss_of(&model, input)),
                 )
                 .unwrap();
-                let out = (loss.into_scalar(), by_position(&model, &grads));
+                // The step's collectives are counted: at least every gradient tensor's bytes.
+                let stats = take_stats();
+                let params = by_position(&model, &grads);
+                let gradient_bytes: usize = params.values().map(|g| 4 * g.len()).sum();
+                assert!(stats.calls as usize > params.len(), "{stats:?}");
+                assert!(stats.bytes as usize >= gradient_bytes, "{stats:?}");
+                let out = (loss.into_scalar(), params);
                 peer.leave::<Flex>().unwrap();
                 out
             })
