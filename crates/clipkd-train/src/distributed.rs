@@ -17,8 +17,8 @@
 //! 3. The peers all-reduce `∂L_r/∂G` (sum): peer `r` takes its rows of `Σ_p ∂L_p/∂G`, the
 //!    gradient of every peer's loss with respect to its own embeddings (open_clip's
 //!    `gather_with_grad`), and back-propagates it through its towers.
-//! 4. The parameter gradients (towers, logit scale, loss parameters) are all-reduced (sum,
-//!    Burn's `GradientsParams::all_reduce` in parameter-id order) and divided by `W`: the
+//! 4. The parameter gradients (towers, logit scale, loss parameters) are all-reduced (sum, in
+//!    the module's visiting order, flattened into buckets of at most 25 MiB) and divided by `W`: the
 //!    gradient of `mean_r L_r`, which equals the single-device loss on the global batch (the
 //!    contract of `DistillInput`). CLIP-KD's DDP averages the same per-peer gradients, but
 //!    without step 3 (`gather_with_grad=False`), so its gradient lacks the cross-peer terms; here
@@ -72,6 +72,9 @@ fn record(bytes: usize, start: std::time::Instant) {
         s.set(v);
     });
 }
+
+/// The largest gradient bucket of [`Peer::all_reduce_buckets`]: PyTorch DDP's default, 25 MiB.
+pub const BUCKET_BYTES: usize = 25 << 20;
 
 /// One peer of a data-parallel group inside this process (a thread per device), joined
 /// through burn-collective's local server of one backend. burn-collective keeps a server per
@@ -144,6 +147,45 @@ impl Peer {
             .map_err(|e| self.error("all_reduce", e))?;
         record(bytes, start);
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    /// The element-wise sums over the peers of many 1-D tensors, in buckets of at most
+    /// [`BUCKET_BYTES`] (one all-reduce per bucket instead of one per tensor, as PyTorch's DDP
+    /// buckets gradients); a tensor larger than a bucket goes alone.
+    ///
+    /// # Errors
+    /// [`TrainError::Collective`] if the peers' tensors differ or the group failed.
+    pub fn all_reduce_buckets<B: Backend>(
+        &self,
+        tensors: Vec<Tensor<B, 1>>,
+    ) -> Result<Vec<Tensor<B, 1>>, TrainError> {
+        let mut out = Vec::with_capacity(tensors.len());
+        let mut bucket: Vec<Tensor<B, 1>> = Vec::new();
+        let mut bytes = 0;
+        let flush = |bucket: &mut Vec<Tensor<B, 1>>, out: &mut Vec<Tensor<B, 1>>| {
+            if bucket.is_empty() {
+                return Ok(());
+            }
+            let sizes: Vec<usize> = bucket.iter().map(|t| t.dims()[0]).collect();
+            let sum = self.all_reduce_sum(Tensor::cat(std::mem::take(bucket), 0))?;
+            let mut offset = 0;
+            for size in sizes {
+                out.push(sum.clone().narrow(0, offset, size));
+                offset += size;
+            }
+            Ok::<(), TrainError>(())
+        };
+        for t in tensors {
+            let size = t.dims()[0] * t.dtype().size();
+            if bytes + size > BUCKET_BYTES && !bucket.is_empty() {
+                flush(&mut bucket, &mut out)?;
+                bytes = 0;
+            }
+            bytes += size;
+            bucket.push(t);
+        }
+        flush(&mut bucket, &mut out)?;
+        Ok(out)
     }
 
     /// Rank 0's `x` on every peer (the others' `x` is ignored).
@@ -332,37 +374,42 @@ where
         Some(s) => GradientsParams::from_grads(s.backward(), model),
         None => GradientsParams::new(),
     };
-    // 4. Both parts per parameter, summed over the peers and averaged.
-    let mut reduce = ReduceGradients {
-        peer: *peer,
+    // 4. Both parts per parameter, summed over the peers in buckets and averaged.
+    let mut collect = CollectLocal::<B::InnerBackend> {
         direct,
         through_towers,
-        out: GradientsParams::new(),
-        error: None,
+        entries: Vec::new(),
     };
-    model.visit(&mut reduce);
-    if let Some(e) = reduce.error {
-        return Err(e);
-    }
-    let averaged = reduce.out;
+    model.visit(&mut collect);
+    let summed = peer.all_reduce_buckets(collect.entries.iter().map(|e| e.1.clone()).collect())?;
+    let mut distribute = Distribute {
+        entries: collect
+            .entries
+            .into_iter()
+            .zip(summed)
+            .map(|((id, _, has_grad), sum)| (id, sum, has_grad))
+            .collect(),
+        out: GradientsParams::new(),
+        world: peer.world() as f64,
+    };
+    model.visit(&mut distribute);
+    let averaged = distribute.out;
     Ok((averaged, value.inner()))
 }
 
 /// Per trainable parameter, in the module's visiting order (the same on every peer, whatever
-/// the parameter ids): this peer's two gradient parts added, summed over the peers, divided by
-/// the number of peers. A parameter without a gradient here still takes part (with zeros), so
-/// that the peers stay in step; it gets no gradient, as on one device.
-struct ReduceGradients {
-    peer: Peer,
+/// the parameter ids): this peer's two gradient parts added and flattened. A parameter without
+/// a gradient here still takes part (with zeros), so that the peers' buckets agree; it gets no
+/// gradient, as on one device.
+struct CollectLocal<I: Backend> {
     direct: GradientsParams,
     through_towers: GradientsParams,
-    out: GradientsParams,
-    error: Option<TrainError>,
+    entries: Vec<(burn::module::ParamId, Tensor<I, 1>, bool)>,
 }
 
-impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for ReduceGradients {
+impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for CollectLocal<B::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.error.is_some() || !param.is_require_grad() {
+        if !param.is_require_grad() {
             return;
         }
         let id = param.id;
@@ -377,14 +424,32 @@ impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for ReduceGradients {
                 (Tensor::zeros(shape, &device), false)
             }
         };
-        match self.peer.all_reduce_sum(local) {
-            Ok(sum) if has_grad => {
-                let world = self.peer.world() as f64;
-                self.out
-                    .register::<B::InnerBackend, D>(id, sum.div_scalar(world));
-            }
-            Ok(_) => {}
-            Err(e) => self.error = Some(e),
+        let n = local.shape().num_elements();
+        self.entries.push((id, local.reshape([n]), has_grad));
+    }
+}
+
+/// The summed gradients back into their parameters' shapes, divided by the number of peers.
+struct Distribute<I: Backend> {
+    entries: std::collections::VecDeque<(burn::module::ParamId, Tensor<I, 1>, bool)>,
+    out: GradientsParams,
+    world: f64,
+}
+
+impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Distribute<B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        let (id, sum, has_grad) = self
+            .entries
+            .pop_front()
+            .expect("one entry per trainable parameter, in visiting order");
+        debug_assert_eq!(id, param.id);
+        if has_grad {
+            let shape: [usize; D] = param.lazy_shape().dims();
+            self.out
+                .register::<B::InnerBackend, D>(id, sum.reshape(shape).div_scalar(self.world));
         }
     }
 }
