@@ -81,6 +81,31 @@ const TIMM_FIELDS: &[&str] = &[
     "timm_drop_path",
 ];
 
+/// Vision fields only a ViT reads (open_clip's ModifiedResNet and `TimmModel` ignore them).
+pub(super) const VIT_ONLY_FIELDS: &[&str] = &[
+    "mlp_ratio",
+    "patch_size",
+    "ls_init_value",
+    "patch_dropout",
+    "attentional_pool",
+    "attn_pooler_queries",
+    "attn_pooler_heads",
+    "no_ln_pre",
+    "pos_embed_type",
+    "final_ln_after_pool",
+    "pool_type",
+    "output_tokens",
+    "act_kwargs",
+    "norm_kwargs",
+    "block_type",
+    "qk_norm",
+    "scaled_cosine_attn",
+    "scale_heads",
+    "scale_attn_inner",
+    "scale_attn",
+    "scale_fc",
+];
+
 fn parse_vision(mut s: Section, activation: Activation) -> Result<VisionConfig, ModelError> {
     if let Some(name) = s.take("timm_model_name") {
         return Ok(VisionConfig::Timm(parse_timm(s, &name)?));
@@ -108,30 +133,7 @@ fn parse_vision(mut s: Section, activation: Activation) -> Result<VisionConfig, 
                 "open_clip's ModifiedResNet takes a single (square) image size",
             ));
         }
-        let vit_only_fields = [
-            "mlp_ratio",
-            "patch_size",
-            "ls_init_value",
-            "patch_dropout",
-            "attentional_pool",
-            "attn_pooler_queries",
-            "attn_pooler_heads",
-            "no_ln_pre",
-            "pos_embed_type",
-            "final_ln_after_pool",
-            "pool_type",
-            "output_tokens",
-            "act_kwargs",
-            "norm_kwargs",
-            "block_type",
-            "qk_norm",
-            "scaled_cosine_attn",
-            "scale_heads",
-            "scale_attn_inner",
-            "scale_attn",
-            "scale_fc",
-        ];
-        s.ignore(&vit_only_fields);
+        s.ignore(VIT_ONLY_FIELDS);
         s.finish()?;
         return Ok(VisionConfig::ModifiedResNet(ModifiedResNetConfig {
             layers: [

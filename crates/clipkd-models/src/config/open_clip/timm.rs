@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::read::VIT_ONLY_FIELDS;
 use super::section::{Section, unsupported};
 use crate::config::timm::{
     MobileVitStage, MobileVitTransformer, TimmConfig, TimmPool, TimmProj, TimmTrunkConfig,
@@ -11,32 +12,9 @@ use crate::config::timm::{
 use crate::config::validate::invalid;
 use crate::error::ModelError;
 
-/// Vision fields open_clip's `TimmModel` does not read.
-const NON_TIMM_FIELDS: &[&str] = &[
-    "layers",
-    "width",
-    "head_width",
-    "mlp_ratio",
-    "patch_size",
-    "ls_init_value",
-    "attentional_pool",
-    "attn_pooler_queries",
-    "attn_pooler_heads",
-    "no_ln_pre",
-    "pos_embed_type",
-    "final_ln_after_pool",
-    "pool_type",
-    "output_tokens",
-    "act_kwargs",
-    "norm_kwargs",
-    "block_type",
-    "qk_norm",
-    "scaled_cosine_attn",
-    "scale_heads",
-    "scale_attn_inner",
-    "scale_attn",
-    "scale_fc",
-];
+/// Vision fields of the ModifiedResNet that open_clip's `TimmModel` does not read either (it
+/// reads `patch_dropout`, taken before these are ignored).
+const RESNET_FIELDS: &[&str] = &["layers", "width", "head_width"];
 
 /// Reads a timm tower's `vision_cfg` whose `timm_model_name` is `name` (already taken).
 pub(super) fn parse_timm(mut s: Section, name: &Value) -> Result<TimmConfig, ModelError> {
@@ -109,7 +87,8 @@ pub(super) fn parse_timm(mut s: Section, name: &Value) -> Result<TimmConfig, Mod
         None => named,
         Some(kwargs) => apply_kwargs(named, Section::new("vision_cfg.timm_model_kwargs", kwargs)?)?,
     };
-    s.ignore(NON_TIMM_FIELDS);
+    s.ignore(RESNET_FIELDS);
+    s.ignore(VIT_ONLY_FIELDS);
     s.finish()?;
     let config = TimmConfig {
         model_name,
