@@ -96,6 +96,36 @@ struct BlockGeometry {
     drop_path: f64,
 }
 
+/// What the attention of one block adds to its scores, computed once from its geometry (timm's
+/// non-persistent buffers): the bias table's row for each pair of window positions, and for a
+/// shifted block the region mask of each window.
+#[derive(Clone)]
+struct AttentionTables {
+    /// `[w^2 * w^2]` rows of the bias table ([`relative_position_index`]).
+    index: Vec<i64>,
+    /// `[windows * w^2 * w^2]` ([`shifted_window_mask`]) and the number of windows.
+    mask: Option<(Vec<f32>, usize)>,
+}
+
+impl AttentionTables {
+    fn new(g: &BlockGeometry) -> Self {
+        Self {
+            index: relative_position_index(g.window),
+            mask: (g.shift > 0).then(|| shifted_window_mask(g.resolution, g.window, g.shift)),
+        }
+    }
+}
+
+impl std::fmt::Debug for AttentionTables {
+    // The tables are derived from the geometry; their sizes say enough.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttentionTables")
+            .field("index", &self.index.len())
+            .field("mask", &self.mask.as_ref().map(|(m, w)| (m.len(), w)))
+            .finish()
+    }
+}
+
 /// timm's `SwinTransformerBlock`: `x + attn(norm1(x))` over (shifted) windows, then
 /// `x + mlp(norm2(x))`.
 #[derive(Module, Debug)]
@@ -110,6 +140,8 @@ pub struct SwinBlock<B: Backend> {
     pub mlp: TimmMlp<B>,
     #[module(skip)]
     geometry: BlockGeometry,
+    #[module(skip)]
+    tables: AttentionTables,
 }
 
 /// timm's `get_relative_position_index`: for each pair of positions of a `w x w` window, the
@@ -204,6 +236,7 @@ impl<B: Backend> SwinBlock<B> {
                 fc2: vit_linear(hidden, dim, true, device),
                 drop: burn::nn::DropoutConfig::new(0.0).init(),
             },
+            tables: AttentionTables::new(&geometry),
             geometry,
         }
     }
@@ -238,7 +271,7 @@ impl<B: Backend> SwinBlock<B> {
         let (q, k, v) = (part(0), part(1), part(2));
         let scores = autocast::matmul(q.mul_scalar((hd as f64).powf(-0.5)), k.swap_dims(2, 3));
         let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(relative_position_index(win), [area * area]),
+            TensorData::new(self.tables.index.clone(), [area * area]),
             &device,
         );
         let bias = self
@@ -250,11 +283,13 @@ impl<B: Backend> SwinBlock<B> {
             .permute([2, 0, 1])
             .unsqueeze::<4>();
         let mut scores = scores + bias;
-        if g.shift > 0 {
-            let (mask, windows) = shifted_window_mask(g.resolution, win, g.shift);
-            let mask =
-                Tensor::<B, 4>::from_data(TensorData::new(mask, [1, windows, area, area]), &device)
-                    .unsqueeze_dim::<5>(2);
+        if let Some((mask, windows)) = &self.tables.mask {
+            let windows = *windows;
+            let mask = Tensor::<B, 4>::from_data(
+                TensorData::new(mask.clone(), [1, windows, area, area]),
+                &device,
+            )
+            .unsqueeze_dim::<5>(2);
             scores = (scores.reshape([n, windows, heads, area, area]) + mask)
                 .reshape([b, heads, area, area]);
         }
