@@ -253,8 +253,8 @@ impl<B: Backend> TimmEfficientNet<B> {
     /// The pooled features: timm's `forward_features` and `forward_head(pre_logits=True)`.
     ///
     /// # Shapes
-    /// - `images`: `[N, 3, H, W]` -> `[N, head]`
-    pub fn forward_pooled(&self, images: Tensor<B, 4>, pool: TimmPool) -> Tensor<B, 2> {
+    /// - `images`: `[N, 3, H, W]` -> `[N, head, 1, 1]`
+    pub fn forward_pooled(&self, images: Tensor<B, 4>, pool: TimmPool) -> Tensor<B, 4> {
         let mut x = activate(
             self.act,
             batch_norm_2d(&self.bn1, autocast::conv2d(&self.conv_stem, images)),
@@ -262,7 +262,7 @@ impl<B: Backend> TimmEfficientNet<B> {
         for block in self.blocks.iter().flatten() {
             x = block.forward(x);
         }
-        let x = match &self.bn2 {
+        match &self.bn2 {
             // EfficientNet: head convolution, BN + act, then the pooling.
             Some(bn2) => {
                 let x = activate(self.act, batch_norm_2d(bn2, apply_conv(&self.conv_head, x)));
@@ -273,8 +273,6 @@ impl<B: Backend> TimmEfficientNet<B> {
                 self.act,
                 apply_conv(&self.conv_head, super::global_pool(x, pool)),
             ),
-        };
-        let [n, c, _, _] = x.dims();
-        x.reshape([n, c])
+        }
     }
 }

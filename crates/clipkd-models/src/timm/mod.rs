@@ -54,25 +54,17 @@ impl<B: Backend> TimmTrunk<B> {
     /// # Shapes
     /// - `images`: `[N, 3, H, W]` -> `[N, num_features]`
     pub fn forward_pooled(&self, images: Tensor<B, 4>, pool: TimmPool) -> Tensor<B, 2> {
-        match self {
-            TimmTrunk::ResNet(r) => {
-                let x = global_pool(r.forward_features(images), pool);
-                let [n, c, _, _] = x.dims();
-                x.reshape([n, c])
-            }
+        let pooled = match self {
+            TimmTrunk::ResNet(r) => global_pool(r.forward_features(images), pool),
             TimmTrunk::EfficientNet(e) => e.forward_pooled(images, pool),
-            TimmTrunk::MobileVit(m) => {
-                let x = global_pool(m.forward_features(images), pool);
-                let [n, c, _, _] = x.dims();
-                x.reshape([n, c])
-            }
+            TimmTrunk::MobileVit(m) => global_pool(m.forward_features(images), pool),
+            // NHWC tokens; the pooling is over the spatial axes.
             TimmTrunk::Swin(w) => {
-                // NHWC tokens; the pooling is over the spatial axes.
-                let x = global_pool(w.forward_features(images).permute([0, 3, 1, 2]), pool);
-                let [n, c, _, _] = x.dims();
-                x.reshape([n, c])
+                global_pool(w.forward_features(images).permute([0, 3, 1, 2]), pool)
             }
-        }
+        };
+        let [n, c, _, _] = pooled.dims();
+        pooled.reshape([n, c])
     }
 
     /// The image side the trunk requires, if it requires one (Swin's patch embedding is built
