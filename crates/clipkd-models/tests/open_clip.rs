@@ -20,6 +20,9 @@ use clipkd_models::{
 };
 use safetensors::SafeTensors;
 
+mod common;
+use common::{keys_of, spec_of, state_dict_keys};
+
 /// Burn's backend RNG is one per process: tests that seed it, or draw from it, hold this lock
 /// so that a seeded draw is not interleaved with another test's.
 static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -494,47 +497,11 @@ fn not_a_checkpoint_is_a_format_error() {
     assert!(matches!(missing, ModelError::Io { .. }), "{missing}");
 }
 
-fn open_clip_keys() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("state_dict_keys.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// open_clip's key -> (shape, dtype) for one model of `state_dict_keys.json`.
-fn keys_of(all: &serde_json::Value, model: &str) -> BTreeMap<String, (Vec<usize>, StoredDType)> {
-    all[model]
-        .as_array()
-        .unwrap_or_else(|| panic!("{model} not in state_dict_keys.json"))
-        .iter()
-        .map(|entry| {
-            let key = entry[0].as_str().unwrap().to_string();
-            let shape = entry[1]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            let dtype = match entry[2].as_str().unwrap() {
-                "float32" => StoredDType::F32,
-                "int64" => StoredDType::I64,
-                other => panic!("{key}: {other}"),
-            };
-            (key, (shape, dtype))
-        })
-        .collect()
-}
-
-fn spec_of<Bk: Backend>(model: &Clip<Bk>) -> BTreeMap<String, (Vec<usize>, StoredDType)> {
-    open_clip_state_dict_spec(model)
-        .into_iter()
-        .map(|s| (s.key, (s.shape, s.dtype)))
-        .collect()
-}
-
 #[test]
 fn export_matches_open_clip_keys_and_round_trips_exactly() {
     let _seeded = seeded();
     let device = Default::default();
-    let all = open_clip_keys();
+    let all = state_dict_keys(&fixtures());
     for case in ["vit_gelu", "vit_quickgelu", "vit_sincos", "rn", "tiny"] {
         let (config, model) = load_case::<B>(case, &device);
         let expected = keys_of(&all, case);
@@ -579,7 +546,7 @@ fn export_matches_open_clip_keys_and_round_trips_exactly() {
 fn preset_models_have_open_clip_state_dicts() {
     // Parameters are lazy: building these models allocates (almost) nothing.
     let device = Default::default();
-    let all = open_clip_keys();
+    let all = state_dict_keys(&fixtures());
     for name in ["ViT-T-16", "ViT-B-16", "RN50"] {
         let model = ClipConfig::preset(name)
             .unwrap()

@@ -25,6 +25,9 @@ use clipkd_models::{
 };
 use safetensors::SafeTensors;
 
+mod common;
+use common::{keys_of, spec_of, state_dict_keys};
+
 type B = Flex;
 type AD = Autodiff<Flex>;
 
@@ -254,48 +257,16 @@ fn train_mode_embeddings_gradients_and_running_statistics_match_open_clip() {
     }
 }
 
-fn keys_of(model: &str) -> BTreeMap<String, (Vec<usize>, StoredDType)> {
-    let text = std::fs::read_to_string(fixtures().join("state_dict_keys.json")).unwrap();
-    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
-    all[model]
-        .as_array()
-        .unwrap_or_else(|| panic!("no keys for {model}"))
-        .iter()
-        .map(|entry| {
-            let key = entry[0].as_str().unwrap().to_string();
-            let shape = entry[1]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            let dtype = match entry[2].as_str().unwrap() {
-                "float32" => StoredDType::F32,
-                "int64" => StoredDType::I64,
-                other => panic!("{other}"),
-            };
-            (key, (shape, dtype))
-        })
-        .collect()
-}
-
-fn spec_of<Bk: Backend>(model: &Clip<Bk>) -> BTreeMap<String, (Vec<usize>, StoredDType)> {
-    open_clip_state_dict_spec(model)
-        .into_iter()
-        .map(|s| (s.key, (s.shape, s.dtype)))
-        .collect()
-}
-
 /// The fixture models and CLIP-KD's full-size presets have exactly open_clip's keys, shapes and
 /// dtypes, and so do the vision towers of every other timm model name clipkd builds (built
 /// lazily: the full-size weights are never drawn).
 #[test]
 fn state_dicts_have_open_clip_keys() {
+    let all = state_dict_keys(&fixtures());
     let mut named = 0;
     for &name in TimmTrunkConfig::known_names() {
         let key = format!("named:{name}");
-        let all = std::fs::read_to_string(fixtures().join("state_dict_keys.json")).unwrap();
-        if !all.contains(&format!("\"{key}\"")) {
+        if all.get(&key).is_none() {
             continue; // a preset's or a case's model, checked below
         }
         let json = format!(
@@ -310,21 +281,21 @@ fn state_dicts_have_open_clip_keys() {
             .into_iter()
             .filter(|(k, _)| k.starts_with("visual."))
             .collect();
-        assert_eq!(visual, keys_of(&key), "{name}");
+        assert_eq!(visual, keys_of(&all, &key), "{name}");
         named += 1;
     }
     // Every name but those of CLIP-KD's presets.
     assert_eq!(named, TimmTrunkConfig::known_names().len() - PRESETS.len());
     for case in CASES {
         let model = load_case::<B>(case);
-        assert_eq!(spec_of(&model), keys_of(case), "{case}");
+        assert_eq!(spec_of(&model), keys_of(&all, case), "{case}");
     }
     for preset in PRESETS {
         let config = ClipConfig::preset(preset).unwrap();
         let model = config.init::<B>(&Default::default()).unwrap();
         assert_eq!(
             spec_of(&model),
-            keys_of(&format!("preset:{preset}")),
+            keys_of(&all, &format!("preset:{preset}")),
             "{preset}"
         );
     }

@@ -18,9 +18,12 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use clipkd_losses::{DistillInput, Embeddings, LossKind};
 use clipkd_models::ClipConfig;
-use clipkd_train::config::{LossSection, LossTermConfig, TrainMode};
+use clipkd_train::config::{LossSection, TrainMode};
 use clipkd_train::distributed::{Peer, TeacherShare, data_parallel_gradients, take_stats};
 use clipkd_train::step::DistillModel;
+
+mod common;
+use common::term;
 
 type B = Autodiff<Flex>;
 type Model = DistillModel<B>;
@@ -80,12 +83,7 @@ fn model(kinds: &[LossKind], seed: u64) -> Model {
         .unwrap();
     let terms = kinds
         .iter()
-        .map(|&kind| LossTermConfig {
-            kind,
-            weight: if kind == LossKind::Fd { 100.0 } else { 1.0 },
-            name: None,
-            options: Default::default(),
-        })
+        .map(|&kind| term(kind, if kind == LossKind::Fd { 100.0 } else { 1.0 }))
         .collect();
     let section = LossSection {
         terms,

@@ -6,17 +6,8 @@
 mod common;
 
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints};
-use clipkd_train::config::{LossKind, LossTermConfig, TrainMode};
-use common::{assert_same_steps, run_on_squares, steps, tiny_config, write_models};
-
-fn term(kind: LossKind, weight: f64) -> LossTermConfig {
-    LossTermConfig {
-        kind,
-        weight,
-        name: None,
-        options: Default::default(),
-    }
-}
+use clipkd_train::config::{LossKind, TrainMode};
+use common::{assert_same_steps, run_on_squares, steps, term, tiny_config, write_models};
 
 /// Run A: 7 steps straight. Run B: 3 steps, stop (checkpoint), resume from `latest`, 4 more.
 /// Every logged term of every step agrees within 1e-6 (Flex, f32). The run exercises

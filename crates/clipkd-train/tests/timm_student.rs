@@ -8,8 +8,8 @@ mod common;
 
 use clipkd_models::{ClipConfig, VisionConfig, load_open_clip};
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints};
-use clipkd_train::config::{LossKind, LossTermConfig, TrainMode};
-use common::{assert_same_steps, run_on_squares, steps, tiny_config, write_models};
+use clipkd_train::config::{LossKind, TrainMode};
+use common::{assert_same_steps, run_on_squares, steps, term, tiny_config, write_models};
 
 /// A timm ResNet-18 family trunk, one block per stage, narrow, with CLIP-KD's head settings.
 const TIMM_STUDENT_JSON: &str = r#"{
@@ -19,15 +19,6 @@ const TIMM_STUDENT_JSON: &str = r#"{
                  "timm_model_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16]}},
   "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 }"#;
-
-fn term(kind: LossKind, weight: f64) -> LossTermConfig {
-    LossTermConfig {
-        kind,
-        weight,
-        name: None,
-        options: Default::default(),
-    }
-}
 
 #[test]
 fn a_timm_student_distils_exports_and_resumes_exactly() {

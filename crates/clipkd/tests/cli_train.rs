@@ -126,6 +126,23 @@ fn bad_configs_fail_naming_the_field_or_file() {
     );
 }
 
+/// `clipkd export` of the run's latest checkpoint into `dir`, loaded back (f32).
+fn export_and_load(dir: &Path, run: &Path) -> clipkd_models::Clip<Flex> {
+    let out = dir.join("student.safetensors");
+    let cfg_out = dir.join("student_out.json");
+    ok(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--model-config",
+        cfg_out.to_str().unwrap(),
+    ]);
+    let cfg = ClipConfig::from_open_clip_json(&cfg_out).unwrap();
+    load_open_clip::<Flex>(&out, &cfg, &Default::default()).unwrap()
+}
+
 /// `pure_bf16` on the CPU: every float tensor of the process is bf16 (the CPU device's default
 /// float type), so every logged loss is a bf16 value; the run trains, evaluates and exports a
 /// checkpoint that loads in f32.
@@ -149,19 +166,7 @@ fn distill_in_pure_bf16_on_the_cpu() {
             );
         }
     }
-    let out = dir.0.join("student.safetensors");
-    let cfg_out = dir.0.join("student_out.json");
-    ok(&[
-        "export",
-        "--run",
-        run.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--model-config",
-        cfg_out.to_str().unwrap(),
-    ]);
-    let cfg = ClipConfig::from_open_clip_json(&cfg_out).unwrap();
-    load_open_clip::<Flex>(&out, &cfg, &Default::default()).unwrap();
+    export_and_load(&dir.0, &run);
 }
 
 #[test]
@@ -218,19 +223,7 @@ fn distill_stop_resume_export_plot_and_baseline() {
     assert!((0.0..=1.0).contains(&r1), "{}", evals[1]);
 
     // Export the latest checkpoint and load it back.
-    let out = dir.0.join("student.safetensors");
-    let cfg_out = dir.0.join("student_out.json");
-    ok(&[
-        "export",
-        "--run",
-        run.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--model-config",
-        cfg_out.to_str().unwrap(),
-    ]);
-    let cfg = ClipConfig::from_open_clip_json(&cfg_out).unwrap();
-    let model = load_open_clip::<Flex>(&out, &cfg, &Default::default()).unwrap();
+    let model = export_and_load(&dir.0, &run);
     assert_eq!(model.embed_dim(), 16);
     let scale: f32 = model.logit_scale().into_scalar();
     assert!(

@@ -9,8 +9,8 @@ use burn_flex::Flex;
 use clipkd_data::dataset::{DataSource, ImageSource, IndexedDataset, SampleRef};
 use clipkd_data::image::DecodedImage;
 use clipkd_models::{ClipConfig, ModelSource, save_open_clip};
-use clipkd_train::config::TrainMode;
 use clipkd_train::config::{DataKind, MetricsFormat, RunConfig};
+use clipkd_train::config::{LossKind, LossTermConfig, TrainMode};
 use clipkd_train::metrics::{StepRecord, read_metrics};
 use clipkd_train::progress::ProgressMode;
 use clipkd_train::trainer::{PreparedRun, RunSummary, force_init};
@@ -105,6 +105,16 @@ pub fn squares(len: usize) -> DataSource {
 
 /// A config for the tiny models: `synthetic` data (replace it with `with_data`), batch 8,
 /// 2 loader workers, every step logged, no plots, output in `out`.
+/// A loss term of `kind` with `weight` and its default options.
+pub fn term(kind: LossKind, weight: f64) -> LossTermConfig {
+    LossTermConfig {
+        kind,
+        weight,
+        name: None,
+        options: Default::default(),
+    }
+}
+
 pub fn tiny_config(student: &Path, teacher: &Path, weights: &Path, out: &Path) -> RunConfig {
     let mut c = RunConfig::default();
     c.student.model = ModelSource::File(student.to_path_buf());
