@@ -44,9 +44,10 @@ import timm
 import timm.models.efficientnet
 import timm.models.mobilenetv3
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP
 from safetensors.torch import save_file
+
+from make_model_fixtures import calibrate_batch_norm, state_dict_spec  # same helpers as the CLIP fixtures
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "tests", "fixtures", "timm")
@@ -217,19 +218,6 @@ def perturb(model):
             p.add_(0.1 * torch.randn_like(p))
         else:
             p.add_(0.2 * p.std() * torch.randn_like(p))
-
-
-@torch.no_grad()
-def calibrate_batch_norm(model, size, seed):
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(10):
-        model.encode_image(torch.randn(8, 3, size, size, generator=g))
-    model.eval()
-
-
-def state_dict_spec(model):
-    return [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in model.state_dict().items()]
 
 
 def make_case(name, cfg, seed):
