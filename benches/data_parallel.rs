@@ -18,9 +18,9 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_flex::Flex;
-use clipkd_losses::{LossPreset, LossSetConfig};
+use clipkd_losses::{DistillInput, Embeddings, LossPreset, LossSetConfig};
 use clipkd_models::{ClipConfig, VisionConfig};
-use clipkd_train::distributed::{Peer, TeacherShare, data_parallel_gradients, take_stats};
+use clipkd_train::distributed::{Peer, data_parallel_gradients, take_stats};
 use clipkd_train::step::DistillModel;
 
 type B = Autodiff<Flex>;
@@ -95,27 +95,22 @@ fn main() {
                             &device,
                         );
                         let text = Tensor::<B, 2, Int>::from_data(tokens(n, context), &device);
-                        let teacher = TeacherShare {
-                            image: Tensor::random(
-                                [n, 512],
-                                Distribution::Normal(0.0, 1.0),
-                                &device,
-                            ),
-                            text: Tensor::random([n, 512], Distribution::Normal(0.0, 1.0), &device),
-                            log_scale: Tensor::from_floats([4.6], &device),
-                        };
+                        let teacher = Embeddings::from_log_scale(
+                            Tensor::random([n, 512], Distribution::Normal(0.0, 1.0), &device),
+                            Tensor::random([n, 512], Distribution::Normal(0.0, 1.0), &device),
+                            Tensor::from_floats([4.6], &device),
+                        )
+                        .expect("teacher");
                         let start = Instant::now();
                         let image = model.student.encode_image(images).expect("image");
                         let text = model.student.encode_text(text).expect("text");
-                        let (grads, _) = data_parallel_gradients(
-                            &peer,
-                            &model,
-                            image,
-                            text,
-                            model.student.logit_scale(),
-                            teacher,
-                            |input| Ok(model.losses.forward(input)?.total()?),
-                        )
+                        let student =
+                            Embeddings::from_log_scale(image, text, model.student.logit_scale())
+                                .expect("student");
+                        let local = DistillInput::new(student, teacher).expect("input");
+                        let (grads, _) = data_parallel_gradients(&peer, &model, local, |input| {
+                            Ok(model.losses.forward(input)?)
+                        })
                         .expect("step");
                         drop(grads);
                         let seconds = start.elapsed().as_secs_f64();

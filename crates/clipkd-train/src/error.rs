@@ -31,6 +31,20 @@ pub enum TrainError {
         /// burn-collective's error.
         message: String,
     },
+    /// A peer of a data-parallel group failed; the group stopped.
+    #[error("data-parallel peer {rank} failed: {source}")]
+    Peer {
+        /// The peer's rank.
+        rank: usize,
+        /// Its error.
+        source: Box<TrainError>,
+    },
+    /// A thread of the run panicked (a bug: please report it with this message).
+    #[error("panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
     /// The model's token table is smaller than the tokenizer's vocabulary.
     #[error(
         "the model's text_cfg.vocab_size is {model_vocab}, smaller than the CLIP tokenizer's \

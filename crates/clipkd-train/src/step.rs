@@ -114,7 +114,29 @@ where
 }
 
 /// Runs the teacher (if any) and the student on the same pixels and tokens and returns the
-/// weighted loss terms (with the autodiff graph of the student and the loss module).
+/// weighted loss terms (with the autodiff graph of the student and the loss module): the
+/// loss module on [`distill_input`].
+pub fn distill_terms<B, S, T, L>(
+    teacher: Option<&T>,
+    model: &DistillModel<B, S, L>,
+    images: Tensor<B::InnerBackend, 4>,
+    tokens: Tensor<B::InnerBackend, 2, Int>,
+    mask_ratio: Option<f64>,
+) -> Result<LossTerms<B>, TrainError>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    T: ClipEncoder<B::InnerBackend>,
+    L: TrainableObjective<B>,
+{
+    let input = distill_input(teacher, model, images, tokens, mask_ratio)?;
+    Ok(model.losses.forward(&input)?)
+}
+
+/// Runs the teacher (if any) and the student on the same pixels and tokens and returns what
+/// the loss module reads: both models' embeddings, the intermediate features its losses
+/// request, and the student's masked view when it needs one (with the autodiff graph of the
+/// student).
 ///
 /// The teacher runs on the inner backend, so it builds no autodiff graph. With no teacher, the
 /// loss module must only hold losses that do not read the teacher (the task loss): the
@@ -123,13 +145,13 @@ where
 ///
 /// # Shapes
 /// - `images`: `[N, 3, H, W]` normalized pixels; `tokens`: `[N, C]`
-pub fn distill_terms<B, S, T, L>(
+pub fn distill_input<B, S, T, L>(
     teacher: Option<&T>,
     model: &DistillModel<B, S, L>,
     images: Tensor<B::InnerBackend, 4>,
     tokens: Tensor<B::InnerBackend, 2, Int>,
     mask_ratio: Option<f64>,
-) -> Result<LossTerms<B>, TrainError>
+) -> Result<DistillInput<B>, TrainError>
 where
     B: AutodiffBackend,
     S: Student<B>,
@@ -188,7 +210,7 @@ where
     if let Some(masked) = masked {
         input = input.with_masked_student_image(masked)?;
     }
-    Ok(model.losses.forward(&input)?)
+    Ok(input)
 }
 
 /// One micro-batch on the device: normalized images and their captions' tokens.
@@ -315,11 +337,28 @@ where
             Some(acc) => acc.plus(logged)?,
         });
     }
-    let grads = accumulator.grads();
     let mut terms = sums.expect("at least one micro-batch");
     if k > 1 {
         terms = terms.scale(1.0 / k as f64);
     }
+    finish_step(model, optimizer, accumulator.grads(), terms, options)
+}
+
+/// The end of an optimizer step once the gradients of the step's loss are known (on one
+/// device or, already reduced, on every peer of a data-parallel group): loss-scale check,
+/// optional clipping, AdamW, the student's [`Student::after_step`].
+pub(crate) fn finish_step<B, S, L>(
+    model: DistillModel<B, S, L>,
+    optimizer: &mut GroupedAdamW<B, DistillModel<B, S, L>>,
+    grads: GradientsParams,
+    terms: LossTerms<B::InnerBackend>,
+    options: &StepOptions,
+) -> Result<StepOutput<B, S, L>, TrainError>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
     let (grads, grad_norm) = match options.loss_scale {
         Some(scale) => match unscale(&model, grads, scale, options.grad_clip_norm) {
             Some(unscaled) => unscaled,

@@ -47,6 +47,7 @@
 
 mod checks;
 mod data;
+mod parallel;
 mod runner;
 
 use checks::{check_file, check_teacher_fits, check_vocab, plots_unavailable};
@@ -425,49 +426,9 @@ impl PreparedRun {
     /// [`PreparedRun::prepare`]) on backend `B` (the teacher runs on `B::InnerBackend`), on
     /// `device`.
     pub fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<RunSummary, TrainError> {
-        let ModelPlan::OpenClip { student, teacher } = &self.plan else {
-            return Err(TrainError::config(
-                "student.model",
-                "this run was prepared for models of the caller's own (prepare_for): train it \
-                 with run_with",
-            ));
-        };
-        let config = &self.config;
-        B::seed(device, config.run.seed);
-        let teacher = match (teacher, &config.teacher.weights) {
-            (Some(tc), Some(weights)) => Some(
-                load_open_clip::<B::InnerBackend>(weights, tc, device)
-                    .map_err(|e| TrainError::field("teacher.weights", e))?,
-            ),
-            _ => None,
-        };
-        // Random initial weights (the student's, the losses' projections) are drawn on the CPU
-        // from the run's seed, student first, and copied to the device: the same on every
-        // backend.
-        let (host_student, host_losses) = build_on_host(config.run.seed, |cpu| {
-            let host_student = match &config.student.init {
-                Some(_) => None,
-                None => Some(student.init::<Flex>(cpu)?),
-            };
-            Ok::<_, TrainError>((host_student, self.loss.init::<Flex>(cpu)?))
-        })?;
-        let student = match (&config.student.init, host_student) {
-            (Some(path), _) => load_open_clip::<B>(path, student, device)
-                .map_err(|e| TrainError::field("student.init", e))?,
-            (None, Some(host)) => copy_parameters(&host, student.init::<B>(device)?)?,
-            (None, None) => unreachable!("built on the host above"),
-        };
-        let losses: LossSet<B> = copy_parameters(&host_losses, self.loss.init::<B>(device)?)?;
-        Runner::<B, Clip<B>, Clip<B::InnerBackend>, LossSet<B>>::start(
-            self,
-            device,
-            Models {
-                student,
-                teacher,
-                losses,
-            },
-        )?
-        .train()
+        let models = self.open_clip_models()?.build::<B>(device)?;
+        Runner::<B, Clip<B>, Clip<B::InnerBackend>, LossSet<B>>::start(self, device, models)?
+            .train()
     }
 
     /// Trains models of the caller's own on backend `B`, on `device`: any [`Student`], any
@@ -482,6 +443,18 @@ impl PreparedRun {
         device: &B::Device,
         models: Models<S, T, L>,
     ) -> Result<RunSummary, TrainError>
+    where
+        B: AutodiffBackend,
+        S: Student<B>,
+        T: ClipEncoder<B::InnerBackend>,
+        L: TrainableObjective<B>,
+    {
+        self.check_models(&models)?;
+        Runner::<B, S, T, L>::start(self, device, models)?.train()
+    }
+
+    /// Checks the caller's models against the shapes the run was prepared for.
+    fn check_models<B, S, T, L>(&self, models: &Models<S, T, L>) -> Result<(), TrainError>
     where
         B: AutodiffBackend,
         S: Student<B>,
@@ -529,7 +502,58 @@ impl PreparedRun {
                  does not have (ClipEncoder::supports_masked_view)",
             ));
         }
-        Runner::<B, S, T, L>::start(self, device, models)?.train()
+        Ok(())
+    }
+}
+
+/// The open_clip models and built-in losses of a run prepared by [`PreparedRun::prepare`],
+/// built on any device (each data-parallel peer builds its own).
+#[derive(Debug, Clone)]
+struct OpenClipModels {
+    config: RunConfig,
+    student: ClipConfig,
+    teacher: Option<ClipConfig>,
+    loss: LossSetConfig,
+}
+
+impl OpenClipModels {
+    /// The teacher loaded from its weights; the student from `student.init` or initialised
+    /// from the run's seed; the losses' projections likewise.
+    fn build<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Models<Clip<B>, Clip<B::InnerBackend>, LossSet<B>>, TrainError> {
+        let config = &self.config;
+        B::seed(device, config.run.seed);
+        let teacher = match (&self.teacher, &config.teacher.weights) {
+            (Some(tc), Some(weights)) => Some(
+                load_open_clip::<B::InnerBackend>(weights, tc, device)
+                    .map_err(|e| TrainError::field("teacher.weights", e))?,
+            ),
+            _ => None,
+        };
+        // Random initial weights (the student's, the losses' projections) are drawn on the CPU
+        // from the run's seed, student first, and copied to the device: the same on every
+        // backend.
+        let (host_student, host_losses) = build_on_host(config.run.seed, |cpu| {
+            let host_student = match &config.student.init {
+                Some(_) => None,
+                None => Some(self.student.init::<Flex>(cpu)?),
+            };
+            Ok::<_, TrainError>((host_student, self.loss.init::<Flex>(cpu)?))
+        })?;
+        let student = match (&config.student.init, host_student) {
+            (Some(path), _) => load_open_clip::<B>(path, &self.student, device)
+                .map_err(|e| TrainError::field("student.init", e))?,
+            (None, Some(host)) => copy_parameters(&host, self.student.init::<B>(device)?)?,
+            (None, None) => unreachable!("built on the host above"),
+        };
+        let losses: LossSet<B> = copy_parameters(&host_losses, self.loss.init::<B>(device)?)?;
+        Ok(Models {
+            student,
+            teacher,
+            losses,
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! Data parallelism over burn-collective (`clipkd_train::distributed`): 2 and 4 local peers (one
 //! thread each, CPU), each with a quarter or half of a global batch of 8, give the gradient of
 //! one device with the whole batch, for the paper's recipe (task + CRD + ICL + FD) and for GD,
-//! on every parameter of the student and the loss module; every peer gets the same gradient;
-//! the mean of the peers' losses is the single-device loss; a peer that starts from other
+//! on every parameter of the student and the loss module; every peer gets the same gradient
+//! and the single-device loss of the global batch; a peer that starts from other
 //! weights is brought to rank 0's by the broadcast.
 //!
 //! Tolerance: relative L2 difference 1e-5 per tensor (f32; the peers sum partial gradients in
@@ -19,7 +19,7 @@ use burn_flex::Flex;
 use clipkd_losses::{DistillInput, Embeddings, LossKind};
 use clipkd_models::ClipConfig;
 use clipkd_train::config::{LossSection, TrainMode};
-use clipkd_train::distributed::{Peer, TeacherShare, data_parallel_gradients, take_stats};
+use clipkd_train::distributed::{Peer, data_parallel_gradients, take_stats};
 use clipkd_train::step::DistillModel;
 
 mod common;
@@ -184,21 +184,21 @@ fn data_parallel(
                 let text = student
                     .encode_text(rows::<2, Int>(&data.tokens, from, n))
                     .unwrap();
-                let teacher = TeacherShare {
-                    image: rows::<2, burn::tensor::Float>(&data.teacher_image, from, n).inner(),
-                    text: rows::<2, burn::tensor::Float>(&data.teacher_text, from, n).inner(),
-                    log_scale: Tensor::<Flex, 1>::from_floats([2.5], &Default::default()),
-                };
-                let (grads, loss) = data_parallel_gradients(
-                    &peer,
-                    &model,
-                    image,
-                    text,
-                    student.logit_scale(),
-                    teacher,
-                    |input| Ok(loss_of(&model, input)),
+                let local = DistillInput::new(
+                    Embeddings::from_log_scale(image, text, student.logit_scale()).unwrap(),
+                    Embeddings::from_log_scale(
+                        rows(&data.teacher_image, from, n),
+                        rows(&data.teacher_text, from, n),
+                        Tensor::from_floats([2.5], &Default::default()),
+                    )
+                    .unwrap(),
                 )
                 .unwrap();
+                let (grads, terms) = data_parallel_gradients(&peer, &model, local, |input| {
+                    Ok(model.losses.forward(input)?)
+                })
+                .unwrap();
+                let loss = terms.total().unwrap();
                 // The step's collectives are counted: at least every gradient's bytes, in far
                 // fewer calls than gradients (they go in buckets).
                 let stats = take_stats();
@@ -235,11 +235,14 @@ fn peers_give_the_single_device_gradient_of_the_global_batch() {
         let (reference_loss, reference) = single_device(&start, &data);
         for world in [2, 4] {
             let peers = data_parallel(&start, kinds, world);
-            let mean_loss = peers.iter().map(|(l, _)| *l as f64).sum::<f64>() / world as f64;
-            assert!(
-                (mean_loss - reference_loss as f64).abs() <= 1e-5 * reference_loss.abs() as f64,
-                "{name}, {world} peers: mean loss {mean_loss} vs {reference_loss}"
-            );
+            for (rank, (loss, _)) in peers.iter().enumerate() {
+                assert!(
+                    (loss - reference_loss).abs() <= 1e-5 * reference_loss.abs(),
+                    "{name}, {world} peers, rank {rank}: the global batch's loss {loss} vs \
+                     {reference_loss}"
+                );
+            }
+            let mean_loss = peers[0].0;
             let mut worst = 0.0f64;
             for (rank, (_, grads)) in peers.iter().enumerate() {
                 assert_eq!(

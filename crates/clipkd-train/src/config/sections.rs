@@ -316,6 +316,14 @@ pub struct RunSection {
     pub precision: Precision,
     /// Device: `cpu`, `cuda[:N]`, `wgpu[:N]`.
     pub device: DeviceSpec,
+    /// Data parallel on these devices of one backend (one peer each, in this process; e.g.
+    /// `["cuda:0", "cuda:1"]`, or `cpu` repeated); empty: `device` alone. `data.batch_size`
+    /// is the global batch, split evenly over them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
+    /// With several devices: a peer that waits this many seconds in a collective operation
+    /// for the others ends the run with an error naming the peers that did not arrive.
+    pub collective_timeout_s: u64,
     /// Stop (with a checkpoint) after this many optimizer steps in total, as if interrupted;
     /// the schedule still spans every epoch. For tests and time-boxed jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -335,6 +343,8 @@ impl Default for RunSection {
             plots: cfg!(feature = "plots"),
             precision: Precision::F32,
             device: DeviceSpec::Cpu,
+            devices: Vec::new(),
+            collective_timeout_s: 600,
             stop_after_steps: None,
         }
     }

@@ -1,7 +1,7 @@
 //! [`RunConfig::validate`]: ranges and combinations of fields, checked once before any file is
 //! opened, each error naming its field.
 
-use super::{DataKind, RunConfig, TrainMode};
+use super::{DataKind, DeviceSpec, RunConfig, TrainMode};
 use crate::error::TrainError;
 
 impl RunConfig {
@@ -134,6 +134,28 @@ impl RunConfig {
         if let Some(n) = r.stop_after_steps {
             positive("run.stop_after_steps", n)?;
         }
+        positive("run.collective_timeout_s", r.collective_timeout_s)?;
+        if let Some(other) = r.devices.iter().find(|d| !same_backend(d, &r.devices[0])) {
+            return Err(TrainError::config(
+                "run.devices",
+                format!(
+                    "`{}` and `{other}` are devices of two backends: data parallel runs on \
+                     devices of one",
+                    r.devices[0]
+                ),
+            ));
+        }
+        let world = r.devices.len().max(1);
+        if !self.data.batch_size.is_multiple_of(world) {
+            return Err(TrainError::config(
+                "data.batch_size",
+                format!(
+                    "the global batch of {} cannot be split evenly over the {world} devices of \
+                     run.devices: choose a multiple of {world}",
+                    self.data.batch_size
+                ),
+            ));
+        }
         if r.output_dir.as_os_str().is_empty() {
             return Err(TrainError::config("run.output_dir", "must not be empty"));
         }
@@ -142,6 +164,11 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// Whether two devices belong to the same backend.
+fn same_backend(a: &DeviceSpec, b: &DeviceSpec) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
 fn positive(field: &str, value: u64) -> Result<(), TrainError> {

@@ -207,6 +207,33 @@ pub fn micro_batch<B: Backend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Result<MicroBatch<B>, TrainError> {
+    Ok(host_rows(batch, 0, batch.len())?.to_device(device))
+}
+
+/// Rows of a batch in host memory, ready to become a [`MicroBatch`] on any device (a peer's
+/// share of a global batch travels to its thread in this form).
+#[derive(Debug, Clone)]
+pub(crate) struct HostMicroBatch {
+    images: TensorData,
+    tokens: TensorData,
+}
+
+impl HostMicroBatch {
+    /// The rows as tensors on `device`.
+    pub(crate) fn to_device<B: Backend>(self, device: &B::Device) -> MicroBatch<B> {
+        MicroBatch {
+            images: Tensor::<B, 4>::from_data(self.images, device),
+            tokens: Tensor::<B, 2, Int>::from_data(self.tokens, device),
+        }
+    }
+}
+
+/// Rows `from .. from + len` of `batch` (one caption per image, as training needs).
+pub(crate) fn host_rows(
+    batch: &Batch,
+    from: usize,
+    len: usize,
+) -> Result<HostMicroBatch, TrainError> {
     if batch.num_texts() != batch.len() {
         return Err(TrainError::Data(clipkd_data::DataError::DatasetSpec {
             what: format!(
@@ -216,11 +243,17 @@ pub fn micro_batch<B: Backend>(
             ),
         }));
     }
-    let images = Tensor::<B, 4>::from_data(
-        TensorData::new(batch.images.clone(), batch.images_shape()),
-        device,
-    );
-    let ids: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, batch.tokens_shape()), device);
-    Ok(MicroBatch { images, tokens })
+    assert!(from + len <= batch.len(), "rows within the batch");
+    let [_, c, h, w] = batch.images_shape();
+    let pixels = c * h * w;
+    let context = batch.context_length;
+    let images = batch.images[from * pixels..(from + len) * pixels].to_vec();
+    let tokens: Vec<i64> = batch.tokens[from * context..(from + len) * context]
+        .iter()
+        .map(|&t| i64::from(t))
+        .collect();
+    Ok(HostMicroBatch {
+        images: TensorData::new(images, [len, c, h, w]),
+        tokens: TensorData::new(tokens, [len, context]),
+    })
 }

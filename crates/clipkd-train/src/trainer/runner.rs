@@ -12,17 +12,19 @@ use clipkd_models::ClipEncoder;
 use clipkd_models::autocast::autocast;
 
 use super::data::{micro_batch, skip_counts, skip_details};
+use super::parallel::Leader;
 use super::{Models, PreparedRun, RunSummary, force_init};
 use crate::checkpoint::{
     self, CHECKPOINTS_DIR, CheckpointContents, RngState, TrainState, save_checkpoint, step_seed,
 };
 use crate::config::{RunConfig, TrainMode};
+use crate::distributed::data_parallel_step;
 use crate::error::TrainError;
 use crate::eval::EvalReport;
 use crate::finite::{LossWatch, check_weights_and_moments};
 use crate::loss_scale::LossScaler;
 use crate::metrics::{EvalRecord, MetricsWriter, StepRecord};
-use crate::optim::GroupedAdamW;
+use crate::optim::{AdamWParams, GroupedAdamW};
 use crate::progress::Progress;
 use crate::run_dir::roll_back_to;
 use crate::schedule::CosineSchedule;
@@ -60,6 +62,8 @@ where
     window_images: u64,
     window_steps: u64,
     window_wait: Duration,
+    /// On several devices: this peer leads the group (see `parallel`).
+    parallel: Option<Leader>,
 }
 
 /// The skipped fraction is checked once a pass has read this many samples (and at its end).
@@ -91,6 +95,33 @@ impl PassCount {
             skipped,
         }
     }
+}
+
+/// The model and its optimizer as the run starts: fresh moments, or the checkpoint's weights
+/// and moments when resuming from `resume`.
+pub(super) fn restore<B, S, L>(
+    resume: Option<&Path>,
+    model: DistillModel<B, S, L>,
+    adamw: AdamWParams,
+    device: &B::Device,
+) -> Result<(DistillModel<B, S, L>, GroupedAdamW<B, DistillModel<B, S, L>>), TrainError>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
+    Ok(match resume {
+        None => {
+            let optimizer = distill_optimizer(&model, adamw);
+            (model, optimizer)
+        }
+        Some(path) => {
+            let model = checkpoint::load_model(path, model, device)?;
+            let optimizer = distill_optimizer(&model, adamw);
+            let optimizer = checkpoint::load_optimizer(path, optimizer, device)?;
+            (model, optimizer)
+        }
+    })
 }
 
 impl<B, S, T, L> Runner<B, S, T, L>
@@ -136,17 +167,12 @@ where
             clipkd_version: env!("CARGO_PKG_VERSION").to_string(),
             loss_scaler: config.run.precision.scales_losses().then(LossScaler::new),
         };
-        let (model, optimizer, state) = match &prep.resume {
-            None => {
-                let optimizer = distill_optimizer(&model, adamw);
-                (model, optimizer, fresh_state)
-            }
+        let (model, optimizer) = restore(prep.resume.as_deref(), model, adamw, device)?;
+        let state = match &prep.resume {
+            None => fresh_state,
             Some(path) => {
-                let model = checkpoint::load_model(path, model, device)?;
-                let optimizer = distill_optimizer(&model, adamw);
-                let optimizer = checkpoint::load_optimizer(path, optimizer, device)?;
                 let (saved, _) = checkpoint::read_checkpoint_meta(path)?;
-                let state = TrainState {
+                TrainState {
                     total_steps: prep.total_steps,
                     config_hash: fresh_state.config_hash,
                     clipkd_version: fresh_state.clipkd_version,
@@ -156,8 +182,7 @@ where
                         .loss_scaler
                         .map(|fresh| saved.loss_scaler.unwrap_or(fresh)),
                     ..saved
-                };
-                (model, optimizer, state)
+                }
             }
         };
         let mut notes = Vec::new();
@@ -223,8 +248,18 @@ where
             window_images: 0,
             window_steps: 0,
             window_wait: Duration::ZERO,
+            parallel: None,
             prep,
         })
+    }
+
+    /// Makes this runner the leader of a data-parallel group: the peers take rank 0's weights
+    /// (a collective every peer makes once, before the first step), and every step is shared.
+    pub(super) fn lead(&mut self, leader: Leader) -> Result<(), TrainError> {
+        let model = self.model.take().expect("the model is present between steps");
+        self.model = Some(leader.peer.broadcast_module(model)?);
+        self.parallel = Some(leader);
+        Ok(())
     }
 
     /// Trains to the end of the plan (or `run.stop_after_steps`).
@@ -304,6 +339,9 @@ where
             self.checkpoint()?;
         }
         self.watch.check()?;
+        if let Some(leader) = self.parallel.take() {
+            leader.finish::<B>()?;
+        }
         self.progress.finish();
         let plots = end_of_run_plots(&self.prep.config, &self.run_dir)?;
         let mut skipped = self.prep.read_skips.clone();
@@ -348,11 +386,8 @@ where
         let config = &self.prep.config;
         let step = self.state.step;
         let lr = self.schedule.lr(step);
-        B::seed(&self.device, step_seed(config.run.seed, step));
-        let micro = group
-            .iter()
-            .map(|b| micro_batch::<B::InnerBackend>(b, &self.device))
-            .collect::<Result<Vec<_>, _>>()?;
+        let seed = step_seed(config.run.seed, step);
+        B::seed(&self.device, seed);
         let images: u64 = group.iter().map(|b| b.len() as u64).sum();
         let log_now = (step + 1).is_multiple_of(config.run.log_every_steps)
             || step + 1 == self.prep.total_steps;
@@ -368,13 +403,36 @@ where
             .model
             .take()
             .expect("the model is back after every step");
-        let out = train_step(
-            self.teacher.as_ref(),
-            model,
-            &mut self.optimizer,
-            micro,
-            &options,
-        )?;
+        let out = match &self.parallel {
+            None => {
+                let micro = group
+                    .iter()
+                    .map(|b| micro_batch::<B::InnerBackend>(b, &self.device))
+                    .collect::<Result<Vec<_>, _>>()?;
+                train_step(
+                    self.teacher.as_ref(),
+                    model,
+                    &mut self.optimizer,
+                    micro,
+                    &options,
+                )?
+            }
+            Some(leader) => {
+                let micro = leader
+                    .share(group, &options, seed)?
+                    .into_iter()
+                    .map(|m| m.to_device::<B::InnerBackend>(&self.device))
+                    .collect();
+                data_parallel_step(
+                    &leader.peer,
+                    self.teacher.as_ref(),
+                    model,
+                    &mut self.optimizer,
+                    micro,
+                    &options,
+                )?
+            }
+        };
         self.state.step += 1;
         self.state.steps_in_epoch += 1;
         self.state.rng.next_step = self.state.step;
