@@ -3,7 +3,9 @@
 //! one device with the whole batch, for the paper's recipe (task + CRD + ICL + FD) and for GD,
 //! on every parameter of the student and the loss module; every peer gets the same gradient
 //! and the single-device loss of the global batch; a peer that starts from other
-//! weights is brought to rank 0's by the broadcast.
+//! weights is brought to rank 0's by the broadcast; over 3 whole steps (`data_parallel_step`,
+//! with accumulation and clipping) every peer holds bit-identical parameters after each step,
+//! equal to one device's `train_step` after the last.
 //!
 //! Tolerance: relative L2 difference 1e-5 per tensor (f32; the peers sum partial gradients in
 //! another order than one device). One test in this file: burn-collective's local server and
@@ -18,9 +20,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use clipkd_losses::{DistillInput, Embeddings, LossKind};
 use clipkd_models::ClipConfig;
+use clipkd_train::AdamWParams;
 use clipkd_train::config::{LossSection, TrainMode};
-use clipkd_train::distributed::{Peer, data_parallel_gradients, take_stats};
-use clipkd_train::step::DistillModel;
+use clipkd_train::distributed::{Peer, data_parallel_gradients, data_parallel_step, take_stats};
+use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 
 mod common;
 use common::term;
@@ -215,6 +218,84 @@ fn data_parallel(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+const TEACHER: &str = r#"{
+  "embed_dim": 24,
+  "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "head_width": 16, "patch_size": 8},
+  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 48, "heads": 3, "layers": 1}
+}"#;
+
+/// Every parameter's value, in model order.
+fn values_of(model: &Model) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().into_data().to_vec().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+/// Three optimizer steps of `data_parallel_step` (2 micro-batches of the global batch each,
+/// clipping) on `world` peers; returns each peer's parameters after each step.
+fn parallel_steps(
+    start: &Model,
+    teacher: &clipkd_models::Clip<Flex>,
+    world: usize,
+    kinds: &'static [LossKind],
+) -> Vec<Vec<Vec<Vec<f32>>>> {
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let start = if rank == 0 {
+                start.clone()
+            } else {
+                model(kinds, 100 + rank as u64)
+            };
+            let teacher = teacher.clone();
+            std::thread::spawn(move || {
+                let device = Default::default();
+                let data = batch();
+                let peer = Peer::join::<Flex>(rank, world, device).unwrap();
+                let model = peer.broadcast_module(start).unwrap();
+                let mut optimizer = distill_optimizer(&model, AdamWParams::vit());
+                let mut model = model;
+                let n = N / 2 / world;
+                let mut after = Vec::new();
+                for step in 0..3 {
+                    let micro = (0..2)
+                        .map(|m| MicroBatch {
+                            images: rows::<4, burn::tensor::Float>(
+                                &data.images,
+                                m * N / 2 + rank * n,
+                                n,
+                            )
+                            .inner(),
+                            tokens: rows::<2, Int>(&data.tokens, m * N / 2 + rank * n, n).inner(),
+                        })
+                        .collect();
+                    let mut options = StepOptions::new(1e-3 * (step + 1) as f64);
+                    options.grad_clip_norm = Some(1.0);
+                    model = data_parallel_step(
+                        &peer,
+                        Some(&teacher),
+                        model,
+                        &mut optimizer,
+                        micro,
+                        &options,
+                    )
+                    .unwrap()
+                    .model;
+                    after.push(values_of(&model));
+                }
+                peer.leave::<Flex>().unwrap();
+                after
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
     let diff: f64 = a
         .iter()
@@ -227,6 +308,7 @@ fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn peers_give_the_single_device_gradient_of_the_global_batch() {
+    peers_stay_identical_and_step_like_one_device();
     const RECIPE: &[LossKind] = &[LossKind::Task, LossKind::Crd, LossKind::Icl, LossKind::Fd];
     const GD: &[LossKind] = &[LossKind::Task, LossKind::Gd];
     let data = batch();
@@ -265,5 +347,50 @@ fn peers_give_the_single_device_gradient_of_the_global_batch() {
                 reference.len()
             );
         }
+    }
+}
+
+/// `data_parallel_step` on 2 and 4 peers whose starting weights differ (rank 0's are
+/// broadcast): after each of 3 steps every peer holds bit-identical parameters, and after the
+/// last they equal `train_step`'s on one device within 1e-5 relative L2 (all parameters).
+fn peers_stay_identical_and_step_like_one_device() {
+    const RECIPE: &[LossKind] = &[LossKind::Task, LossKind::Crd, LossKind::Icl, LossKind::Fd];
+    let device = Default::default();
+    let data = batch();
+    let teacher = ClipConfig::from_open_clip_json_str(TEACHER)
+        .unwrap()
+        .init_seeded::<Flex>(3, &device)
+        .unwrap();
+    let start = model(RECIPE, 7);
+    let mut model = start.clone();
+    let mut optimizer = distill_optimizer(&model, AdamWParams::vit());
+    for step in 0..3 {
+        let micro: Vec<_> = (0..2)
+            .map(|m| MicroBatch {
+                images: rows::<4, burn::tensor::Float>(&data.images, m * N / 2, N / 2).inner(),
+                tokens: rows::<2, Int>(&data.tokens, m * N / 2, N / 2).inner(),
+            })
+            .collect();
+        let mut options = StepOptions::new(1e-3 * (step + 1) as f64);
+        options.grad_clip_norm = Some(1.0);
+        model = train_step(Some(&teacher), model, &mut optimizer, micro, &options)
+            .unwrap()
+            .model;
+    }
+    let reference = values_of(&model).concat();
+    for world in [2, 4] {
+        let peers = parallel_steps(&start, &teacher, world, RECIPE);
+        for step in 0..3 {
+            for (rank, p) in peers.iter().enumerate() {
+                assert!(
+                    p[step] == peers[0][step],
+                    "{world} peers: rank {rank} differs from rank 0 after step {}",
+                    step + 1
+                );
+            }
+        }
+        let error = relative_l2(&peers[0][2].concat(), &reference);
+        println!("{world} peers, 3 steps: parameters within {error:.2e} of one device");
+        assert!(error <= 1e-5, "{world} peers: {error:.2e}");
     }
 }

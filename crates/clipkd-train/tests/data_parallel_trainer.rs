@@ -36,8 +36,8 @@ fn student_weights(summary: &RunSummary) -> Vec<Vec<f32>> {
     }
     let dir = summary.checkpoint.as_ref().expect("a checkpoint");
     let config: ClipConfig = read_student_config(dir).unwrap();
-    let model = load_open_clip::<Flex>(&student_weights_path(dir), &config, &Default::default())
-        .unwrap();
+    let model =
+        load_open_clip::<Flex>(&student_weights_path(dir), &config, &Default::default()).unwrap();
     let mut c = Collect(Vec::new());
     model.visit(&mut c);
     c.0
@@ -61,7 +61,10 @@ fn same_steps(what: &str, got: &[StepRecord], want: &[StepRecord], tol: f64) -> 
     for (x, y) in got.iter().zip(want) {
         assert_eq!((x.step, x.epoch, x.lr), (y.step, y.epoch, y.lr), "{what}");
         assert_eq!(x.samples_seen, y.samples_seen, "{what}: samples seen");
-        assert_eq!(x.loss.keys().collect::<Vec<_>>(), y.loss.keys().collect::<Vec<_>>());
+        assert_eq!(
+            x.loss.keys().collect::<Vec<_>>(),
+            y.loss.keys().collect::<Vec<_>>()
+        );
         for (name, want) in &y.loss {
             let error = (x.loss[name] - want).abs() / want.abs().max(1e-12);
             worst = worst.max(error);
@@ -86,7 +89,10 @@ fn same_weights(what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f64) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let error = relative_l2(g, w);
         worst = worst.max(error);
-        assert!(error <= 5e-5, "{what}: parameter {i} differs by {error:.2e}");
+        assert!(
+            error <= 5e-5,
+            "{what}: parameter {i} differs by {error:.2e}"
+        );
     }
     let all = relative_l2(&got.concat(), &want.concat());
     assert!(all <= 1e-5, "{what}: the parameters differ by {all:.2e}");

@@ -84,7 +84,10 @@ impl GroupWatch {
                 (Some(true), _) => format!("peer {r} (failed after {} collective calls)", p.calls),
                 (Some(false), _) => format!("peer {r} (ended its run after {} calls)", p.calls),
                 (None, Some((op, _))) => {
-                    format!("peer {r} (in an earlier call, {op} #{}, out of step)", p.calls)
+                    format!(
+                        "peer {r} (in an earlier call, {op} #{}, out of step)",
+                        p.calls
+                    )
                 }
                 (None, None) => format!(
                     "peer {r} (not in a collective: busy or stuck after {} calls)",

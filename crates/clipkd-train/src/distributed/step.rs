@@ -129,7 +129,10 @@ where
     let global = n * peer.world();
     // Everything of the student the losses read (with its graph), side by side as `[n, Σd]`,
     // and the teacher's likewise: one gather each.
-    let mut student = vec![local.student().image().clone(), local.student().text().clone()];
+    let mut student = vec![
+        local.student().image().clone(),
+        local.student().text().clone(),
+    ];
     let mut teacher = vec![
         local.teacher().image().clone().inner(),
         local.teacher().text().clone().inner(),
@@ -202,7 +205,10 @@ where
     });
     let mine = peer.all_reduce_sum(upstream)?.narrow(0, offset, n);
     let surrogate = (local_student * Tensor::<B, 2>::from_inner(mine)).sum();
-    accumulator.accumulate(model, GradientsParams::from_grads(surrogate.backward(), model));
+    accumulator.accumulate(
+        model,
+        GradientsParams::from_grads(surrogate.backward(), model),
+    );
     Ok(terms.detached())
 }
 
@@ -225,7 +231,11 @@ fn mean_terms<B: Backend>(peer: &Peer, terms: LossTerms<B>) -> Result<LossTerms<
     let world = peer.world() as f64;
     let mut out = LossTerms::new();
     for (i, LossTerm { name, weight, .. }) in terms.into_iter().enumerate() {
-        out.push(name, weight, summed.clone().narrow(0, i, 1).div_scalar(world));
+        out.push(
+            name,
+            weight,
+            summed.clone().narrow(0, i, 1).div_scalar(world),
+        );
     }
     Ok(out)
 }

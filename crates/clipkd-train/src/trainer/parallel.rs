@@ -80,13 +80,11 @@ impl Leader {
                 options: *options,
                 seed: peer_seed(seed, rank + 1),
             };
-            follower
-                .send(order)
-                .map_err(|_| TrainError::Collective {
-                    rank: rank + 1,
-                    operation: "step",
-                    message: "the peer has stopped (its error is reported by the group)".into(),
-                })?;
+            follower.send(order).map_err(|_| TrainError::Collective {
+                rank: rank + 1,
+                operation: "step",
+                message: "the peer has stopped (its error is reported by the group)".into(),
+            })?;
         }
         Ok(own)
     }
@@ -254,7 +252,10 @@ where
     force_init(&model);
     let (model, mut optimizer) = restore(resume.as_deref(), model, adamw, device)?;
     let mut model = peer.broadcast_module(model)?;
+    let mut taken = 0;
     while let Ok(order) = orders.recv() {
+        taken += 1;
+        crate::fault::peer_step(peer.rank(), taken)?;
         B::seed(device, order.seed);
         let micro = order
             .micro

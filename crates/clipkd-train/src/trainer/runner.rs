@@ -104,7 +104,13 @@ pub(super) fn restore<B, S, L>(
     model: DistillModel<B, S, L>,
     adamw: AdamWParams,
     device: &B::Device,
-) -> Result<(DistillModel<B, S, L>, GroupedAdamW<B, DistillModel<B, S, L>>), TrainError>
+) -> Result<
+    (
+        DistillModel<B, S, L>,
+        GroupedAdamW<B, DistillModel<B, S, L>>,
+    ),
+    TrainError,
+>
 where
     B: AutodiffBackend,
     S: Student<B>,
@@ -256,7 +262,10 @@ where
     /// Makes this runner the leader of a data-parallel group: the peers take rank 0's weights
     /// (a collective every peer makes once, before the first step), and every step is shared.
     pub(super) fn lead(&mut self, leader: Leader) -> Result<(), TrainError> {
-        let model = self.model.take().expect("the model is present between steps");
+        let model = self
+            .model
+            .take()
+            .expect("the model is present between steps");
         self.model = Some(leader.peer.broadcast_module(model)?);
         self.parallel = Some(leader);
         Ok(())

@@ -20,6 +20,21 @@ pub trait BackendTask {
 
     /// Runs the command on backend `B` (its inner backend runs inference without autodiff).
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Self::Output>;
+
+    /// Runs the command on several devices of backend `B` (data parallel). By default a
+    /// command runs on one device and refuses more.
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> anyhow::Result<Self::Output>
+    where
+        Self: Sized,
+    {
+        match <[B::Device; 1]>::try_from(devices) {
+            Ok([device]) => self.run::<B>(device),
+            Err(devices) => anyhow::bail!(
+                "this command runs on one device; {} were given",
+                devices.len()
+            ),
+        }
+    }
 }
 
 /// Runs `task` on the backend and precision the user chose, or explains why it cannot.
@@ -37,43 +52,79 @@ pub fn dispatch<T: BackendTask>(
     precision: Precision,
     task: T,
 ) -> anyhow::Result<T::Output> {
+    dispatch_on(&[device], precision, task)
+}
+
+/// Like [`dispatch`], on several devices of one backend (`--devices`, data parallel): the
+/// task's [`BackendTask::run_on`].
+pub fn dispatch_on<T: BackendTask>(
+    devices: &[DeviceSpec],
+    precision: Precision,
+    task: T,
+) -> anyhow::Result<T::Output> {
     use clipkd::models::autocast::autocast;
+    let Some(&device) = devices.first() else {
+        anyhow::bail!("no device was given");
+    };
+    if let Some(other) = devices
+        .iter()
+        .find(|d| std::mem::discriminant(*d) != std::mem::discriminant(&device))
+    {
+        anyhow::bail!("`{device}` and `{other}` are devices of two backends: choose one");
+    }
+    let world = devices.len();
     match (device, precision) {
         #[cfg(feature = "flex")]
         (DeviceSpec::Cpu, Precision::F32 | Precision::Bf16 | Precision::F16) => {
             let _scope = autocast(precision.autocast());
-            task.run::<burn::backend::Autodiff<burn_flex::Flex>>(Default::default())
+            task.run_on::<burn::backend::Autodiff<burn_flex::Flex>>(vec![Default::default(); world])
         }
         #[cfg(feature = "flex")]
         (DeviceSpec::Cpu, Precision::PureBf16 | Precision::PureF16) => {
             type B = burn::backend::Autodiff<burn_flex::Flex>;
             let device = Default::default();
             cpu_half_precision_default::<B>(&device, precision)?;
-            task.run::<B>(device)
+            task.run_on::<B>(vec![device; world])
         }
         #[cfg(feature = "cuda")]
-        (DeviceSpec::Cuda(index), precision) => {
+        (DeviceSpec::Cuda(_), precision) => {
             configure_gpu_runtime("kernel and autotune cache");
             use burn::backend::Cuda;
             use burn::backend::cuda::CudaDevice;
             use burn::tensor::{bf16, f16};
-            let device = CudaDevice::new(index);
+            let devices: Vec<CudaDevice> = devices
+                .iter()
+                .map(|d| match d {
+                    DeviceSpec::Cuda(index) => CudaDevice::new(*index),
+                    _ => unreachable!("one backend, checked above"),
+                })
+                .collect();
             match precision {
                 Precision::F32 | Precision::Bf16 | Precision::F16 => {
                     let _scope = autocast(precision.autocast());
-                    task.run::<burn::backend::Autodiff<Cuda<f32, i32>>>(device)
+                    task.run_on::<burn::backend::Autodiff<Cuda<f32, i32>>>(devices)
                 }
-                Precision::PureBf16 => task.run::<burn::backend::Autodiff<Cuda<bf16, i32>>>(device),
-                Precision::PureF16 => task.run::<burn::backend::Autodiff<Cuda<f16, i32>>>(device),
+                Precision::PureBf16 => {
+                    task.run_on::<burn::backend::Autodiff<Cuda<bf16, i32>>>(devices)
+                }
+                Precision::PureF16 => {
+                    task.run_on::<burn::backend::Autodiff<Cuda<f16, i32>>>(devices)
+                }
             }
         }
         #[cfg(feature = "wgpu")]
-        (DeviceSpec::Wgpu(index), Precision::F32) => {
+        (DeviceSpec::Wgpu(_), Precision::F32) => {
             configure_gpu_runtime(
                 "autotune cache (wgpu compiles its WGSL kernels again in every process)",
             );
-            let device = clipkd::backend::wgpu_adapter::select(index)?;
-            task.run::<burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>>(device)
+            let devices = devices
+                .iter()
+                .map(|d| match d {
+                    DeviceSpec::Wgpu(index) => clipkd::backend::wgpu_adapter::select(*index),
+                    _ => unreachable!("one backend, checked above"),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            task.run_on::<burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>>(devices)
         }
         (device, precision) => anyhow::bail!(
             "device `{device}` with precision `{precision}` is not available in this build \

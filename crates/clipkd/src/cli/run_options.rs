@@ -12,7 +12,7 @@ use clipkd_train::config::{Override, RunConfig, TrainMode};
 use clipkd_train::progress::ProgressMode;
 use clipkd_train::trainer::{PreparedRun, RunSummary};
 
-use super::backend::{BackendTask, Precision, dispatch};
+use super::backend::{BackendTask, Precision, dispatch_on};
 
 /// Options of a training run (`clipkd distill`, `clipkd train`).
 #[derive(Debug, Clone, Args)]
@@ -60,6 +60,16 @@ pub struct RunOptions {
     /// Device: cpu, cuda[:N], wgpu[:N] (`run.device`).
     #[arg(long)]
     pub device: Option<String>,
+    /// Data parallel on these devices of one backend, one peer each: `cuda:0,cuda:1,...`
+    /// (`run.devices`; `cpu,cpu` runs two CPU peers). --batch-size is then the global batch,
+    /// split evenly over them.
+    #[arg(
+        long,
+        value_name = "DEVICES",
+        value_delimiter = ',',
+        conflicts_with = "device"
+    )]
+    pub devices: Vec<String>,
     /// Precision (`run.precision`): f32; bf16 or f16 mixed precision (half-precision matrix
     /// products, f32 parameters, f16 with loss scaling; CPU and CUDA); pure_bf16 or pure_f16
     /// (every tensor; CPU and CUDA).
@@ -112,6 +122,9 @@ impl RunOptions {
         }
         if let Some(v) = &self.device {
             push("run.device", v.clone().into());
+        }
+        if !self.devices.is_empty() {
+            push("run.devices", self.devices.clone().into());
         }
         if let Some(v) = self.precision {
             push("run.precision", v.to_string().into());
@@ -177,7 +190,16 @@ pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow
         print!("{}", config.to_toml());
         return Ok(());
     }
-    let device = config.run.device;
+    let devices = if config.run.devices.is_empty() {
+        vec![config.run.device]
+    } else {
+        config.run.devices.clone()
+    };
+    let device = devices
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let precision = config.run.precision;
     // `--resume PATH` resumes that checkpoint; `--resume latest` the output directory's.
     let prepared =
@@ -200,12 +222,17 @@ pub fn execute(opts: &RunOptions, extra: &[Override], mode: TrainMode) -> anyhow
         };
         eprintln!(
             "{what}: {total} optimizer steps ({steps_per_epoch} per epoch x {} epochs), \
-             device {device}, {precision}, run directory {}",
+             {} {device}, {precision}, run directory {}",
             prepared.config().optim.epochs,
+            if devices.len() > 1 {
+                "devices"
+            } else {
+                "device"
+            },
             prepared.config().run.output_dir.display()
         );
     }
-    let summary = dispatch(device, precision, TrainTask { prepared })?;
+    let summary = dispatch_on(&devices, precision, TrainTask { prepared })?;
     print_summary(&summary, opts.quiet);
     Ok(())
 }
@@ -219,6 +246,10 @@ impl BackendTask for TrainTask {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<RunSummary> {
         Ok(self.prepared.run::<B>(&device)?)
+    }
+
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> anyhow::Result<RunSummary> {
+        Ok(self.prepared.run_on_devices::<B>(&devices)?)
     }
 }
 

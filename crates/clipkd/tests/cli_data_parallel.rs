@@ -1,0 +1,170 @@
+//! `clipkd distill --devices cpu,cpu`: two CPU peers in one process (one thread each) take the
+//! steps of one device with the same global batch (every logged term within 1e-5 relative);
+//! a peer that stops responding makes the run fail within `run.collective_timeout_s`, naming
+//! it, and the run resumes from its last checkpoint to the straight run's end; a peer that
+//! fails ends the run at once with its error.
+#![cfg(feature = "flex")]
+
+mod common;
+#[path = "common/train_setup.rs"]
+mod train_setup;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{TempDir, ok};
+use train_setup::metric_rows;
+
+/// Every logged term of `got` within 1e-5 relative of `want`'s, step by step.
+fn same_terms(what: &str, got: &[serde_json::Value], want: &[serde_json::Value]) {
+    assert_eq!(got.len(), want.len(), "{what}: logged steps");
+    for (x, y) in got.iter().zip(want) {
+        assert_eq!(x["step"], y["step"], "{what}");
+        assert_eq!(x["lr"], y["lr"], "{what}");
+        let (tx, ty) = (
+            x["loss"].as_object().unwrap(),
+            y["loss"].as_object().unwrap(),
+        );
+        assert_eq!(tx.keys().collect::<Vec<_>>(), ty.keys().collect::<Vec<_>>());
+        for (term, v) in ty {
+            let (a, b) = (tx[term].as_f64().unwrap(), v.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1e-12),
+                "{what}, step {}, {term}: {a} vs one device's {b}",
+                x["step"]
+            );
+        }
+    }
+}
+
+/// Runs `clipkd args` with `CLIPKD_PEER_FAULT=fault`; asserts that it fails and returns its
+/// stderr and how long it took.
+fn fails_with_fault(fault: &str, args: &[&str]) -> (String, Duration) {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_clipkd"))
+        .args(args)
+        .env("CLIPKD_PEER_FAULT", fault)
+        .output()
+        .expect("the clipkd binary runs");
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{fault}: the run should fail:\n{stderr}"
+    );
+    (stderr, took)
+}
+
+#[test]
+fn two_cpu_peers_distill_like_one_device_and_fail_in_bounded_time() {
+    let dir = TempDir::new("cli-data-parallel");
+    // 16 images, global batches of 4: 8 steps, a checkpoint after each.
+    let config = train_setup::setup(&dir.0, "checkpoint_every_steps = 1\n");
+    let c = config.to_str().unwrap();
+    let out = |name: &str| dir.0.join(name).to_str().unwrap().to_string();
+
+    let one = out("one");
+    ok(&["distill", "--config", c, "-q", "-o", &one]);
+    let reference = metric_rows(dir.0.join("one").as_path());
+    assert_eq!(reference.len(), 8);
+
+    let two = out("two");
+    ok(&[
+        "distill",
+        "--config",
+        c,
+        "--devices",
+        "cpu,cpu",
+        "-q",
+        "-o",
+        &two,
+    ]);
+    same_terms(
+        "2 peers",
+        &metric_rows(dir.0.join("two").as_path()),
+        &reference,
+    );
+
+    // Peer 1 stops responding before its third step: peer 0 waits in the step's first
+    // collective, and the run fails once it has waited 10 s, naming peer 1.
+    let stalled = out("stalled");
+    let (e, took) = fails_with_fault(
+        "stall:1:3",
+        &[
+            "distill",
+            "--config",
+            c,
+            "--devices",
+            "cpu,cpu",
+            "-q",
+            "-o",
+            &stalled,
+            "--set",
+            "run.collective_timeout_s=10",
+        ],
+    );
+    assert!(
+        e.contains("peer 1") && e.contains("run.collective_timeout_s = 10"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(120), "took {took:?}: {e}");
+    // Steps 1 and 2 were checkpointed; the resumed run ends where the straight one does.
+    assert_eq!(metric_rows(dir.0.join("stalled").as_path()).len(), 2);
+    ok(&[
+        "distill",
+        "--config",
+        c,
+        "--devices",
+        "cpu,cpu",
+        "-q",
+        "-o",
+        &stalled,
+        "--resume",
+    ]);
+    same_terms(
+        "2 peers, stalled and resumed",
+        &metric_rows(dir.0.join("stalled").as_path()),
+        &reference,
+    );
+
+    // A peer that fails ends the run with its error, without waiting for the timeout.
+    let failed = out("failed");
+    let (e, took) = fails_with_fault(
+        "fail:1:2",
+        &[
+            "distill",
+            "--config",
+            c,
+            "--devices",
+            "cpu,cpu",
+            "-q",
+            "-o",
+            &failed,
+        ],
+    );
+    assert!(
+        e.contains("data-parallel peer 1 failed") && e.contains("fails before its step 2"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(300), "took {took:?}");
+
+    // Two backends, or a batch that does not split evenly, are refused before any work.
+    let e = fails_with_fault(
+        "",
+        &[
+            "distill",
+            "--config",
+            c,
+            "--devices",
+            "cpu,cpu,cpu",
+            "-q",
+            "-o",
+            &out("uneven"),
+        ],
+    )
+    .0;
+    assert!(
+        e.contains("data.batch_size") && e.contains("3 devices"),
+        "{e}"
+    );
+}
