@@ -31,6 +31,7 @@ mod loss_terms;
 mod overrides;
 mod sections;
 mod validate;
+pub(crate) use validate::host_port;
 mod values;
 
 pub use clipkd_models::ModelSource;

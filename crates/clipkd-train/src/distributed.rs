@@ -35,9 +35,11 @@
 //! all-reduce of the loss terms.
 
 mod group;
+mod orchestrator;
 mod peer;
 mod step;
 
 pub use group::{PeerBody, PeerSeat, run_peers};
-pub use peer::{BUCKET_BYTES, CollectiveStats, Peer, take_stats};
+pub use orchestrator::start_orchestrator;
+pub use peer::{BUCKET_BYTES, CollectiveStats, NodeLink, Peer, take_stats};
 pub use step::{data_parallel_gradients, data_parallel_step};

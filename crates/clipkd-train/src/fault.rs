@@ -59,41 +59,45 @@ pub fn point(what: &str, path: &Path) {
 }
 
 /// The environment variable that makes a data-parallel peer fail, for the fault tests:
-/// `stall:R:S` (peer `R` stops responding before the `S`-th step it is given, counted from 1
-/// in this process: it sleeps forever, as a hung device or a lost node would) or `fail:R:S`
-/// (it fails there with an error). Followers only (`R >= 1`). Unset, [`peer_step`] does
-/// nothing.
+/// `stall:R:S` (local peer `R` stops responding before the `S`-th step it is given, counted
+/// from 1 in this process: it sleeps forever, as a hung device would), `fail:R:S` (it fails
+/// there with an error) or `exit:R:S` (the whole process aborts there, as a node that is
+/// killed). Followers only (`R >= 1`). Unset, [`peer_step`] does nothing.
 pub const PEER_FAULT_ENV: &str = "CLIPKD_PEER_FAULT";
 
 /// Marks that data-parallel peer `rank` is about to take the `step`-th step it was given
 /// (from 1): stalls or fails it when [`PEER_FAULT_ENV`] says so.
 pub(crate) fn peer_step(rank: usize, step: u64) -> Result<(), crate::error::TrainError> {
-    static FAULT: OnceLock<Option<(bool, usize, u64)>> = OnceLock::new();
+    static FAULT: OnceLock<Option<(String, usize, u64)>> = OnceLock::new();
     let fault = FAULT.get_or_init(|| {
         let v = std::env::var(PEER_FAULT_ENV).ok()?;
         let mut parts = v.split(':');
-        let stall = match parts.next()? {
-            "stall" => true,
-            "fail" => false,
-            _ => return None,
-        };
+        let kind = parts.next()?.to_string();
         Some((
-            stall,
+            kind,
             parts.next()?.parse().ok()?,
             parts.next()?.parse().ok()?,
         ))
     });
-    match *fault {
-        Some((true, r, s)) if (r, s) == (rank, step) => {
-            eprintln!("peer {rank} stalls before its step {step} ({PEER_FAULT_ENV})");
-            loop {
-                std::thread::park();
+    match fault {
+        Some((kind, r, s)) if (*r, *s) == (rank, step) => match kind.as_str() {
+            "stall" => {
+                eprintln!("peer {rank} stalls before its step {step} ({PEER_FAULT_ENV})");
+                loop {
+                    std::thread::park();
+                }
             }
-        }
-        Some((false, r, s)) if (r, s) == (rank, step) => Err(crate::error::TrainError::config(
-            PEER_FAULT_ENV,
-            format!("peer {rank} fails before its step {step}, as asked"),
-        )),
+            "exit" => {
+                eprintln!(
+                    "peer {rank} kills its process before its step {step} ({PEER_FAULT_ENV})"
+                );
+                std::process::abort();
+            }
+            _ => Err(crate::error::TrainError::config(
+                PEER_FAULT_ENV,
+                format!("peer {rank} fails before its step {step}, as asked"),
+            )),
+        },
         _ => Ok(()),
     }
 }

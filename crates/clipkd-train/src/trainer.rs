@@ -120,8 +120,9 @@ pub struct PreparedRun {
     warnings: Vec<String>,
     progress: ProgressMode,
     read_skips: SkipReport,
-    /// Held, not read: the run directory is this process's until the run ends.
-    _lock: RunLock,
+    /// Held, not read: the run directory is this process's until the run ends (none on the
+    /// nodes other than node 0 of a run on several machines).
+    _lock: Option<RunLock>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -267,14 +268,22 @@ impl PreparedRun {
 
         let run_dir = config.run.output_dir.clone();
         // From here on this process owns the run directory; what a crash left is cleaned
-        // before checkpoints are looked at.
-        let lock = RunLock::acquire(&run_dir)?;
-        warnings.extend(
-            recover_run_dir(&run_dir)?
-                .into_iter()
-                .map(|n| format!("note: {n}")),
-        );
+        // before checkpoints are looked at. On several nodes, node 0 owns it and the others
+        // only read it (to resume).
+        let writer = config.run.node_rank == 0;
+        let lock = if writer {
+            let lock = RunLock::acquire(&run_dir)?;
+            warnings.extend(
+                recover_run_dir(&run_dir)?
+                    .into_iter()
+                    .map(|n| format!("note: {n}")),
+            );
+            Some(lock)
+        } else {
+            None
+        };
         let resume = match resume {
+            None if !writer => None,
             None => {
                 let existing = checkpoint::list_checkpoints(&run_dir.join(CHECKPOINTS_DIR))?;
                 if let Some((step, _)) = existing.last() {
@@ -506,6 +515,9 @@ impl PreparedRun {
     }
 }
 
+/// The open_clip student and teacher and the built-in losses, on backend `B`.
+type OpenClipModelSet<B> = Models<Clip<B>, Clip<<B as AutodiffBackend>::InnerBackend>, LossSet<B>>;
+
 /// The open_clip models and built-in losses of a run prepared by [`PreparedRun::prepare`],
 /// built on any device (each data-parallel peer builds its own).
 #[derive(Debug, Clone)]
@@ -522,7 +534,7 @@ impl OpenClipModels {
     fn build<B: AutodiffBackend>(
         &self,
         device: &B::Device,
-    ) -> Result<Models<Clip<B>, Clip<B::InnerBackend>, LossSet<B>>, TrainError> {
+    ) -> Result<OpenClipModelSet<B>, TrainError> {
         let config = &self.config;
         B::seed(device, config.run.seed);
         let teacher = match (&self.teacher, &config.teacher.weights) {

@@ -2,14 +2,18 @@
 //! steps of one device with the same global batch (every logged term within 1e-5 relative);
 //! a peer that stops responding makes the run fail within `run.collective_timeout_s`, naming
 //! it, and the run resumes from its last checkpoint to the straight run's end; a peer that
-//! fails ends the run at once with its error.
+//! fails ends the run at once with its error. Two processes on localhost, each a node of two
+//! CPU peers, joined through burn-collective's orchestrator (node 0 starts it), take the same
+//! steps; a node started with another config is refused at join; a node that is killed makes
+//! the other fail (at once when the connection breaks, else after the timeout), and both resume
+//! from the last checkpoint to the straight run's end.
 #![cfg(feature = "flex")]
 
 mod common;
 #[path = "common/train_setup.rs"]
 mod train_setup;
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TempDir, ok};
@@ -166,5 +170,135 @@ fn two_cpu_peers_distill_like_one_device_and_fail_in_bounded_time() {
     assert!(
         e.contains("data.batch_size") && e.contains("3 devices"),
         "{e}"
+    );
+}
+
+/// A free TCP port on the loopback interface.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts node `rank` of 2 (2 CPU peers each) with `args` added; `fault` in CLIPKD_PEER_FAULT.
+fn node(rank: usize, orchestrator: u16, args: &[&str], fault: &str) -> Child {
+    let rank_text = rank.to_string();
+    let address = format!("127.0.0.1:{}", free_port());
+    let orchestrator = format!("127.0.0.1:{orchestrator}");
+    let mut all = vec![
+        "distill",
+        "--devices",
+        "cpu,cpu",
+        "-q",
+        "--num-nodes",
+        "2",
+        "--node-rank",
+        &rank_text,
+        "--orchestrator",
+        &orchestrator,
+        "--node-address",
+        &address,
+    ];
+    all.extend_from_slice(args);
+    Command::new(env!("CARGO_BIN_EXE_clipkd"))
+        .args(&all)
+        .env("CLIPKD_PEER_FAULT", fault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the clipkd binary runs")
+}
+
+/// Waits for both nodes; returns (success, stderr) of each.
+fn wait_nodes(nodes: [Child; 2]) -> Vec<(bool, String)> {
+    nodes
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_nodes_of_two_peers_on_localhost_distill_like_one_device() {
+    let dir = TempDir::new("cli-two-nodes");
+    let config = train_setup::setup(
+        &dir.0,
+        "checkpoint_every_steps = 1\ncollective_timeout_s = 15\n",
+    );
+    let c = config.to_str().unwrap();
+    let out = |name: &str| dir.0.join(name).to_str().unwrap().to_string();
+    let one = out("one");
+    ok(&["distill", "--config", c, "-q", "-o", &one]);
+    let reference = metric_rows(dir.0.join("one").as_path());
+
+    // 2 nodes x 2 peers, global batch 4: one sample per peer.
+    let run = out("nodes");
+    let port = free_port();
+    let base = ["--config", c, "-o", run.as_str()];
+    let results = wait_nodes([node(0, port, &base, ""), node(1, port, &base, "")]);
+    for (rank, (success, _)) in results.iter().enumerate() {
+        assert!(success, "node {rank} failed: {results:#?}");
+    }
+    same_terms(
+        "2 nodes x 2 peers",
+        &metric_rows(dir.0.join("nodes").as_path()),
+        &reference,
+    );
+
+    // Node 1 with another learning rate is refused when it joins, and so is node 0.
+    let refused = out("refused");
+    let port = free_port();
+    let base = ["--config", c, "-o", refused.as_str()];
+    let other = [
+        "--config",
+        c,
+        "-o",
+        refused.as_str(),
+        "--set",
+        "optim.lr=1e-3",
+    ];
+    let results = wait_nodes([node(0, port, &base, ""), node(1, port, &other, "")]);
+    for (rank, (success, stderr)) in results.iter().enumerate() {
+        assert!(!success, "node {rank} should be refused");
+        assert!(
+            stderr.contains("refused") && stderr.contains("another config"),
+            "{stderr}"
+        );
+    }
+
+    // Node 1 is killed before its third step: node 0 fails within the timeout; both resume
+    // from the last checkpoint and end on the single-device trajectory.
+    let killed = out("killed");
+    let port = free_port();
+    let base = ["--config", c, "-o", killed.as_str()];
+    let start = Instant::now();
+    let results = wait_nodes([node(0, port, &base, ""), node(1, port, &base, "exit:1:3")]);
+    let took = start.elapsed();
+    assert!(!results[1].0, "node 1 was killed: {results:#?}");
+    let (success, stderr) = &results[0];
+    assert!(!success, "node 0 should fail");
+    // Either the broken connection ends its collective at once, or the timeout does.
+    assert!(
+        stderr.contains("another node died") || stderr.contains("collective_timeout_s = 15"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(180), "took {took:?}: {stderr}");
+    let port = free_port();
+    let resume = ["--config", c, "-o", killed.as_str(), "--resume"];
+    let results = wait_nodes([node(0, port, &resume, ""), node(1, port, &resume, "")]);
+    for (rank, (success, stderr)) in results.iter().enumerate() {
+        assert!(success, "resumed node {rank} failed:\n{stderr}");
+    }
+    same_terms(
+        "2 nodes, killed and resumed",
+        &metric_rows(dir.0.join("killed").as_path()),
+        &reference,
     );
 }

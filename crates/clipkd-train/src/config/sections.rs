@@ -324,6 +324,20 @@ pub struct RunSection {
     /// With several devices: a peer that waits this many seconds in a collective operation
     /// for the others ends the run with an error naming the peers that did not arrive.
     pub collective_timeout_s: u64,
+    /// Several machines: the number of nodes, one `clipkd` process each, every node with the
+    /// same number of devices (`devices`); 1: this machine alone.
+    pub num_nodes: usize,
+    /// This node's rank, `0..num_nodes`. Node 0 starts the orchestrator and alone writes the
+    /// run directory (checkpoints, metrics, evaluations), which every node reads to resume.
+    pub node_rank: usize,
+    /// With several nodes: burn-collective's orchestrator, `host:port` (node 0 starts it on
+    /// that port; from `MASTER_ADDR`/`MASTER_PORT` when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<String>,
+    /// With several nodes: this node's address for the other nodes, `host:port` (its
+    /// collective data service listens on that port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_address: Option<String>,
     /// Stop (with a checkpoint) after this many optimizer steps in total, as if interrupted;
     /// the schedule still spans every epoch. For tests and time-boxed jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,6 +359,10 @@ impl Default for RunSection {
             device: DeviceSpec::Cpu,
             devices: Vec::new(),
             collective_timeout_s: 600,
+            num_nodes: 1,
+            node_rank: 0,
+            orchestrator: None,
+            node_address: None,
             stop_after_steps: None,
         }
     }

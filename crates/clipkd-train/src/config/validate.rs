@@ -145,13 +145,37 @@ impl RunConfig {
                 ),
             ));
         }
-        let world = r.devices.len().max(1);
+        positive("run.num_nodes", r.num_nodes as u64)?;
+        if r.node_rank >= r.num_nodes {
+            return Err(TrainError::config(
+                "run.node_rank",
+                format!(
+                    "{} is not a node of {} (0..{})",
+                    r.node_rank, r.num_nodes, r.num_nodes
+                ),
+            ));
+        }
+        if r.num_nodes > 1 {
+            for (field, value) in [
+                ("run.orchestrator", &r.orchestrator),
+                ("run.node_address", &r.node_address),
+            ] {
+                let Some(value) = value else {
+                    return Err(TrainError::config(
+                        field,
+                        "required with several nodes (run.num_nodes > 1): `host:port`",
+                    ));
+                };
+                host_port(value).map_err(|e| TrainError::config(field, e))?;
+            }
+        }
+        let world = r.devices.len().max(1) * r.num_nodes;
         if !self.data.batch_size.is_multiple_of(world) {
             return Err(TrainError::config(
                 "data.batch_size",
                 format!(
-                    "the global batch of {} cannot be split evenly over the {world} devices of \
-                     run.devices: choose a multiple of {world}",
+                    "the global batch of {} cannot be split evenly over {world} devices \
+                     (run.devices on each of run.num_nodes nodes): choose a multiple of {world}",
                     self.data.batch_size
                 ),
             ));
@@ -164,6 +188,20 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// `host:port` split, the port checked.
+pub(crate) fn host_port(value: &str) -> Result<(&str, u16), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{value}` is not `host:port`"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("`{value}`: `{port}` is not a port number"))?;
+    if host.is_empty() {
+        return Err(format!("`{value}` has no host"));
+    }
+    Ok((host, port))
 }
 
 /// Whether two devices belong to the same backend.

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 
-use super::Peer;
+use super::{NodeLink, Peer};
 use crate::error::TrainError;
 
 /// What the group knows of each peer: collective calls made, the one it is in, how it ended.
 #[derive(Debug)]
 pub(crate) struct GroupWatch {
     peers: Vec<Mutex<PeerActivity>>,
+    /// This process is one node of several (a wait can be for another node's peers).
+    other_nodes: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -34,9 +36,10 @@ struct PeerActivity {
 }
 
 impl GroupWatch {
-    fn new(world: usize) -> Self {
+    fn new(world: usize, other_nodes: bool) -> Self {
         GroupWatch {
             peers: (0..world).map(|_| Mutex::default()).collect(),
+            other_nodes,
         }
     }
 
@@ -99,10 +102,13 @@ impl GroupWatch {
             rank,
             operation,
             message: format!(
-                "waited {:.0} s (run.collective_timeout_s = {}) in collective call #{calls} for {}",
+                "local peer {rank} waited {:.0} s (run.collective_timeout_s = {}) in \
+                 collective call #{calls} for {}",
                 since.elapsed().as_secs_f64(),
                 timeout.as_secs(),
-                if absent.is_empty() {
+                if absent.is_empty() && self.other_nodes {
+                    "the other nodes' peers (a node died, hangs, or never joined)".to_string()
+                } else if absent.is_empty() {
                     "peers that are in the call but did not complete it".to_string()
                 } else {
                     absent.join(", ")
@@ -117,18 +123,24 @@ impl GroupWatch {
 pub struct PeerSeat {
     rank: usize,
     world: usize,
+    node: Option<NodeLink>,
     watch: Arc<GroupWatch>,
 }
 
 impl PeerSeat {
-    /// This peer's rank.
-    pub fn rank(&self) -> usize {
+    /// This peer's rank among the peers of this process.
+    pub fn local_rank(&self) -> usize {
         self.rank
     }
 
-    /// The number of peers.
-    pub fn world(&self) -> usize {
+    /// The number of peers of this process.
+    pub fn local_world(&self) -> usize {
         self.world
+    }
+
+    /// The other nodes, if any.
+    pub fn node(&self) -> Option<&NodeLink> {
+        self.node.as_ref()
     }
 
     /// Joins the group on `device` (burn-collective on backend `B`: the inner backend of an
@@ -137,14 +149,21 @@ impl PeerSeat {
     /// # Errors
     /// [`TrainError::Collective`] if burn-collective refuses the registration.
     pub fn join<B: Backend>(self, device: B::Device) -> Result<Peer, TrainError> {
-        Peer::join_watched::<B>(self.rank, self.world, device, self.watch)
+        Peer::join_on::<B>(
+            self.rank,
+            self.world,
+            self.node.as_ref(),
+            device,
+            Some(self.watch),
+        )
     }
 }
 
 /// The work of one peer: given its seat, returns its result.
 pub type PeerBody<R> = Box<dyn FnOnce(PeerSeat) -> Result<R, TrainError> + Send>;
 
-/// Runs one thread per body (rank = position) and returns their results in rank order, or the
+/// Runs one thread per body (local rank = position; with `node`, this process is one node of
+/// several) and returns their results in rank order, or the
 /// first failure: a peer's error or panic, or a peer waiting in a collective for more than
 /// `timeout` (the error names the peers that did not arrive). See the module docs for what
 /// happens to blocked threads.
@@ -154,15 +173,17 @@ pub type PeerBody<R> = Box<dyn FnOnce(PeerSeat) -> Result<R, TrainError> + Send>
 /// a timeout.
 pub fn run_peers<R: Send + 'static>(
     timeout: Duration,
+    node: Option<NodeLink>,
     bodies: Vec<PeerBody<R>>,
 ) -> Result<Vec<R>, TrainError> {
     let world = bodies.len();
-    let watch = Arc::new(GroupWatch::new(world));
+    let watch = Arc::new(GroupWatch::new(world, node.is_some()));
     let (tx, rx) = mpsc::channel();
     for (rank, body) in bodies.into_iter().enumerate() {
         let seat = PeerSeat {
             rank,
             world,
+            node: node.clone(),
             watch: watch.clone(),
         };
         let tx = tx.clone();

@@ -63,9 +63,47 @@ pub const BUCKET_BYTES: usize = 25 << 20;
 /// instead of waiting forever.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The rank among all peers of all nodes.
     rank: usize,
     world: usize,
+    /// The rank among this process's peers (burn-collective's local peer id).
+    local_rank: usize,
+    /// The number of nodes (processes) taking part.
+    nodes: usize,
     watch: Option<Arc<GroupWatch>>,
+}
+
+/// Several machines: this node's place in the group and burn-collective's global addresses
+/// (`host:port` each). Every node runs the same number of local peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLink {
+    /// The number of nodes.
+    pub num_nodes: usize,
+    /// This node's rank, `0..num_nodes`.
+    pub node_rank: usize,
+    /// The orchestrator every node registers with.
+    pub orchestrator: String,
+    /// This node's address for the other nodes (its data service listens on its port).
+    pub node_address: String,
+}
+
+impl NodeLink {
+    /// burn-collective's config for `local_world` peers on this node.
+    fn collective_config(&self, local_world: usize) -> Result<CollectiveConfig, String> {
+        let (_, port) = crate::config::host_port(&self.node_address)?;
+        crate::config::host_port(&self.orchestrator)?;
+        let ws = |a: &str| {
+            format!("ws://{a}")
+                .parse::<burn_communication::Address>()
+                .expect("any string is an address")
+        };
+        Ok(CollectiveConfig::default()
+            .with_num_devices(local_world)
+            .with_num_nodes(self.num_nodes as u32)
+            .with_global_address(ws(&self.orchestrator))
+            .with_node_address(ws(&self.node_address))
+            .with_data_service_port(port))
+    }
 }
 
 impl Peer {
@@ -80,35 +118,46 @@ impl Peer {
         world: usize,
         device: B::Device,
     ) -> Result<Self, TrainError> {
-        if world == 0 || rank >= world {
-            return Err(TrainError::Collective {
-                rank,
-                operation: "join",
-                message: format!("rank {rank} is not in a group of {world} peers"),
-            });
-        }
-        let peer = Self {
-            rank,
-            world,
-            watch: None,
-        };
-        let config = CollectiveConfig::default().with_num_devices(world);
-        peer.watched("join", 0, || {
-            register::<B>(PeerId::from(rank), device, config)
-        })
-        .map_err(|e| peer.error("join", e))?;
-        Ok(peer)
+        Self::join_on::<B>(rank, world, None, device, None)
     }
 
-    /// Joins like [`Peer::join`], reporting to `watch` (see [`super::train_on_peers`]).
-    pub(super) fn join_watched<B: Backend>(
-        rank: usize,
-        world: usize,
+    /// Joins as local peer `local_rank` of `local_world` on this node, of the nodes of `node`
+    /// (none: this process alone), reporting to `watch`; the global rank is
+    /// `node_rank · local_world + local_rank`. Blocks until every peer of every node joined.
+    pub(super) fn join_on<B: Backend>(
+        local_rank: usize,
+        local_world: usize,
+        node: Option<&NodeLink>,
         device: B::Device,
-        watch: Arc<GroupWatch>,
+        watch: Option<Arc<GroupWatch>>,
     ) -> Result<Self, TrainError> {
-        let mut peer = Self::join::<B>(rank, world, device)?;
-        peer.watch = Some(watch);
+        let (node_rank, num_nodes) = node.map_or((0, 1), |n| (n.node_rank, n.num_nodes));
+        let peer = Self {
+            rank: node_rank * local_world + local_rank,
+            world: num_nodes * local_world,
+            local_rank,
+            nodes: num_nodes,
+            watch,
+        };
+        if local_world == 0 || local_rank >= local_world || node_rank >= num_nodes {
+            return Err(peer.error(
+                "join",
+                format!(
+                    "local rank {local_rank} of {local_world} on node {node_rank} of \
+                     {num_nodes} is not a place in the group"
+                ),
+            ));
+        }
+        let config = match node {
+            None => CollectiveConfig::default().with_num_devices(local_world),
+            Some(node) => node
+                .collective_config(local_world)
+                .map_err(|e| peer.error("join", e))?,
+        };
+        peer.watched("join", 0, || {
+            register::<B>(PeerId::from(local_rank), device, config)
+        })
+        .map_err(|e| peer.error("join", e))?;
         Ok(peer)
     }
 
@@ -116,36 +165,50 @@ impl Peer {
     /// and to this thread's [`CollectiveStats`].
     fn watched<T>(&self, operation: &'static str, bytes: usize, f: impl FnOnce() -> T) -> T {
         if let Some(w) = &self.watch {
-            w.enter(self.rank, operation);
+            w.enter(self.local_rank, operation);
         }
         let start = std::time::Instant::now();
         let out = f();
         record(bytes, start);
         if let Some(w) = &self.watch {
-            w.leave(self.rank);
+            w.leave(self.local_rank);
         }
         out
     }
 
-    /// This peer's rank (`0..world`).
+    /// This peer's rank among the peers of all nodes (`0..world`).
     pub fn rank(&self) -> usize {
         self.rank
     }
 
-    /// The number of peers.
+    /// The number of peers, of all nodes.
     pub fn world(&self) -> usize {
         self.world
     }
 
+    /// This peer's rank among the peers of its process.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
     fn id(&self) -> PeerId {
-        PeerId::from(self.rank)
+        PeerId::from(self.local_rank)
     }
 
     fn error(&self, operation: &'static str, e: impl std::fmt::Debug) -> TrainError {
+        let mut message = format!("{e:?}");
+        if self.nodes > 1 && (message.contains("LocalServerMissing") || message.contains("Global("))
+        {
+            // burn-collective's server task ends when a connection to another node breaks.
+            message.push_str(
+                " (the collective between nodes broke: another node died or lost its \
+                 connection; resume every node from the last checkpoint)",
+            );
+        }
         TrainError::Collective {
             rank: self.rank,
             operation,
-            message: format!("{e:?}"),
+            message,
         }
     }
 
@@ -158,6 +221,29 @@ impl Peer {
         x: Tensor<B, D>,
     ) -> Result<Tensor<B, D>, TrainError> {
         let bytes = x.shape().num_elements() * x.dtype().size();
+        if self.nodes > 1 {
+            // Between nodes burn-collective's ring splits the tensor along a dimension into
+            // one part per node and refuses a shorter one: flat, with zeros up to the nodes.
+            let shape = x.shape();
+            let n = shape.num_elements();
+            let flat = x.reshape([n]);
+            let flat = if n < self.nodes {
+                let device = flat.device();
+                Tensor::cat(vec![flat, Tensor::zeros([self.nodes - n], &device)], 0)
+            } else {
+                flat
+            };
+            let sum = self.all_reduce_raw(flat, bytes)?;
+            return Ok(sum.narrow(0, 0, n).reshape(shape));
+        }
+        self.all_reduce_raw(x, bytes)
+    }
+
+    fn all_reduce_raw<B: Backend, const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        bytes: usize,
+    ) -> Result<Tensor<B, D>, TrainError> {
         let out = self
             .watched("all_reduce", bytes, || {
                 all_reduce::<B>(self.id(), x.into_primitive().tensor(), ReduceOperation::Sum)
@@ -213,6 +299,12 @@ impl Peer {
         &self,
         x: Tensor<B, D>,
     ) -> Result<Tensor<B, D>, TrainError> {
+        if self.nodes > 1 {
+            // burn-collective 0.21 has no broadcast between nodes ("Global broadcast
+            // unimplemented"): rank 0's values plus everyone else's zeros, exactly.
+            let x = if self.rank == 0 { x } else { x.zeros_like() };
+            return self.all_reduce_sum(x);
+        }
         let bytes = x.shape().num_elements() * x.dtype().size();
         let mine = (self.rank == 0).then(|| x.into_primitive().tensor());
         let out = self
@@ -238,6 +330,48 @@ impl Peer {
             });
         }
         self.all_reduce_sum(Tensor::cat(parts, 0))
+    }
+
+    /// Checks that every peer of every node has the same `fingerprint` (e.g. a hash of the run
+    /// config and the program version), so that a node started with another config or
+    /// version is refused when it joins; every peer fails, naming the peers that differ from
+    /// rank 0.
+    ///
+    /// # Errors
+    /// [`TrainError::Collective`] naming the peers that differ, or if the group failed.
+    pub fn agree<B: Backend>(
+        &self,
+        fingerprint: &[u16],
+        device: &B::Device,
+    ) -> Result<(), TrainError> {
+        let mine: Vec<f32> = fingerprint.iter().map(|&v| f32::from(v)).collect();
+        let k = mine.len();
+        let all = self.gather_rows(Tensor::<B, 2>::from_data(
+            burn::tensor::TensorData::new(mine, [1, k]),
+            device,
+        ))?;
+        let all: Vec<f32> = all
+            .into_data()
+            .to_vec()
+            .map_err(|e| self.error("agree", e))?;
+        let rows: Vec<&[f32]> = all.chunks(k).collect();
+        let differ: Vec<String> = (1..rows.len())
+            .filter(|&r| rows[r] != rows[0])
+            .map(|r| r.to_string())
+            .collect();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(self.error(
+                "join",
+                format!(
+                    "refused: peer(s) {} run another config (trajectory), clipkd version or \
+                     number of devices per node than peer 0; start every node with the same \
+                     command and build",
+                    differ.join(", ")
+                ),
+            ))
+        }
     }
 
     /// Replaces every parameter of `module` (and running statistic) by rank 0's, so that all

@@ -207,7 +207,7 @@ pub fn micro_batch<B: Backend>(
     batch: &Batch,
     device: &B::Device,
 ) -> Result<MicroBatch<B>, TrainError> {
-    Ok(host_rows(batch, 0, batch.len())?.to_device(device))
+    Ok(host_rows(batch, 0, batch.len())?.into_device(device))
 }
 
 /// Rows of a batch in host memory, ready to become a [`MicroBatch`] on any device (a peer's
@@ -220,7 +220,7 @@ pub(crate) struct HostMicroBatch {
 
 impl HostMicroBatch {
     /// The rows as tensors on `device`.
-    pub(crate) fn to_device<B: Backend>(self, device: &B::Device) -> MicroBatch<B> {
+    pub(crate) fn into_device<B: Backend>(self, device: &B::Device) -> MicroBatch<B> {
         MicroBatch {
             images: Tensor::<B, 4>::from_data(self.images, device),
             tokens: Tensor::<B, 2, Int>::from_data(self.tokens, device),
@@ -243,7 +243,12 @@ pub(crate) fn host_rows(
             ),
         }));
     }
-    assert!(from + len <= batch.len(), "rows within the batch");
+    assert!(
+        from + len <= batch.len(),
+        "rows {from}..{} of a batch of {}",
+        from + len,
+        batch.len()
+    );
     let [_, c, h, w] = batch.images_shape();
     let pixels = c * h * w;
     let context = batch.context_length;

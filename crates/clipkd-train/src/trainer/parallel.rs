@@ -23,7 +23,9 @@ use super::data::{HostMicroBatch, host_rows};
 use super::runner::{Runner, restore};
 use super::{Models, OpenClipModels, PreparedRun, RunSummary, force_init};
 use crate::config::RunConfig;
-use crate::distributed::{Peer, PeerBody, data_parallel_step, run_peers};
+use crate::distributed::{
+    NodeLink, Peer, PeerBody, data_parallel_step, run_peers, start_orchestrator,
+};
 use crate::error::TrainError;
 use crate::step::{DistillModel, StepOptions, TrainableObjective};
 use crate::student::Student;
@@ -55,8 +57,11 @@ impl Leader {
         options: &StepOptions,
         seed: u64,
     ) -> Result<Vec<HostMicroBatch>, TrainError> {
+        // This node's peers are global ranks `first .. first + local`.
         let world = self.peer.world();
-        let mut shares: Vec<Vec<HostMicroBatch>> = (0..world).map(|_| Vec::new()).collect();
+        let first = self.peer.rank();
+        let local = self.followers.len() + 1;
+        let mut shares: Vec<Vec<HostMicroBatch>> = (0..local).map(|_| Vec::new()).collect();
         for batch in group {
             if !batch.len().is_multiple_of(world) {
                 return Err(TrainError::config(
@@ -68,8 +73,8 @@ impl Leader {
                 ));
             }
             let n = batch.len() / world;
-            for (rank, share) in shares.iter_mut().enumerate() {
-                share.push(host_rows(batch, rank * n, n)?);
+            for (r, share) in shares.iter_mut().enumerate() {
+                share.push(host_rows(batch, (first + r) * n, n)?);
             }
         }
         let mut shares = shares.into_iter();
@@ -78,10 +83,10 @@ impl Leader {
             let order = StepOrder {
                 micro,
                 options: *options,
-                seed: peer_seed(seed, rank + 1),
+                seed: peer_seed(seed, first + rank + 1),
             };
             follower.send(order).map_err(|_| TrainError::Collective {
-                rank: rank + 1,
+                rank: first + rank + 1,
                 operation: "step",
                 message: "the peer has stopped (its error is reported by the group)".into(),
             })?;
@@ -117,7 +122,7 @@ impl PreparedRun {
         self,
         devices: &[B::Device],
     ) -> Result<RunSummary, TrainError> {
-        if devices.len() == 1 {
+        if devices.len() == 1 && self.config.run.num_nodes == 1 {
             return self.run::<B>(&devices[0]);
         }
         let models = self.open_clip_models()?;
@@ -145,17 +150,30 @@ impl PreparedRun {
         L: TrainableObjective<B>,
         F: Fn(&B::Device) -> Result<Models<S, T, L>, TrainError> + Send + Sync + 'static,
     {
-        let world = devices.len();
-        if world == 0 {
+        let local = devices.len();
+        if local == 0 {
             return Err(TrainError::config("run.devices", "no device was given"));
+        }
+        let run = &self.config.run;
+        let world = local * run.num_nodes;
+        let node = (run.num_nodes > 1).then(|| NodeLink {
+            num_nodes: run.num_nodes,
+            node_rank: run.node_rank,
+            orchestrator: run.orchestrator.clone().expect("validated"),
+            node_address: run.node_address.clone().expect("validated"),
+        });
+        if let Some(node) = node.as_ref().filter(|n| n.node_rank == 0) {
+            let (_, port) = crate::config::host_port(&node.orchestrator)
+                .map_err(|e| TrainError::config("run.orchestrator", e))?;
+            start_orchestrator(port)?;
         }
         let batch = self.config.data.batch_size;
         if !batch.is_multiple_of(world) {
             return Err(TrainError::config(
                 "data.batch_size",
                 format!(
-                    "the global batch of {batch} cannot be split evenly over {world} devices: \
-                     choose a multiple of {world}"
+                    "the global batch of {batch} cannot be split evenly over {world} devices \
+                     (run.devices on each of run.num_nodes nodes): choose a multiple of {world}"
                 ),
             ));
         }
@@ -163,11 +181,14 @@ impl PreparedRun {
         let timeout = Duration::from_secs(self.config.run.collective_timeout_s);
         let config = self.config.clone();
         let resume = self.resume.clone();
-        let (senders, receivers): (Vec<_>, Vec<_>) = (1..world).map(|_| mpsc::channel()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (1..local).map(|_| mpsc::channel()).unzip();
         let mut bodies: Vec<PeerBody<Option<RunSummary>>> = Vec::with_capacity(world);
         let (device, leader_build) = (devices[0].clone(), build.clone());
+        let fingerprint = fingerprint(&self.config, local);
+        let leader_fingerprint = fingerprint.clone();
         bodies.push(Box::new(move |seat| {
             let peer = seat.join::<B::InnerBackend>(device.clone())?;
+            peer.agree::<B::InnerBackend>(&leader_fingerprint, &device)?;
             let models = build_one::<B, S, T, L>(&*leader_build, &device)?;
             self.check_models(&models)?;
             let mut runner = Runner::<B, S, T, L>::start(self, &device, models)?;
@@ -179,14 +200,16 @@ impl PreparedRun {
         }));
         for (device, orders) in devices[1..].iter().cloned().zip(receivers) {
             let (build, config, resume) = (build.clone(), config.clone(), resume.clone());
+            let fingerprint = fingerprint.clone();
             bodies.push(Box::new(move |seat| {
                 let peer = seat.join::<B::InnerBackend>(device.clone())?;
+                peer.agree::<B::InnerBackend>(&fingerprint, &device)?;
                 let models = build_one::<B, S, T, L>(&*build, &device)?;
                 follow::<B, S, T, L>(peer, &config, resume, &device, models, orders)?;
                 Ok(None)
             }));
         }
-        let summaries = run_peers(timeout, bodies)?;
+        let summaries = run_peers(timeout, node, bodies)?;
         Ok(summaries
             .into_iter()
             .next()
@@ -212,9 +235,32 @@ impl PreparedRun {
     }
 }
 
+/// What every peer of every node must agree on before training: the run's trajectory (config
+/// hash), the clipkd version and the number of devices per node, as 16-bit chunks.
+fn fingerprint(config: &RunConfig, local_devices: usize) -> Vec<u16> {
+    let hash = |text: &str| {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let mut out = Vec::new();
+    for value in [
+        hash(&config.trajectory_hash()),
+        hash(env!("CARGO_PKG_VERSION")),
+        local_devices as u64,
+    ] {
+        out.extend((0..4).map(|i| (value >> (16 * i)) as u16));
+    }
+    out
+}
+
+/// What builds one peer's models on its device.
+type ModelBuilder<B, S, T, L> =
+    dyn Fn(&burn::tensor::Device<B>) -> Result<Models<S, T, L>, TrainError>;
+
 /// `build`'s models for `device`, one peer at a time (see [`BUILDING`]).
 fn build_one<B, S, T, L>(
-    build: &dyn Fn(&B::Device) -> Result<Models<S, T, L>, TrainError>,
+    build: &ModelBuilder<B, S, T, L>,
     device: &B::Device,
 ) -> Result<Models<S, T, L>, TrainError>
 where
@@ -255,12 +301,12 @@ where
     let mut taken = 0;
     while let Ok(order) = orders.recv() {
         taken += 1;
-        crate::fault::peer_step(peer.rank(), taken)?;
+        crate::fault::peer_step(peer.local_rank(), taken)?;
         B::seed(device, order.seed);
         let micro = order
             .micro
             .into_iter()
-            .map(|m| m.to_device::<B::InnerBackend>(device))
+            .map(|m| m.into_device::<B::InnerBackend>(device))
             .collect();
         model = data_parallel_step(
             &peer,

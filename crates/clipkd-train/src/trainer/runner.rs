@@ -45,7 +45,8 @@ where
     optimizer: GroupedAdamW<B, DistillModel<B, S, L>>,
     state: TrainState,
     schedule: CosineSchedule,
-    metrics: MetricsWriter,
+    /// The metrics file; none on the nodes other than node 0 (they write nothing).
+    metrics: Option<MetricsWriter>,
     progress: Progress,
     run_dir: PathBuf,
     /// Loss terms of the steps not yet checked for NaN/Inf.
@@ -97,6 +98,12 @@ impl PassCount {
     }
 }
 
+/// A run's [`DistillModel`] and its optimizer.
+type Restored<B, S, L> = (
+    DistillModel<B, S, L>,
+    GroupedAdamW<B, DistillModel<B, S, L>>,
+);
+
 /// The model and its optimizer as the run starts: fresh moments, or the checkpoint's weights
 /// and moments when resuming from `resume`.
 pub(super) fn restore<B, S, L>(
@@ -104,13 +111,7 @@ pub(super) fn restore<B, S, L>(
     model: DistillModel<B, S, L>,
     adamw: AdamWParams,
     device: &B::Device,
-) -> Result<
-    (
-        DistillModel<B, S, L>,
-        GroupedAdamW<B, DistillModel<B, S, L>>,
-    ),
-    TrainError,
->
+) -> Result<Restored<B, S, L>, TrainError>
 where
     B: AutodiffBackend,
     S: Student<B>,
@@ -146,8 +147,12 @@ where
     ) -> Result<Self, TrainError> {
         let config = &prep.config;
         let run_dir = config.run.output_dir.clone();
-        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io("creating", &run_dir, e))?;
-        config.save(run_dir.join("config.toml"))?;
+        let writer = config.run.node_rank == 0;
+        if writer {
+            std::fs::create_dir_all(&run_dir)
+                .map_err(|e| TrainError::io("creating", &run_dir, e))?;
+            config.save(run_dir.join("config.toml"))?;
+        }
         let Models {
             student,
             teacher,
@@ -193,7 +198,7 @@ where
         };
         let mut notes = Vec::new();
         let mut last_checkpoint_step = None;
-        if let Some(path) = &prep.resume {
+        if let Some(path) = prep.resume.as_ref().filter(|_| writer) {
             // The resumed step is the run's present: later checkpoints of this run directory
             // belong to a branch the user left (see `run_dir`).
             if let Some(moved) = roll_back_to(&run_dir, state.step)? {
@@ -208,12 +213,24 @@ where
                 last_checkpoint_step = Some(state.step);
             }
         }
-        let metrics = MetricsWriter::open(
-            &run_dir,
-            config.run.metrics_format,
-            prep.resume.as_ref().map(|_| state.step),
-        )?;
-        let progress = Progress::new(prep.progress, prep.total_steps, state.step);
+        let metrics = if writer {
+            Some(MetricsWriter::open(
+                &run_dir,
+                config.run.metrics_format,
+                prep.resume.as_ref().map(|_| state.step),
+            )?)
+        } else {
+            None
+        };
+        let progress = Progress::new(
+            if writer {
+                prep.progress
+            } else {
+                crate::progress::ProgressMode::Quiet
+            },
+            prep.total_steps,
+            state.step,
+        );
         for w in &prep.warnings {
             if w.starts_with("note: ") {
                 progress.println(w);
@@ -352,7 +369,11 @@ where
             leader.finish::<B>()?;
         }
         self.progress.finish();
-        let plots = end_of_run_plots(&self.prep.config, &self.run_dir)?;
+        let plots = if self.metrics.is_some() {
+            end_of_run_plots(&self.prep.config, &self.run_dir)?
+        } else {
+            Vec::new()
+        };
         let mut skipped = self.prep.read_skips.clone();
         skipped.merge(&self.run_skips);
         Ok(RunSummary {
@@ -430,7 +451,7 @@ where
                 let micro = leader
                     .share(group, &options, seed)?
                     .into_iter()
-                    .map(|m| m.to_device::<B::InnerBackend>(&self.device))
+                    .map(|m| m.into_device::<B::InnerBackend>(&self.device))
                     .collect();
                 data_parallel_step(
                     &leader.peer,
@@ -495,7 +516,9 @@ where
                 samples_seen: self.state.samples_seen,
                 skipped: skips.total(),
             };
-            self.metrics.write_step(&row)?;
+            if let Some(metrics) = &mut self.metrics {
+                metrics.write_step(&row)?;
+            }
             let terms: Vec<String> = loss.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
             let skipped = if skips.is_empty() {
                 String::new()
@@ -549,6 +572,11 @@ where
             return Ok(());
         }
         self.watch.check()?;
+        if self.metrics.is_none() {
+            // Another node than node 0: it holds the same weights and writes nothing.
+            self.last_checkpoint_step = Some(self.state.step);
+            return Ok(());
+        }
         let model = self
             .model
             .as_ref()
@@ -572,7 +600,7 @@ where
     }
 
     fn evaluate(&mut self) -> Result<(), TrainError> {
-        let Some(suite) = &self.prep.eval else {
+        let Some(suite) = self.prep.eval.as_ref().filter(|_| self.metrics.is_some()) else {
             return Ok(());
         };
         self.watch.check()?;
@@ -586,7 +614,10 @@ where
         let report: EvalReport = suite.run(&student, &self.device)?;
         drop(scope);
         let metrics: BTreeMap<String, f64> = report.metrics().into_iter().collect();
-        self.metrics.write_eval(&EvalRecord {
+        let Some(writer) = &mut self.metrics else {
+            unreachable!("only node 0 evaluates");
+        };
+        writer.write_eval(&EvalRecord {
             step: self.state.step,
             epoch: self.state.epoch,
             metrics: metrics.clone(),

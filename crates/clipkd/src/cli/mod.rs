@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
+pub mod orchestrator;
 pub mod run_options;
 pub mod train;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Draw PNG plots of a run's loss terms, learning rate and evaluation metrics.
     Plot(run_options::PlotArgs),
+    /// Serve the orchestrator the nodes of a run on several machines register with.
+    Orchestrator(orchestrator::OrchestratorArgs),
 }
 
 /// Runs the parsed command line.
@@ -59,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export::run(args),
         Command::Plot(args) => run_options::plot(args),
+        Command::Orchestrator(args) => orchestrator::run(args),
     }
 }

@@ -70,6 +70,23 @@ pub struct RunOptions {
         conflicts_with = "device"
     )]
     pub devices: Vec<String>,
+    /// Several machines: the number of nodes, one clipkd process each with the same
+    /// --devices (`run.num_nodes`; default: WORLD_SIZE when set, for launchers that start
+    /// one process per node).
+    #[arg(long, value_name = "N")]
+    pub num_nodes: Option<usize>,
+    /// This node's rank, 0..N (`run.node_rank`; default: RANK when set). Node 0 starts the
+    /// orchestrator and writes the run directory.
+    #[arg(long, value_name = "R")]
+    pub node_rank: Option<usize>,
+    /// The orchestrator, HOST:PORT (`run.orchestrator`; default: MASTER_ADDR:MASTER_PORT when
+    /// set); node 0 starts it on that port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub orchestrator: Option<String>,
+    /// This node's address for the other nodes, HOST:PORT (`run.node_address`; default:
+    /// CLIPKD_NODE_ADDRESS when set); its collective data service listens on that port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node_address: Option<String>,
     /// Precision (`run.precision`): f32; bf16 or f16 mixed precision (half-precision matrix
     /// products, f32 parameters, f16 with loss scaling; CPU and CUDA); pure_bf16 or pure_f16
     /// (every tensor; CPU and CUDA).
@@ -126,11 +143,59 @@ impl RunOptions {
         if !self.devices.is_empty() {
             push("run.devices", self.devices.clone().into());
         }
+        for (path, value) in self.nodes()? {
+            push(path, value);
+        }
         if let Some(v) = self.precision {
             push("run.precision", v.to_string().into());
         }
         for s in &self.set {
             out.push(Override::parse(s).with_context(|| format!("--set {s}"))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RunOptions {
+    /// The several-machines fields from the flags, or else from the variables torchrun-style
+    /// launchers set (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT: one clipkd process per node)
+    /// and CLIPKD_NODE_ADDRESS.
+    fn nodes(&self) -> anyhow::Result<Vec<(&'static str, serde_json::Value)>> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let number = |name: &str| -> anyhow::Result<Option<usize>> {
+            env(name)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .with_context(|| format!("{name}={v}: not a number"))
+                })
+                .transpose()
+        };
+        let mut out = Vec::new();
+        if let Some(n) = self
+            .num_nodes
+            .map_or_else(|| number("WORLD_SIZE"), |n| Ok(Some(n)))?
+        {
+            out.push(("run.num_nodes", n.into()));
+        }
+        if let Some(r) = self
+            .node_rank
+            .map_or_else(|| number("RANK"), |r| Ok(Some(r)))?
+        {
+            out.push(("run.node_rank", r.into()));
+        }
+        let master = match (env("MASTER_ADDR"), env("MASTER_PORT")) {
+            (Some(addr), Some(port)) => Some(format!("{addr}:{port}")),
+            _ => None,
+        };
+        if let Some(o) = self.orchestrator.clone().or(master) {
+            out.push(("run.orchestrator", o.into()));
+        }
+        if let Some(a) = self
+            .node_address
+            .clone()
+            .or_else(|| env("CLIPKD_NODE_ADDRESS"))
+        {
+            out.push(("run.node_address", a.into()));
         }
         Ok(out)
     }
