@@ -13,7 +13,10 @@ mod common;
 #[path = "common/train_setup.rs"]
 mod train_setup;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints, student_weights_path};
 use std::time::{Duration, Instant};
 
 use common::{TempDir, ok};
@@ -173,6 +176,51 @@ fn two_cpu_peers_distill_like_one_device_and_fail_in_bounded_time() {
     );
 }
 
+/// The student of the latest checkpoint of `run` (its open_clip state dict), every value in key
+/// order, without the attention's key biases (the middle third of each `in_proj_bias`): their
+/// exact gradient is zero (`softmax(q·k + q·b_k)` does not depend on `b_k`), so they move only by
+/// float noise, which AdamW turns into steps of the learning rate's size whatever the number of
+/// peers (measured: 2e-2 relative on a 4-peer run, every other parameter within 5e-7).
+fn student_weights(run: &Path) -> Vec<f32> {
+    let (_, latest) = list_checkpoints(&run.join(CHECKPOINTS_DIR))
+        .unwrap()
+        .pop()
+        .expect("a checkpoint");
+    let bytes = std::fs::read(student_weights_path(&latest)).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let tensor = file.tensor(&name).unwrap();
+        let values: Vec<f32> = tensor
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if name.ends_with("in_proj_bias") {
+            let d = values.len() / 3;
+            out.extend_from_slice(&values[..d]);
+            out.extend_from_slice(&values[2 * d..]);
+        } else {
+            out.extend(values);
+        }
+    }
+    out
+}
+
+/// The relative L2 difference of two weight vectors.
+fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
 /// A free TCP port on the loopback interface.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -251,6 +299,14 @@ fn two_nodes_of_two_peers_on_localhost_distill_like_one_device() {
         &metric_rows(dir.0.join("nodes").as_path()),
         &reference,
     );
+    // The student's weights at the end (see `student_weights`): within 1e-5 relative L2.
+    let reference_weights = student_weights(&dir.0.join("one"));
+    let error = relative_l2(&student_weights(&dir.0.join("nodes")), &reference_weights);
+    println!("2 nodes x 2 peers: weights within {error:.2e} of one device");
+    assert!(
+        error <= 1e-5,
+        "2 nodes x 2 peers: weights differ by {error:.2e}"
+    );
 
     // Node 1 with another learning rate is refused when it joins, and so is node 0.
     let refused = out("refused");
@@ -300,5 +356,11 @@ fn two_nodes_of_two_peers_on_localhost_distill_like_one_device() {
         "2 nodes, killed and resumed",
         &metric_rows(dir.0.join("killed").as_path()),
         &reference,
+    );
+    let error = relative_l2(&student_weights(&dir.0.join("killed")), &reference_weights);
+    println!("2 nodes, killed and resumed: weights within {error:.2e} of one device");
+    assert!(
+        error <= 1e-5,
+        "2 nodes, killed and resumed: weights differ by {error:.2e}"
     );
 }
