@@ -1,10 +1,11 @@
 //! The trainer on several local peers (`PreparedRun::run_on_devices`, CPU peers, one thread
 //! each): 2 and 4 peers with the global batch take the steps of one device with the same
 //! batch, for the paper's recipe (task + CRD + ICL + FD, with gradient accumulation and
-//! clipping): every logged loss term within 1e-5 relative and the student's weights at the
-//! end within 1e-5 relative L2 (all parameters; 5e-5 per tensor, see `same_weights`), in f32
-//! (the peers sum in another order). A 2-peer run stopped after 3 steps and
-//! resumed on 2 peers, and one resumed on 4, end where the straight run does.
+//! clipping, 6 steps) and for task + GD (2 peers, 3 steps): every logged loss term within 1e-5
+//! relative and the student's weights at the end within 1e-5 relative L2 (all parameters; 5e-5
+//! per tensor, see `same_weights`), in f32 (the peers sum in another order). A 2-peer run
+//! stopped after 3 steps and resumed on 2 peers, and one resumed on 4, end where the straight
+//! run does.
 //!
 //! One test in this file: burn-collective's local server and the CPU backend's RNG are
 //! global to the process.
@@ -99,33 +100,55 @@ fn same_weights(what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f64) {
     (all, worst)
 }
 
+const RECIPE: &[LossKind] = &[LossKind::Task, LossKind::Crd, LossKind::Icl, LossKind::Fd];
+const GD: &[LossKind] = &[LossKind::Task, LossKind::Gd];
+
 #[test]
 fn peers_train_like_one_device_with_the_global_batch() {
     let dir = tempfile::tempdir().unwrap();
     let (student, teacher, weights) = write_models(dir.path());
+    let run_with =
+        |out: &Path, world: usize, stop: u64, resume: Option<&str>, kinds: &[LossKind]| {
+            let mut c = tiny_config(&student, &teacher, &weights, out);
+            c.data.batch_size = 8;
+            c.optim.grad_accum = 2;
+            c.optim.grad_clip_norm = Some(1.0);
+            c.optim.epochs = 3;
+            c.optim.warmup = 2;
+            c.loss.terms = kinds
+                .iter()
+                .map(|&k| term(k, if k == LossKind::Fd { 2000.0 } else { 1.0 }))
+                .collect();
+            c.run.stop_after_steps = Some(stop);
+            let devices = vec![Default::default(); world];
+            PreparedRun::prepare(c, TrainMode::Distill, resume)
+                .unwrap()
+                .with_data(squares(32))
+                .unwrap()
+                .with_progress(ProgressMode::Quiet)
+                .run_on_devices::<B>(&devices)
+                .unwrap()
+        };
     let run = |out: &Path, world: usize, stop: u64, resume: Option<&str>| {
-        let mut c = tiny_config(&student, &teacher, &weights, out);
-        c.data.batch_size = 8;
-        c.optim.grad_accum = 2;
-        c.optim.grad_clip_norm = Some(1.0);
-        c.optim.epochs = 3;
-        c.optim.warmup = 2;
-        c.loss.terms = vec![
-            term(LossKind::Task, 1.0),
-            term(LossKind::Crd, 1.0),
-            term(LossKind::Icl, 1.0),
-            term(LossKind::Fd, 2000.0),
-        ];
-        c.run.stop_after_steps = Some(stop);
-        let devices = vec![Default::default(); world];
-        PreparedRun::prepare(c, TrainMode::Distill, resume)
-            .unwrap()
-            .with_data(squares(32))
-            .unwrap()
-            .with_progress(ProgressMode::Quiet)
-            .run_on_devices::<B>(&devices)
-            .unwrap()
+        run_with(out, world, stop, resume, RECIPE)
     };
+    // GD (its key gradients sum over the whole batch): 3 steps on 1 and 2 peers.
+    let gd_one = run_with(&dir.path().join("gd1"), 1, 3, None, GD);
+    let gd_two = run_with(&dir.path().join("gd2"), 2, 3, None, GD);
+    let terms = same_steps(
+        "GD, 2 peers",
+        &steps(&gd_two.run_dir),
+        &steps(&gd_one.run_dir),
+        1e-5,
+    );
+    let (all, worst) = same_weights(
+        "GD, 2 peers",
+        &student_weights(&gd_two),
+        &student_weights(&gd_one),
+    );
+    println!(
+        "GD, 2 peers: worst term {terms:.2e}, parameters {all:.2e} (worst tensor {worst:.2e})"
+    );
     // 32 samples, batches of 8, 2 per step: 2 steps an epoch, 6 in all.
     let one = run(&dir.path().join("one"), 1, 6, None);
     assert_eq!((one.steps, one.total_steps), (6, 6));

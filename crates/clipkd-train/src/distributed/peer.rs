@@ -50,6 +50,9 @@ fn record(bytes: usize, start: std::time::Instant) {
     });
 }
 
+/// The longest node address (`host:port`) the nodes exchange at join.
+const ADDRESS_BYTES: usize = 256;
+
 /// The largest gradient bucket of [`Peer::all_reduce_buckets`]: PyTorch DDP's default, 25 MiB.
 pub const BUCKET_BYTES: usize = 25 << 20;
 
@@ -70,6 +73,9 @@ pub struct Peer {
     local_rank: usize,
     /// The number of nodes (processes) taking part.
     nodes: usize,
+    /// With several nodes: every node's address (`host:port`), by node rank, once exchanged
+    /// at join, so that a broken collective can say which node no longer answers.
+    node_addresses: Arc<std::sync::OnceLock<Vec<String>>>,
     watch: Option<Arc<GroupWatch>>,
 }
 
@@ -137,6 +143,7 @@ impl Peer {
             world: num_nodes * local_world,
             local_rank,
             nodes: num_nodes,
+            node_addresses: Arc::default(),
             watch,
         };
         if local_world == 0 || local_rank >= local_world || node_rank >= num_nodes {
@@ -155,9 +162,12 @@ impl Peer {
                 .map_err(|e| peer.error("join", e))?,
         };
         peer.watched("join", 0, || {
-            register::<B>(PeerId::from(local_rank), device, config)
+            register::<B>(PeerId::from(local_rank), device.clone(), config)
         })
         .map_err(|e| peer.error("join", e))?;
+        if let Some(node) = node {
+            peer.learn_node_addresses::<B>(&node.node_address, local_world, &device)?;
+        }
         Ok(peer)
     }
 
@@ -195,15 +205,77 @@ impl Peer {
         PeerId::from(self.local_rank)
     }
 
+    /// Every node's address, by node rank: each peer writes its node's address (bytes as
+    /// floats, at most [`ADDRESS_BYTES`]) into its row and the peers sum.
+    fn learn_node_addresses<B: Backend>(
+        &self,
+        mine: &str,
+        local_world: usize,
+        device: &B::Device,
+    ) -> Result<(), TrainError> {
+        let mut row = vec![0f32; ADDRESS_BYTES];
+        for (slot, byte) in row.iter_mut().zip(mine.bytes()) {
+            *slot = f32::from(byte);
+        }
+        let all = self.gather_rows(Tensor::<B, 2>::from_data(
+            burn::tensor::TensorData::new(row, [1, ADDRESS_BYTES]),
+            device,
+        ))?;
+        let all: Vec<f32> = all
+            .into_data()
+            .to_vec()
+            .map_err(|e| self.error("join", e))?;
+        let addresses = all
+            .chunks(ADDRESS_BYTES)
+            .step_by(local_world)
+            .map(|row| {
+                let bytes: Vec<u8> = row.iter().map(|&b| b as u8).filter(|&b| b != 0).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect();
+        let _ = self.node_addresses.set(addresses);
+        Ok(())
+    }
+
+    /// The nodes (other than this peer's) whose address no longer accepts connections.
+    fn unreachable_nodes(&self) -> Vec<String> {
+        let Some(addresses) = self.node_addresses.get() else {
+            return Vec::new();
+        };
+        let own = self.rank * self.nodes / self.world;
+        addresses
+            .iter()
+            .enumerate()
+            .filter(|(node, _)| *node != own)
+            .filter(|(_, address)| {
+                use std::net::ToSocketAddrs;
+                let timeout = std::time::Duration::from_secs(2);
+                !address.to_socket_addrs().is_ok_and(|mut resolved| {
+                    resolved.any(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok())
+                })
+            })
+            .map(|(node, address)| format!("node {node} ({address})"))
+            .collect()
+    }
+
     fn error(&self, operation: &'static str, e: impl std::fmt::Debug) -> TrainError {
         let mut message = format!("{e:?}");
         if self.nodes > 1 && (message.contains("LocalServerMissing") || message.contains("Global("))
         {
             // burn-collective's server task ends when a connection to another node breaks.
-            message.push_str(
-                " (the collective between nodes broke: another node died or lost its \
-                 connection; resume every node from the last checkpoint)",
-            );
+            let gone = self.unreachable_nodes();
+            let which = if gone.is_empty() {
+                "another node died or lost its connection".to_string()
+            } else {
+                format!(
+                    "{} no longer answer(s): died or unreachable",
+                    gone.join(", ")
+                )
+            };
+            message.push_str(&format!(
+                " (the collective between nodes broke: {which}; resume every node from the last \
+                 checkpoint)"
+            ));
         }
         TrainError::Collective {
             rank: self.rank,
