@@ -123,7 +123,7 @@ pub fn dispatch_on<T: BackendTask>(
                     DeviceSpec::Wgpu(index) => clipkd::backend::wgpu_adapter::select(*index),
                     _ => unreachable!("one backend, checked above"),
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             task.run_on::<burn::backend::Autodiff<burn::backend::Wgpu<f32, i32>>>(devices)
         }
         (device, precision) => anyhow::bail!(
