@@ -26,7 +26,7 @@ use clipkd_train::distributed::{Peer, data_parallel_gradients, data_parallel_ste
 use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
 
 mod common;
-use common::term;
+use common::{relative_l2, term};
 
 type B = Autodiff<Flex>;
 type Model = DistillModel<B>;
@@ -294,16 +294,6 @@ fn parallel_steps(
         })
         .collect();
     handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
 }
 
 #[test]

@@ -23,7 +23,7 @@ use clipkd_train::config::{LossKind, TrainMode};
 use clipkd_train::metrics::StepRecord;
 use clipkd_train::progress::ProgressMode;
 use clipkd_train::trainer::{PreparedRun, RunSummary};
-use common::{squares, steps, term, tiny_config, write_models};
+use common::{relative_l2, squares, steps, term, tiny_config, write_models};
 
 type B = burn::backend::Autodiff<Flex>;
 
@@ -42,16 +42,6 @@ fn student_weights(summary: &RunSummary) -> Vec<Vec<f32>> {
     let mut c = Collect(Vec::new());
     model.visit(&mut c);
     c.0
-}
-
-fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
 }
 
 /// The same logged steps (steps, learning rates, samples) with every term within `tol`

@@ -45,6 +45,22 @@ fn same_terms(what: &str, got: &[serde_json::Value], want: &[serde_json::Value])
     }
 }
 
+/// `distill --config CONFIG --devices cpu,cpu -q -o OUT` and `extra`.
+fn two_peers<'a>(config: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "distill",
+        "--config",
+        config,
+        "--devices",
+        "cpu,cpu",
+        "-q",
+        "-o",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs `clipkd args` with `CLIPKD_PEER_FAULT=fault`; asserts that it fails and returns its
 /// stderr and how long it took.
 fn fails_with_fault(fault: &str, args: &[&str]) -> (String, Duration) {
@@ -94,16 +110,7 @@ root = "{d}"
     assert_eq!(reference.len(), 8);
 
     let two = out("two");
-    ok(&[
-        "distill",
-        "--config",
-        c,
-        "--devices",
-        "cpu,cpu",
-        "-q",
-        "-o",
-        &two,
-    ]);
+    ok(&two_peers(c, &two, &[]));
     same_terms(
         "2 peers",
         &metric_rows(dir.0.join("two").as_path()),
@@ -147,18 +154,7 @@ root = "{d}"
     let stalled = out("stalled");
     let (e, took) = fails_with_fault(
         "stall:1:3",
-        &[
-            "distill",
-            "--config",
-            c,
-            "--devices",
-            "cpu,cpu",
-            "-q",
-            "-o",
-            &stalled,
-            "--set",
-            "run.collective_timeout_s=10",
-        ],
+        &two_peers(c, &stalled, &["--set", "run.collective_timeout_s=10"]),
     );
     assert!(
         e.contains("peer 1") && e.contains("run.collective_timeout_s = 10"),
@@ -167,17 +163,7 @@ root = "{d}"
     assert!(took < Duration::from_secs(120), "took {took:?}: {e}");
     // Steps 1 and 2 were checkpointed; the resumed run ends where the straight one does.
     assert_eq!(metric_rows(dir.0.join("stalled").as_path()).len(), 2);
-    ok(&[
-        "distill",
-        "--config",
-        c,
-        "--devices",
-        "cpu,cpu",
-        "-q",
-        "-o",
-        &stalled,
-        "--resume",
-    ]);
+    ok(&two_peers(c, &stalled, &["--resume"]));
     same_terms(
         "2 peers, stalled and resumed",
         &metric_rows(dir.0.join("stalled").as_path()),
@@ -186,19 +172,7 @@ root = "{d}"
 
     // A peer that fails ends the run with its error, without waiting for the timeout.
     let failed = out("failed");
-    let (e, took) = fails_with_fault(
-        "fail:1:2",
-        &[
-            "distill",
-            "--config",
-            c,
-            "--devices",
-            "cpu,cpu",
-            "-q",
-            "-o",
-            &failed,
-        ],
-    );
+    let (e, took) = fails_with_fault("fail:1:2", &two_peers(c, &failed, &[]));
     assert!(
         e.contains("data-parallel peer 1 failed") && e.contains("fails before its step 2"),
         "{e}"

@@ -20,14 +20,14 @@ use clipkd_losses::LossSet;
 use clipkd_models::{Clip, ClipEncoder};
 
 use super::data::{HostMicroBatch, host_rows};
-use super::runner::{Runner, restore};
-use super::{Models, OpenClipModels, PreparedRun, RunSummary, force_init};
+use super::runner::{Runner, assemble, restore};
+use super::{Models, OpenClipModels, PreparedRun, RunSummary};
 use crate::config::RunConfig;
 use crate::distributed::{
     NodeLink, Peer, PeerBody, data_parallel_step, run_peers, start_orchestrator,
 };
 use crate::error::TrainError;
-use crate::step::{DistillModel, StepOptions, TrainableObjective};
+use crate::step::{StepOptions, TrainableObjective};
 use crate::student::Student;
 
 /// Models are built one peer at a time: seeded initialisation draws from the CPU backend's
@@ -288,14 +288,7 @@ where
     T: ClipEncoder<B::InnerBackend>,
     L: TrainableObjective<B>,
 {
-    let Models {
-        student,
-        teacher,
-        losses,
-    } = models;
-    let adamw = config.optim.adamw_params(student.default_adamw());
-    let model = DistillModel::new(student, losses);
-    force_init(&model);
+    let (model, teacher, adamw) = assemble(models, config);
     let (model, mut optimizer) = restore(resume.as_deref(), model, adamw, device)?;
     let mut model = peer.broadcast_module(model)?;
     let mut taken = 0;

@@ -98,6 +98,28 @@ impl PassCount {
     }
 }
 
+/// The trained module (student and losses, every parameter materialised), the teacher, and
+/// the AdamW settings of `config` for this student.
+pub(super) fn assemble<B, S, T, L>(
+    models: Models<S, T, L>,
+    config: &RunConfig,
+) -> (DistillModel<B, S, L>, Option<T>, AdamWParams)
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    L: TrainableObjective<B>,
+{
+    let Models {
+        student,
+        teacher,
+        losses,
+    } = models;
+    let adamw = config.optim.adamw_params(student.default_adamw());
+    let model = DistillModel::new(student, losses);
+    force_init(&model);
+    (model, teacher, adamw)
+}
+
 /// A run's [`DistillModel`] and its optimizer.
 type Restored<B, S, L> = (
     DistillModel<B, S, L>,
@@ -153,14 +175,7 @@ where
                 .map_err(|e| TrainError::io("creating", &run_dir, e))?;
             config.save(run_dir.join("config.toml"))?;
         }
-        let Models {
-            student,
-            teacher,
-            losses,
-        } = models;
-        let adamw = config.optim.adamw_params(student.default_adamw());
-        let model = DistillModel::new(student, losses);
-        force_init(&model);
+        let (model, teacher, adamw) = assemble(models, config);
 
         let fresh_state = TrainState {
             step: 0,

@@ -180,3 +180,15 @@ pub fn assert_same_steps(straight: &[StepRecord], resumed: &[StepRecord]) {
 pub fn steps(run_dir: &Path) -> Vec<StepRecord> {
     read_metrics(run_dir).unwrap().0
 }
+
+/// The relative L2 difference `|a - b| / |b|` (f64 sums).
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "compared vectors differ in length");
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
