@@ -5,7 +5,8 @@
 //! it, and the run resumes from its last checkpoint to the straight run's end; a peer that
 //! fails ends the run at once with its error. Two processes on localhost, each a node of two
 //! CPU peers, joined through burn-collective's orchestrator (node 0 starts it), take the same
-//! steps; a node started with another config is refused at join; a node that is killed makes
+//! steps; a node started with another config is refused at join; a node that never starts
+//! makes the other fail after the timeout; a node that is killed makes
 //! the other fail at once, naming it, and both resume from the last checkpoint to the straight
 //! run's end.
 #![cfg(feature = "flex")]
@@ -355,6 +356,21 @@ fn two_nodes_of_two_peers_on_localhost_distill_like_one_device() {
 
     // Node 1 is killed before its third step: node 0 fails within the timeout; both resume
     // from the last checkpoint and end on the single-device trajectory.
+    // Node 1 never starts: node 0 waits at join and fails after the timeout, saying so.
+    let alone = out("alone");
+    let port = free_port();
+    let start = Instant::now();
+    let out0 = node(0, port, &["--config", c, "-o", alone.as_str()], "")
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out0.stderr);
+    assert!(!out0.status.success(), "node 0 alone should fail");
+    assert!(
+        stderr.contains("never joined") && stderr.contains("collective_timeout_s = 15"),
+        "{stderr}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(120), "{stderr}");
+
     let killed = out("killed");
     let port = free_port();
     let base = ["--config", c, "-o", killed.as_str()];
