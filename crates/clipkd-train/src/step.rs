@@ -300,6 +300,55 @@ where
 {
     let micro_batches: Vec<MicroBatch<B::InnerBackend>> = micro_batches.into_iter().collect();
     let k = micro_batches.len();
+    let (grads, terms) = accumulate_micro_batches(
+        teacher,
+        &model,
+        micro_batches,
+        options,
+        |input, accumulator| {
+            let terms = model.losses.forward(&input)?;
+            let total = terms.total()?;
+            let total = if k == 1 {
+                total
+            } else {
+                total.div_scalar(k as f64)
+            };
+            let total = match options.loss_scale {
+                Some(scale) => total.mul_scalar(scale),
+                None => total,
+            };
+            accumulator.accumulate(
+                &model,
+                GradientsParams::from_grads(total.backward(), &model),
+            );
+            Ok(terms.detached())
+        },
+    )?;
+    finish_step(model, optimizer, grads, terms, options)
+}
+
+/// The micro-batch loop of a step, on one device or on one data-parallel peer: for each of the
+/// `k >= 1` micro-batches, the models' forward ([`distill_input`], the models' matrix products
+/// in the step's autocast type; the losses never use autocast), then `gradients`, which takes
+/// the loss's backward into the accumulator and returns the micro-batch's detached terms.
+/// Returns the accumulated gradients and the terms averaged over the micro-batches.
+pub(crate) fn accumulate_micro_batches<B, S, T, L>(
+    teacher: Option<&T>,
+    model: &DistillModel<B, S, L>,
+    micro_batches: Vec<MicroBatch<B::InnerBackend>>,
+    options: &StepOptions,
+    mut gradients: impl FnMut(
+        DistillInput<B>,
+        &mut GradientsAccumulator<DistillModel<B, S, L>>,
+    ) -> Result<LossTerms<B::InnerBackend>, TrainError>,
+) -> Result<(GradientsParams, LossTerms<B::InnerBackend>), TrainError>
+where
+    B: AutodiffBackend,
+    S: Student<B>,
+    T: ClipEncoder<B::InnerBackend>,
+    L: TrainableObjective<B>,
+{
+    let k = micro_batches.len();
     if k == 0 {
         return Err(TrainError::config(
             "optim.grad_accum",
@@ -309,39 +358,26 @@ where
     let mut accumulator = GradientsAccumulator::<DistillModel<B, S, L>>::new();
     let mut sums: Option<LossTerms<B::InnerBackend>> = None;
     for batch in micro_batches {
-        // The models' matrix products in the compute type; the losses never use autocast.
         let scope = options.autocast.map(|dtype| autocast(Some(dtype)));
-        let terms = distill_terms(
+        let input = distill_input(
             teacher,
-            &model,
+            model,
             batch.images,
             batch.tokens,
             options.mask_ratio,
         )?;
         drop(scope);
-        let total = terms.total()?;
-        let total = if k == 1 {
-            total
-        } else {
-            total.div_scalar(k as f64)
-        };
-        let total = match options.loss_scale {
-            Some(scale) => total.mul_scalar(scale),
-            None => total,
-        };
-        let grads = GradientsParams::from_grads(total.backward(), &model);
-        accumulator.accumulate(&model, grads);
-        let logged = terms.detached();
+        let terms = gradients(input, &mut accumulator)?;
         sums = Some(match sums {
-            None => logged,
-            Some(acc) => acc.plus(logged)?,
+            None => terms,
+            Some(acc) => acc.plus(terms)?,
         });
     }
     let mut terms = sums.expect("at least one micro-batch");
     if k > 1 {
         terms = terms.scale(1.0 / k as f64);
     }
-    finish_step(model, optimizer, accumulator.grads(), terms, options)
+    Ok((accumulator.grads(), terms))
 }
 
 /// The end of an optimizer step once the gradients of the step's loss are known (on one

@@ -7,14 +7,13 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clipkd_losses::{DistillInput, Embeddings, LossTerm, LossTerms};
 use clipkd_models::ClipEncoder;
-use clipkd_models::autocast::autocast;
 
 use super::Peer;
 use crate::error::TrainError;
 use crate::optim::GroupedAdamW;
 use crate::step::{
-    DistillModel, MicroBatch, StepOptions, StepOutput, TrainableObjective, distill_input,
-    finish_step,
+    DistillModel, MicroBatch, StepOptions, StepOutput, TrainableObjective,
+    accumulate_micro_batches, finish_step,
 };
 use crate::student::Student;
 
@@ -46,43 +45,26 @@ where
     T: ClipEncoder<B::InnerBackend>,
     L: TrainableObjective<B>,
 {
-    let k = micro_batches.len();
-    if k == 0 {
-        return Err(TrainError::config(
-            "optim.grad_accum",
-            "a step needs at least one micro-batch",
-        ));
-    }
-    let mut accumulator = GradientsAccumulator::<DistillModel<B, S, L>>::new();
-    let mut sums: Option<LossTerms<B::InnerBackend>> = None;
     // Each micro-batch's loss counts 1/k, scaled for f16 as on one device.
-    let scale = options.loss_scale.unwrap_or(1.0) / k as f64;
-    for batch in micro_batches {
-        let scope = options.autocast.map(|dtype| autocast(Some(dtype)));
-        let local = distill_input(
-            teacher,
-            &model,
-            batch.images,
-            batch.tokens,
-            options.mask_ratio,
-        )?;
-        drop(scope);
-        let terms = local_gradients(
-            peer,
-            &model,
-            local,
-            |input| Ok(model.losses.forward(input)?),
-            scale,
-            &mut accumulator,
-        )?;
-        sums = Some(match sums {
-            None => terms,
-            Some(acc) => acc.plus(terms)?,
-        });
-    }
-    let terms = sums.expect("at least one micro-batch");
-    let terms = mean_terms(peer, terms.scale(1.0 / k as f64))?;
-    let grads = reduce_gradients(peer, &model, accumulator.grads())?;
+    let scale = options.loss_scale.unwrap_or(1.0) / micro_batches.len().max(1) as f64;
+    let (grads, terms) = accumulate_micro_batches(
+        teacher,
+        &model,
+        micro_batches,
+        options,
+        |local, accumulator| {
+            local_gradients(
+                peer,
+                &model,
+                local,
+                |input| Ok(model.losses.forward(input)?),
+                scale,
+                accumulator,
+            )
+        },
+    )?;
+    let terms = mean_terms(peer, terms)?;
+    let grads = reduce_gradients(peer, &model, grads)?;
     finish_step(model, optimizer, grads, terms, options)
 }
 
