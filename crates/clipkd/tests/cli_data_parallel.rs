@@ -84,22 +84,11 @@ fn fails_with_fault(fault: &str, args: &[&str]) -> (String, Duration) {
 fn two_cpu_peers_distill_like_one_device_and_fail_in_bounded_time() {
     let dir = TempDir::new("cli-data-parallel");
     // 16 images, global batches of 4: 8 steps, a checkpoint after each.
-    let d = dir.0.display();
     let config = train_setup::setup(
         &dir.0,
         &format!(
-            r#"checkpoint_every_steps = 1
-
-# Retrieval on the training images every 4 steps.
-[eval]
-every_steps = 4
-batch_size = 8
-workers = 1
-
-[eval.retrieval]
-annotations = "{d}/train.csv"
-root = "{d}"
-"#
+            "checkpoint_every_steps = 1\n{}",
+            train_setup::retrieval_on_training_images(&dir.0)
         ),
     );
     let c = config.to_str().unwrap();

@@ -24,23 +24,7 @@ fn fails(args: &[&str]) -> String {
 /// Models, teacher weights, 16 captioned images and a run config in `dir`, evaluated by
 /// retrieval on the training images every 4 steps; returns the config.
 fn setup(dir: &Path) -> PathBuf {
-    let d = dir.display();
-    train_setup::setup(
-        dir,
-        &format!(
-            r#"
-# Retrieval on the training images themselves, every 4 steps and every epoch.
-[eval]
-every_steps = 4
-batch_size = 8
-workers = 1
-
-[eval.retrieval]
-annotations = "{d}/train.csv"
-root = "{d}"
-"#
-        ),
-    )
+    train_setup::setup(dir, &train_setup::retrieval_on_training_images(dir))
 }
 
 #[test]

@@ -105,6 +105,25 @@ pub fn setup(dir: &Path, extra: &str) -> PathBuf {
     write_config(dir, extra)
 }
 
+/// An `[eval]` table: retrieval on the training images of [`setup`] in `dir`, every 4 steps
+/// (and every epoch), batches of 8, one worker.
+pub fn retrieval_on_training_images(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+# Retrieval on the training images themselves, every 4 steps and every epoch.
+[eval]
+every_steps = 4
+batch_size = 8
+workers = 1
+
+[eval.retrieval]
+annotations = "{d}/train.csv"
+root = "{d}"
+"#
+    )
+}
+
 /// Writes `run.toml` for the files of [`setup`] (see there).
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let d = dir.display();
