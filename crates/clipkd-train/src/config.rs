@@ -270,13 +270,15 @@ impl RunConfig {
             "seed": self.run.seed,
             "precision": self.run.precision,
         });
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.to_string().bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        format!("{:016x}", fnv1a(key.to_string().as_bytes()))
     }
+}
+
+/// The 64-bit FNV-1a hash of `bytes` (stable across builds and platforms).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -238,15 +238,12 @@ impl PreparedRun {
 /// What every peer of every node must agree on before training: the run's trajectory (config
 /// hash), the clipkd version and the number of devices per node, as 16-bit chunks.
 fn fingerprint(config: &RunConfig, local_devices: usize) -> Vec<u16> {
-    let hash = |text: &str| {
-        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    };
+    let trajectory = u64::from_str_radix(&config.trajectory_hash(), 16)
+        .expect("the trajectory hash is 16 hex digits");
     let mut out = Vec::new();
     for value in [
-        hash(&config.trajectory_hash()),
-        hash(env!("CARGO_PKG_VERSION")),
+        trajectory,
+        crate::config::fnv1a(env!("CARGO_PKG_VERSION").as_bytes()),
         local_devices as u64,
     ] {
         out.extend((0..4).map(|i| (value >> (16 * i)) as u16));
