@@ -58,7 +58,10 @@
 
 mod buffer;
 mod coordinator;
+mod split;
 mod worker;
+
+pub use split::Split;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -106,6 +109,9 @@ pub struct LoaderConfig {
     pub context_length: usize,
     /// Webdataset shuffle block, in samples (open_clip's sample shuffle buffer is 5000).
     pub shuffle_buffer: usize,
+    /// The part of every epoch this loader reads (the whole epoch by default; one node's part
+    /// in a multi-machine run: see [`Split`]).
+    pub split: Split,
 }
 
 impl LoaderConfig {
@@ -122,6 +128,7 @@ impl LoaderConfig {
             mode: Mode::Train,
             context_length: DEFAULT_CONTEXT_LENGTH,
             shuffle_buffer: 5000,
+            split: Split::WHOLE,
         }
     }
 
@@ -183,6 +190,13 @@ impl LoaderConfig {
         self
     }
 
+    /// Reads only part `split` of every epoch (see [`Split`]); `batch_size` is then the part's
+    /// batch.
+    pub fn with_split(mut self, split: Split) -> Self {
+        self.split = split;
+        self
+    }
+
     /// The number of worker threads that will run.
     pub fn resolved_workers(&self) -> usize {
         if self.workers > 0 {
@@ -210,6 +224,9 @@ impl LoaderConfig {
         }
         if self.shuffle_buffer == 0 {
             return bad("shuffle_buffer", "must be at least 1");
+        }
+        if self.split.parts == 0 || self.split.part >= self.split.parts {
+            return bad("split", "the part must be one of `parts`");
         }
         Ok(())
     }
@@ -410,10 +427,11 @@ impl DataLoader {
     }
 
     /// Batches per epoch when no sample is skipped (`None` for webdatasets, whose size is
-    /// unknown until read).
+    /// unknown until read). With a [`Split`], the global batches (`batch_size * parts`
+    /// samples): each part yields at least that many when no sample is skipped.
     pub fn batches_per_epoch(&self) -> Option<u64> {
         let n = self.source.known_len()? as u64;
-        let b = self.config.batch_size as u64;
+        let b = (self.config.batch_size * self.config.split.parts) as u64;
         Some(if self.config.drop_last {
             n / b
         } else {
@@ -457,10 +475,11 @@ impl DataLoader {
                         "it is an indexed-dataset position but the data is a webdataset".into(),
                     ));
                 }
-                Some(c) if c.shard > ds.shards().len() => {
+                Some(c) if c.shard > self.config.split.shard_positions(ds.shards().len()).len() => {
                     return Err(bad(format!(
-                        "shard #{} but there are {} shards",
+                        "shard #{} but this loader reads {} of the {} shards",
                         c.shard,
+                        self.config.split.shard_positions(ds.shards().len()).len(),
                         ds.shards().len()
                     )));
                 }

@@ -11,7 +11,7 @@ use clipkd_data::dataset::{
     IndexedDataset, RetrievalDataset, SkipReason, WebDataset, expand_shards,
 };
 use clipkd_data::image::{ImageTransform, TransformConfig};
-use clipkd_data::loader::{Batch, DataLoader, DataPosition, LoaderConfig};
+use clipkd_data::loader::{Batch, DataLoader, DataPosition, LoaderConfig, Split};
 use clipkd_data::tokenizer::Tokenizer;
 
 fn encoded(format: image::ImageFormat, w: u32, h: u32, seed: u32) -> Vec<u8> {
@@ -602,4 +602,56 @@ fn retrieval_json_and_csv_formats() {
         .unwrap();
     assert_eq!(pairs.len(), 3);
     assert_eq!(pairs.captions(2), ["c"]);
+}
+
+#[test]
+fn webdataset_parts_read_disjoint_shards_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = shuffled_shards(dir.path());
+    let part = |p: usize| {
+        DataLoader::new(
+            ds.clone(),
+            transform(),
+            Tokenizer::new(),
+            LoaderConfig::train(2)
+                .with_seed(3)
+                .with_shuffle_buffer(4)
+                .with_drop_last(false)
+                .with_workers(2)
+                .with_split(Split::new(p, 3).unwrap()),
+        )
+        .unwrap()
+    };
+    let mut all = BTreeSet::new();
+    for p in 0..3 {
+        let batches: Vec<Batch> = part(p).epoch(1).unwrap().map(Result::unwrap).collect();
+        // Shard ids (the high word) seen by this part: no other part reads them.
+        let shards: BTreeSet<u64> = batches
+            .iter()
+            .flat_map(|b| b.ids.iter().map(|id| id >> 32))
+            .collect();
+        assert!(shards.len() <= 3, "part {p} read shards {shards:?}");
+        for b in &batches {
+            for &id in &b.ids {
+                assert!(all.insert(id), "sample {id:#x} read by two parts");
+            }
+        }
+        for stop_after in 0..batches.len() {
+            let rest: Vec<Batch> = part(p)
+                .resume(&batches[stop_after].position)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                rest.iter().map(fingerprint).collect::<Vec<_>>(),
+                batches[stop_after + 1..]
+                    .iter()
+                    .map(fingerprint)
+                    .collect::<Vec<_>>(),
+                "part {p}, resumed after batch {stop_after}"
+            );
+        }
+    }
+    // Together the parts read every usable sample of the epoch once.
+    assert_eq!(all.len(), 31);
 }

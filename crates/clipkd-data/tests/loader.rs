@@ -10,7 +10,7 @@ use clipkd_data::dataset::{
     CsvConfig, CsvDataset, CsvSource, DataSource, IndexedDataset, SkipReason, SyntheticDataset,
 };
 use clipkd_data::image::{DecodedImage, ImageTransform, TransformConfig};
-use clipkd_data::loader::{Batch, DataLoader, DataPosition, LoaderConfig, Mode};
+use clipkd_data::loader::{Batch, DataLoader, DataPosition, LoaderConfig, Mode, Split};
 use clipkd_data::tokenizer::Tokenizer;
 
 /// A JPEG of `w` x `h` whose colours depend on `seed`.
@@ -439,4 +439,76 @@ fn long_runs_of_skipped_samples_keep_batches_full_and_deterministic() {
         let skipped: u64 = reference.iter().map(|b| b.skipped.total()).sum();
         assert!(skipped <= missing.len() as u64);
     }
+}
+
+#[test]
+fn split_parts_read_disjoint_rows_of_the_global_batches_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write_dataset(dir.path(), 26);
+    // Global batches of 6 over 3 parts of 2.
+    let whole = loader(
+        &csv,
+        dir.path(),
+        LoaderConfig::train(6).with_workers(2).with_seed(5),
+    );
+    let part = |p: usize| {
+        let split = Split::new(p, 3).unwrap();
+        loader(
+            &csv,
+            dir.path(),
+            LoaderConfig::train(2)
+                .with_workers(2)
+                .with_seed(5)
+                .with_split(split),
+        )
+    };
+    assert_eq!(part(1).batches_per_epoch(), whole.batches_per_epoch());
+    // Without skipped samples, part p's batch b is rows 2p..2p+2 of the global batch b.
+    let global = collect(whole.epoch(1).unwrap());
+    assert_eq!(global.len(), 4);
+    for p in 0..3 {
+        let mine = collect(part(p).epoch(1).unwrap());
+        assert!(mine.len() >= 4, "part {p}: {} batches", mine.len());
+        for (b, batch) in mine.iter().take(4).enumerate() {
+            assert_eq!(
+                batch.ids,
+                global[b].ids[2 * p..2 * p + 2],
+                "part {p} batch {b}"
+            );
+            assert_eq!(batch.image(1), global[b].image(2 * p + 1), "same crop");
+        }
+    }
+
+    // With skipped samples the parts stay disjoint, each refilling from its own samples, and
+    // each resumes exactly from any of its positions.
+    for bad in [1, 8, 9, 14] {
+        std::fs::remove_file(dir.path().join(format!("img{bad}.jpg"))).unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut skipped = 0;
+    for p in 0..3 {
+        let mut it = part(p).epoch(0).unwrap();
+        let batches = collect(&mut it);
+        skipped += it.skipped().total();
+        for b in &batches {
+            assert_eq!(b.len(), 2);
+            for &id in &b.ids {
+                assert!(seen.insert(id), "sample {id} read by two parts");
+            }
+        }
+        for stop_after in 0..batches.len() {
+            let rest = collect(part(p).resume(&batches[stop_after].position).unwrap());
+            let want: Vec<_> = batches[stop_after + 1..].iter().map(fingerprint).collect();
+            assert_eq!(
+                rest.iter().map(fingerprint).collect::<Vec<_>>(),
+                want,
+                "part {p}, resumed after batch {stop_after}"
+            );
+        }
+    }
+    assert_eq!(
+        skipped, 4,
+        "each missing image is skipped by exactly one part"
+    );
+    assert!(seen.iter().all(|id| ![1, 8, 9, 14].contains(id)));
 }

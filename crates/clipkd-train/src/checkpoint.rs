@@ -97,8 +97,12 @@ pub struct TrainState {
     /// Optimizer steps already taken in that epoch.
     #[serde(default)]
     pub steps_in_epoch: u64,
-    /// Where the data loader continues.
+    /// Where the data loader continues (on several nodes: node 0's part of the data).
     pub data_position: DataPosition,
+    /// On several nodes (`run.num_nodes > 1`), each reading its own part of the data: where
+    /// each node's loader continues, by node rank (empty on one node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_positions: Vec<DataPosition>,
     /// The backend RNG: reseeded before every step from the run seed and the step, so this is
     /// all of its state.
     pub rng: RngState,

@@ -435,6 +435,7 @@ impl PreparedRun {
     /// [`PreparedRun::prepare`]) on backend `B` (the teacher runs on `B::InnerBackend`), on
     /// `device`.
     pub fn run<B: AutodiffBackend>(self, device: &B::Device) -> Result<RunSummary, TrainError> {
+        self.check_one_node()?;
         let models = self.open_clip_models()?.build::<B>(device)?;
         Runner::<B, Clip<B>, Clip<B::InnerBackend>, LossSet<B>>::start(self, device, models)?
             .train()
@@ -458,8 +459,25 @@ impl PreparedRun {
         T: ClipEncoder<B::InnerBackend>,
         L: TrainableObjective<B>,
     {
+        self.check_one_node()?;
         self.check_models(&models)?;
         Runner::<B, S, T, L>::start(self, device, models)?.train()
+    }
+
+    /// Refuses a config of several nodes on the single-device paths (each node reads only its
+    /// part of the data, which the nodes must train on together).
+    fn check_one_node(&self) -> Result<(), TrainError> {
+        if self.config.run.num_nodes > 1 {
+            return Err(TrainError::config(
+                "run.num_nodes",
+                format!(
+                    "{} nodes train together through run_on_devices or run_with_peers, not on \
+                     one device alone",
+                    self.config.run.num_nodes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the caller's models against the shapes the run was prepared for.

@@ -237,8 +237,17 @@ fn bad_runs_fail_before_work_naming_the_field() {
             .to_string_lossy()
             .into_owned(),
     );
-    let e = err(c, TrainMode::Distill);
+    let e = err(c.clone(), TrainMode::Distill);
     assert!(e.contains("data.train_num_samples"), "{e}");
+    // On several nodes each reads its own shards: one shard cannot serve two nodes.
+    c.run.num_nodes = 2;
+    c.run.orchestrator = Some("127.0.0.1:29500".into());
+    c.run.node_address = Some("127.0.0.1:29501".into());
+    let e = err(c, TrainMode::Distill);
+    assert!(
+        e.contains("data.train_data") && e.contains("1 webdataset shards for 2 nodes"),
+        "{e}"
+    );
 
     // An output directory with checkpoints needs --resume.
     std::fs::create_dir_all(out.join(CHECKPOINTS_DIR).join("step-00000004")).unwrap();

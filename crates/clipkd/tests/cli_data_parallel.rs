@@ -8,7 +8,8 @@
 //! steps; a node started with another config is refused at join; a node that never starts
 //! makes the other fail after the timeout; a node that is killed makes
 //! the other fail at once, naming it, and both resume from the last checkpoint to the straight
-//! run's end.
+//! run's end. With unusable images, each node reads and skips only its own part of the data,
+//! saves its own position, and a killed-and-resumed run ends bit-identical to the straight one.
 #![cfg(feature = "flex")]
 
 mod common;
@@ -392,4 +393,124 @@ fn two_nodes_of_two_peers_on_localhost_distill_like_one_device() {
         error <= 1e-5,
         "2 nodes, killed and resumed: weights differ by {error:.2e}"
     );
+}
+
+/// Each node's data position, by node rank, in the checkpoint of `step` of `run`.
+fn node_positions(run: &Path, step: u64) -> Vec<clipkd_data::loader::DataPosition> {
+    let checkpoints = list_checkpoints(&run.join(CHECKPOINTS_DIR)).unwrap();
+    let (_, path) = checkpoints.iter().find(|(s, _)| *s == step).unwrap();
+    let (state, _) = clipkd_train::checkpoint::read_checkpoint_meta(path).unwrap();
+    state.node_positions
+}
+
+#[test]
+fn two_nodes_read_their_own_parts_of_the_data_and_resume_exactly() {
+    let dir = TempDir::new("cli-two-nodes-parts");
+    let config = train_setup::setup(
+        &dir.0,
+        "checkpoint_every_steps = 1\nkeep_checkpoints = 8\ncollective_timeout_s = 15\n",
+    );
+    // Two images that cannot be used: the node whose part holds one skips it and refills from
+    // its own next samples, so the nodes' data positions differ.
+    for bad in ["images/05.bmp", "images/10.bmp"] {
+        std::fs::write(dir.0.join(bad), b"not an image").unwrap();
+    }
+    let c = config.to_str().unwrap();
+    let out = |name: &str| dir.0.join(name).to_str().unwrap().to_string();
+
+    let straight = out("straight");
+    let port = free_port();
+    let tolerant = "data.max_skipped_fraction=0.5";
+    let base = ["--config", c, "-o", straight.as_str(), "--set", tolerant];
+    let results = wait_nodes([node(0, port, &base, ""), node(1, port, &base, "")]);
+    for (rank, (success, _)) in results.iter().enumerate() {
+        assert!(success, "node {rank} failed: {results:#?}");
+    }
+    let run = dir.0.join("straight");
+    let rows = metric_rows(&run);
+    assert_eq!(rows.len(), 8, "two epochs of 4 steps");
+    // Every node read batches of 2 (its part of each global batch of 4): after step 1 each
+    // has used 2 samples of its own sequence, plus the ones it skipped.
+    let after_one = node_positions(&run, 1);
+    assert_eq!(after_one.len(), 2);
+    for (node, p) in after_one.iter().enumerate() {
+        let skipped: u64 = p.skipped.values().sum();
+        assert_eq!(p.sample, 2 + skipped, "node {node}: {p}");
+    }
+    // Each unusable image is skipped by the one node whose part holds it, once per pass: the
+    // logged count (over the nodes) never exceeds the two images.
+    let most = rows
+        .iter()
+        .map(|r| r["skipped"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!((1..=2).contains(&most), "skipped counts: {rows:?}");
+    // Where the nodes differ, a resumed node must take its own position.
+    let differ = (1..8).find(|&s| {
+        let p = node_positions(&run, s);
+        p[0] != p[1]
+    });
+    let kill_after = differ.expect("the nodes' positions differ after some step");
+    println!("node positions differ after step {kill_after}");
+
+    // Node 1 dies right after that step's checkpoint; both resume and end on the straight
+    // run's trajectory (the same nodes and peers: the same sums).
+    let killed = out("killed");
+    let port = free_port();
+    let fault = format!("exit:1:{}", kill_after + 1);
+    let base = ["--config", c, "-o", killed.as_str(), "--set", tolerant];
+    let results = wait_nodes([node(0, port, &base, ""), node(1, port, &base, &fault)]);
+    assert!(
+        !results[1].0 && !results[0].0,
+        "node 1 was killed: {results:#?}"
+    );
+    let port = free_port();
+    let resume = [
+        "--config",
+        c,
+        "-o",
+        killed.as_str(),
+        "--set",
+        tolerant,
+        "--resume",
+    ];
+    let results = wait_nodes([node(0, port, &resume, ""), node(1, port, &resume, "")]);
+    for (rank, (success, stderr)) in results.iter().enumerate() {
+        assert!(success, "resumed node {rank} failed:\n{stderr}");
+    }
+    same_terms(
+        "2 nodes with skipped samples, killed and resumed",
+        &metric_rows(dir.0.join("killed").as_path()),
+        &rows,
+    );
+    let error = relative_l2(
+        &student_weights(&dir.0.join("killed")),
+        &student_weights(&run),
+    );
+    println!("2 nodes with skips, killed and resumed: weights within {error:.2e} of straight");
+    assert!(error <= 1e-6, "weights differ by {error:.2e}");
+
+    // The same checkpoint resumed on one node: its part of the data changes, so the pass goes
+    // on at its global batch, and the run says so.
+    let one = out("one-node");
+    let from = list_checkpoints(&dir.0.join("killed").join(CHECKPOINTS_DIR))
+        .unwrap()
+        .into_iter()
+        .find(|(s, _)| *s == kill_after)
+        .unwrap()
+        .1;
+    let output = Command::new(env!("CARGO_BIN_EXE_clipkd"))
+        .args(["distill", "--config", c, "-o", &one, "--set", tolerant])
+        .arg("--resume")
+        .arg(&from)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("written by 2 node(s) and this run has 1")
+            && stderr.contains(&format!("at its global batch {kill_after}")),
+        "{stderr}"
+    );
+    assert_eq!(metric_rows(Path::new(&one)).last().unwrap()["step"], 8);
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::order::{self, Order, Purpose};
 use super::{ImageSource, SampleRef, SkipReason, Skipped};
 use crate::DataError;
+use crate::loader::Split;
 
 mod shards;
 
@@ -94,7 +95,8 @@ impl WebDataset {
 pub struct StreamCursor {
     /// The shuffle block.
     pub block: u64,
-    /// Position, in the epoch's shard order, of the shard where the block starts.
+    /// Position, in the epoch's shard order (with a [`Split`], in the part's shards of that
+    /// order), of the shard where the block starts.
     pub shard: usize,
     /// The key group of that shard where the block starts.
     pub sample: u64,
@@ -380,6 +382,8 @@ pub(crate) struct ReaderConfig {
     pub shuffle: bool,
     pub block_size: usize,
     pub start: StreamCursor,
+    /// The part of the epoch's shard order to read.
+    pub split: Split,
 }
 
 /// Starts the thread that reads an epoch of `dataset` from `config.start` and sends its
@@ -414,7 +418,9 @@ impl Block {
     /// (`after`). False when the receiver is gone.
     fn flush(&mut self, cfg: &ReaderConfig, tx: &Sender<ReaderMsg>) -> bool {
         if cfg.shuffle {
-            let mut rng = order::rng_for(cfg.seed, Purpose::ShuffleBlock, cfg.epoch, self.number);
+            // Each part's blocks have their own streams (the whole dataset's: `number`).
+            let stream = self.number * cfg.split.parts as u64 + cfg.split.part as u64;
+            let mut rng = order::rng_for(cfg.seed, Purpose::ShuffleBlock, cfg.epoch, stream);
             order::shuffle(&mut self.samples, &mut rng);
         }
         let len = self.samples.len() as u64;
@@ -449,14 +455,20 @@ impl Block {
 }
 
 fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sender<ReaderMsg>) {
-    let n = ds.shards.len();
     let order = Order::new(
-        n as u64,
+        ds.shards.len() as u64,
         cfg.shuffle,
         cfg.seed,
         Purpose::ShardOrder,
         cfg.epoch,
     );
+    // This part's shards, in epoch order; cursors count positions in this list.
+    let mine: Vec<usize> = cfg
+        .split
+        .shard_positions(ds.shards.len())
+        .into_iter()
+        .map(|p| order.get(p as u64) as usize)
+        .collect();
     let block_size = cfg.block_size.max(1);
     let mut block = Block {
         number: cfg.start.block,
@@ -465,8 +477,7 @@ fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sende
         after: (cfg.start.shard, cfg.start.sample),
         skip: cfg.start.offset,
     };
-    for pos in cfg.start.shard..n {
-        let shard_id = order.get(pos as u64) as usize;
+    for (pos, &shard_id) in mine.iter().enumerate().skip(cfg.start.shard) {
         let skip = if pos == cfg.start.shard {
             cfg.start.sample
         } else {

@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::buffer::SharedImages;
+use super::split::PartOrder;
 use super::worker::{self, Dest, Done, Job, Prepared, WorkerContext};
 use super::{Batch, DataLoader, DataPosition, Msg};
 use crate::DataError;
@@ -47,12 +48,16 @@ pub(super) fn start(
     let mut reader = None;
     let source = match &loader.source {
         DataSource::Indexed(ds) => Source::Indexed {
-            order: Order::new(
-                ds.len() as u64,
-                cfg.shuffle,
-                cfg.seed,
-                Purpose::EpochOrder,
-                position.epoch,
+            order: PartOrder::new(
+                Order::new(
+                    ds.len() as u64,
+                    cfg.shuffle,
+                    cfg.seed,
+                    Purpose::EpochOrder,
+                    position.epoch,
+                ),
+                cfg.split,
+                cfg.batch_size,
             ),
             dataset: ds.clone(),
             next: position.sample,
@@ -66,6 +71,7 @@ pub(super) fn start(
                     shuffle: cfg.shuffle,
                     block_size: cfg.shuffle_buffer,
                     start: position.stream.unwrap_or_default(),
+                    split: cfg.split,
                 },
                 stop.clone(),
             )
@@ -160,10 +166,10 @@ pub(super) fn start(
 
 /// The epoch's sequence of samples.
 enum Source {
-    /// An indexed dataset in a (permuted) order.
+    /// An indexed dataset in a (permuted) order, or this loader's part of it.
     Indexed {
         dataset: Arc<dyn IndexedDataset>,
-        order: Order,
+        order: PartOrder,
         next: u64,
     },
     /// A webdataset reader thread.

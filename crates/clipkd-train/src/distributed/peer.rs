@@ -201,40 +201,73 @@ impl Peer {
         self.local_rank
     }
 
+    /// The number of nodes (processes) in the group.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
     fn id(&self) -> PeerId {
         PeerId::from(self.local_rank)
     }
 
-    /// Every node's address, by node rank: each peer writes its node's address (bytes as
-    /// floats, at most [`ADDRESS_BYTES`]) into its row and the peers sum.
+    /// Every node's address, by node rank (each peer hands in its node's, at most
+    /// [`ADDRESS_BYTES`]).
     fn learn_node_addresses<B: Backend>(
         &self,
         mine: &str,
         local_world: usize,
         device: &B::Device,
     ) -> Result<(), TrainError> {
-        let mut row = vec![0f32; ADDRESS_BYTES];
-        for (slot, byte) in row.iter_mut().zip(mine.bytes()) {
+        let all = self.gather_bytes::<B>(mine.as_bytes(), ADDRESS_BYTES, "join", device)?;
+        let addresses = all
+            .iter()
+            .step_by(local_world)
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect();
+        let _ = self.node_addresses.set(addresses);
+        Ok(())
+    }
+
+    /// Every peer's bytes, by rank: each hands in at most `width` bytes (its length and its
+    /// bytes as floats, exact in any float type, in its row of zeros) and the peers sum.
+    /// `operation` names the exchange in errors.
+    ///
+    /// # Errors
+    /// [`TrainError::Collective`] if `mine` is longer than `width` or the group failed.
+    pub fn gather_bytes<B: Backend>(
+        &self,
+        mine: &[u8],
+        width: usize,
+        operation: &'static str,
+        device: &B::Device,
+    ) -> Result<Vec<Vec<u8>>, TrainError> {
+        if mine.len() > width {
+            return Err(self.error(
+                operation,
+                format!("{} bytes to exchange, more than {width}", mine.len()),
+            ));
+        }
+        let mut row = vec![0f32; width + 1];
+        row[0] = mine.len() as f32;
+        for (slot, &byte) in row[1..].iter_mut().zip(mine) {
             *slot = f32::from(byte);
         }
         let all = self.gather_rows(Tensor::<B, 2>::from_data(
-            burn::tensor::TensorData::new(row, [1, ADDRESS_BYTES]),
+            burn::tensor::TensorData::new(row, [1, width + 1]),
             device,
         ))?;
         let all: Vec<f32> = all
             .into_data()
+            .convert::<f32>()
             .to_vec()
-            .map_err(|e| self.error("join", e))?;
-        let addresses = all
-            .chunks(ADDRESS_BYTES)
-            .step_by(local_world)
+            .map_err(|e| self.error(operation, e))?;
+        Ok(all
+            .chunks(width + 1)
             .map(|row| {
-                let bytes: Vec<u8> = row.iter().map(|&b| b as u8).filter(|&b| b != 0).collect();
-                String::from_utf8_lossy(&bytes).into_owned()
+                let len = (row[0] as usize).min(width);
+                row[1..=len].iter().map(|&b| b as u8).collect()
             })
-            .collect();
-        let _ = self.node_addresses.set(addresses);
-        Ok(())
+            .collect())
     }
 
     /// The nodes (other than this peer's) whose address no longer accepts connections.

@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clipkd_data::dataset::{CsvConfig, DataSource, DatasetKind, SkipReport, SyntheticDataset};
 use clipkd_data::image::{ImageTransform, TransformConfig};
-use clipkd_data::loader::{Batch, DataLoader, LoaderConfig};
+use clipkd_data::loader::{Batch, DataLoader, LoaderConfig, Split};
 use clipkd_data::tokenizer::Tokenizer;
 use clipkd_models::EncoderShape;
 
@@ -56,7 +56,24 @@ pub(super) fn build_loader(
             .with_mean_std(d.mean, d.std)
             .with_crop_scale(d.crop_scale[0], d.crop_scale[1]),
     )?;
-    let loader_config = LoaderConfig::train(d.batch_size)
+    // On several nodes each reads its own part of every epoch (its rows of each global batch,
+    // or its shards): see `docs/distributed.md`.
+    let nodes = config.run.num_nodes;
+    let split = Split::new(config.run.node_rank, nodes)
+        .map_err(|e| TrainError::field("run.node_rank", e))?;
+    if let DataSource::WebDataset(ds) = &source
+        && ds.shards().len() < nodes
+    {
+        return Err(TrainError::config(
+            "data.train_data",
+            format!(
+                "{} webdataset shards for {nodes} nodes (run.num_nodes): each node reads its own                  shards, so there must be at least one per node",
+                ds.shards().len()
+            ),
+        ));
+    }
+    let loader_config = LoaderConfig::train(d.batch_size / nodes)
+        .with_split(split)
         .with_workers(d.workers)
         .with_prefetch(d.prefetch)
         .with_seed(config.run.seed)

@@ -1,21 +1,25 @@
 //! The trainer on several devices of this process: one peer per device, a thread each
-//! ([`crate::distributed::run_peers`]). Peer 0 leads: it reads the data, splits every global
-//! batch into equal row shares (rows `r·n .. r·n + n` to peer `r`), sends the followers
-//! theirs before each step, and alone writes metrics, checkpoints and evaluations; every
-//! peer takes the same [`data_parallel_step`], so all hold the same weights and moments.
+//! ([`crate::distributed::run_peers`]). Each node's peer 0 leads its node: it reads the node's
+//! data, splits every batch into equal row shares (rows `r·n .. r·n + n` to local peer `r`),
+//! sends the followers theirs before each step; node 0's leader alone writes metrics,
+//! checkpoints and evaluations. Every peer takes the same [`data_parallel_step`], so all hold
+//! the same weights and moments.
 //!
-//! Because the leader reads the global batches in the single-device order, the data
+//! On one node the leader reads the global batches in the single-device order, so the data
 //! position in a checkpoint is the same whatever the number of peers: a run resumes exactly
 //! with the same number of peers, and with another number it continues the same global
-//! batches (only the float sums' order changes).
+//! batches (only the float sums' order changes). On several nodes each node reads its own
+//! part of the data ([`clipkd_data::loader::Split`]); before each step the nodes exchange
+//! whether each has a whole group and where its data stands ([`Leader::exchange_positions`]),
+//! so that they end a pass together and node 0 checkpoints every node's position.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burn::tensor::backend::AutodiffBackend;
-use clipkd_data::loader::Batch;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clipkd_data::loader::{Batch, DataPosition};
 use clipkd_losses::LossSet;
 use clipkd_models::{Clip, ClipEncoder};
 
@@ -34,6 +38,17 @@ use crate::student::Student;
 /// generator, which is global to the process.
 static BUILDING: Mutex<()> = Mutex::new(());
 
+/// What the leader asks of a follower.
+enum Order {
+    /// Take part in [`Leader::exchange_positions`] (several nodes, before each step).
+    Exchange,
+    /// Take a step.
+    Step(StepOrder),
+}
+
+/// The longest data position (JSON) the nodes exchange before each step.
+const POSITION_BYTES: usize = 2048;
+
 /// What the leader sends a follower before each step.
 struct StepOrder {
     /// The follower's rows of each micro-batch.
@@ -46,50 +61,98 @@ struct StepOrder {
 /// The leader's side of the group, held by its [`Runner`].
 pub(super) struct Leader {
     pub(super) peer: Peer,
-    followers: Vec<Sender<StepOrder>>,
+    followers: Vec<Sender<Order>>,
+}
+
+/// One node's answer in [`Leader::exchange_positions`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct NodeReady {
+    /// Whether the node read a whole group of micro-batches for the next step.
+    pub(super) ready: bool,
+    /// Where the node's data stands after that group.
+    pub(super) position: DataPosition,
 }
 
 impl Leader {
-    /// Sends every follower its rows of `group` and returns the leader's own.
+    /// With several nodes, before each step: every node says whether it read a whole group
+    /// for the step and where its data stands after it; returns every node's answer, by node
+    /// rank (every peer takes part: the followers are told to).
+    pub(super) fn exchange_positions<B: Backend>(
+        &self,
+        mine: &NodeReady,
+        device: &B::Device,
+    ) -> Result<Vec<NodeReady>, TrainError> {
+        for (i, follower) in self.followers.iter().enumerate() {
+            follower
+                .send(Order::Exchange)
+                .map_err(|_| self.follower_gone(i, "exchange"))?;
+        }
+        let json = serde_json::to_vec(mine).expect("a data position serializes");
+        let all = self
+            .peer
+            .gather_bytes::<B>(&json, POSITION_BYTES, "exchange", device)?;
+        let local = self.followers.len() + 1;
+        all.iter()
+            .step_by(local)
+            .enumerate()
+            .map(|(node, bytes)| {
+                serde_json::from_slice(bytes).map_err(|e| TrainError::Collective {
+                    rank: node * local,
+                    operation: "exchange",
+                    message: format!("node {node} sent an unreadable data position: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// The error of a follower that stopped taking orders.
+    fn follower_gone(&self, follower: usize, operation: &'static str) -> TrainError {
+        TrainError::Collective {
+            rank: self.peer.rank() + follower + 1,
+            operation,
+            message: "the peer has stopped (its error is reported by the group)".into(),
+        }
+    }
+
+    /// Sends every follower its rows of `group` (this node's part of each global batch) and
+    /// returns the leader's own.
     pub(super) fn share(
         &self,
         group: &[Batch],
         options: &StepOptions,
         seed: u64,
     ) -> Result<Vec<HostMicroBatch>, TrainError> {
-        // This node's peers are global ranks `first .. first + local`.
-        let world = self.peer.world();
+        // This node's peers are global ranks `first .. first + local`; the node read its own
+        // part of each global batch (the whole batch on one node).
         let first = self.peer.rank();
         let local = self.followers.len() + 1;
         let mut shares: Vec<Vec<HostMicroBatch>> = (0..local).map(|_| Vec::new()).collect();
         for batch in group {
-            if !batch.len().is_multiple_of(world) {
+            if !batch.len().is_multiple_of(local) {
                 return Err(TrainError::config(
                     "data.batch_size",
                     format!(
-                        "a batch of {} samples cannot be split evenly over {world} devices",
+                        "a batch of {} samples cannot be split evenly over {local} devices",
                         batch.len()
                     ),
                 ));
             }
-            let n = batch.len() / world;
+            let n = batch.len() / local;
             for (r, share) in shares.iter_mut().enumerate() {
-                share.push(host_rows(batch, (first + r) * n, n)?);
+                share.push(host_rows(batch, r * n, n)?);
             }
         }
         let mut shares = shares.into_iter();
         let own = shares.next().expect("the leader's share");
-        for (rank, (follower, micro)) in self.followers.iter().zip(shares).enumerate() {
+        for (i, (follower, micro)) in self.followers.iter().zip(shares).enumerate() {
             let order = StepOrder {
                 micro,
                 options: *options,
-                seed: peer_seed(seed, first + rank + 1),
+                seed: peer_seed(seed, first + i + 1),
             };
-            follower.send(order).map_err(|_| TrainError::Collective {
-                rank: first + rank + 1,
-                operation: "step",
-                message: "the peer has stopped (its error is reported by the group)".into(),
-            })?;
+            follower
+                .send(Order::Step(order))
+                .map_err(|_| self.follower_gone(i, "step"))?;
         }
         Ok(own)
     }
@@ -277,7 +340,7 @@ fn follow<B, S, T, L>(
     resume: Option<PathBuf>,
     device: &B::Device,
     models: Models<S, T, L>,
-    orders: Receiver<StepOrder>,
+    orders: Receiver<Order>,
 ) -> Result<(), TrainError>
 where
     B: AutodiffBackend,
@@ -290,6 +353,13 @@ where
     let mut model = peer.broadcast_module(model)?;
     let mut taken = 0;
     while let Ok(order) = orders.recv() {
+        let order = match order {
+            Order::Exchange => {
+                peer.gather_bytes::<B::InnerBackend>(&[], POSITION_BYTES, "exchange", device)?;
+                continue;
+            }
+            Order::Step(order) => order,
+        };
         taken += 1;
         crate::fault::peer_step(peer.local_rank(), taken)?;
         B::seed(device, order.seed);

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use clipkd_data::dataset::SkipReport;
-use clipkd_data::loader::{Batch, Batches, DataPosition};
+use clipkd_data::dataset::{DataSource, SkipReport};
+use clipkd_data::loader::{Batch, Batches, DataLoader, DataPosition};
 use clipkd_models::ClipEncoder;
 use clipkd_models::autocast::autocast;
 
 use super::data::{micro_batch, skip_counts, skip_details};
-use super::parallel::Leader;
+use super::parallel::{Leader, NodeReady};
 use super::{Models, PreparedRun, RunSummary, force_init};
 use crate::checkpoint::{
     self, CHECKPOINTS_DIR, CheckpointContents, RngState, TrainState, save_checkpoint, step_seed,
@@ -96,6 +96,82 @@ impl PassCount {
             skipped,
         }
     }
+}
+
+/// What the nodes agreed on before a step ([`Runner::agree_on_group`]).
+struct Agreed {
+    /// The nodes without a whole group for the step (the pass ends on every node).
+    not_ready: Vec<usize>,
+    /// The current pass's skipped samples, counted over every node.
+    skips: SkipReport,
+    /// Every node's data position after the step, on several nodes.
+    positions: Option<Vec<DataPosition>>,
+}
+
+/// Where this node's data continues when resuming from `saved`, every node's position (on
+/// several nodes), and a note when the checkpoint was written by another number of nodes:
+/// each node's part of the data depends on it, so the interrupted pass continues at its
+/// global batch for indexed data (samples read to replace skipped ones may be read again), and
+/// a new pass starts for webdataset shards (each node's shards change).
+fn node_data_position(
+    saved: &TrainState,
+    config: &RunConfig,
+    loader: &DataLoader,
+) -> (DataPosition, Vec<DataPosition>, Option<String>) {
+    let nodes = config.run.num_nodes;
+    let saved_nodes = saved.node_positions.len().max(1);
+    let at = &saved.data_position;
+    if saved_nodes == nodes {
+        return match nodes {
+            1 => (at.clone(), Vec::new(), None),
+            _ => (
+                saved.node_positions[config.run.node_rank].clone(),
+                saved.node_positions.clone(),
+                None,
+            ),
+        };
+    }
+    let (position, how) = if at.is_epoch_start() {
+        (at.clone(), "starts its pass from the beginning".to_string())
+    } else {
+        match loader.source() {
+            DataSource::Indexed(_) => {
+                // Every node yields the same number of batches per pass.
+                let sample = at.batch * loader.config().batch_size as u64;
+                (
+                    DataPosition {
+                        epoch: at.epoch,
+                        batch: at.batch,
+                        sample,
+                        anchor: sample,
+                        stream: None,
+                        skipped: Default::default(),
+                    },
+                    format!(
+                        "continues the interrupted pass at its global batch {} (samples read \
+                         to replace skipped ones may be read again)",
+                        at.batch
+                    ),
+                )
+            }
+            DataSource::WebDataset(_) => (
+                at.next_epoch(),
+                "starts a new pass over the shards (each node's shards depend on the number \
+                 of nodes)"
+                    .to_string(),
+            ),
+        }
+    };
+    let note = format!(
+        "the checkpoint was written by {saved_nodes} node(s) and this run has {nodes}: the data \
+         {how}"
+    );
+    let all = if nodes > 1 {
+        vec![position.clone(); nodes]
+    } else {
+        Vec::new()
+    };
+    (position, all, Some(note))
 }
 
 /// The trained module (student and losses, every parameter materialised), the teacher, and
@@ -182,6 +258,11 @@ where
             epoch: 0,
             steps_in_epoch: 0,
             data_position: DataPosition::start(0),
+            node_positions: if config.run.num_nodes > 1 {
+                vec![DataPosition::start(0); config.run.num_nodes]
+            } else {
+                Vec::new()
+            },
             rng: RngState {
                 seed: config.run.seed,
                 next_step: 0,
@@ -194,11 +275,17 @@ where
             loss_scaler: config.run.precision.scales_losses().then(LossScaler::new),
         };
         let (model, optimizer) = restore(prep.resume.as_deref(), model, adamw, device)?;
+        let mut notes = Vec::new();
         let state = match &prep.resume {
             None => fresh_state,
             Some(path) => {
                 let (saved, _) = checkpoint::read_checkpoint_meta(path)?;
+                let (data_position, node_positions, note) =
+                    node_data_position(&saved, config, &prep.loader);
+                notes.extend(note);
                 TrainState {
+                    data_position,
+                    node_positions,
                     total_steps: prep.total_steps,
                     config_hash: fresh_state.config_hash,
                     clipkd_version: fresh_state.clipkd_version,
@@ -211,7 +298,6 @@ where
                 }
             }
         };
-        let mut notes = Vec::new();
         let mut last_checkpoint_step = None;
         if let Some(path) = prep.resume.as_ref().filter(|_| writer) {
             // The resumed step is the run's present: later checkpoints of this run directory
@@ -329,26 +415,37 @@ where
                     count = PassCount::after_batch(&batches);
                 }
                 self.window_wait += wait.elapsed();
-                if group.len() < k {
-                    // The pass is over (a partial accumulation group is dropped); the epoch
-                    // goes on into the next pass.
+                let agreed = self.agree_on_group(group.len() == k, &batches)?;
+                if !agreed.not_ready.is_empty() {
+                    // The pass is over (on one node at least: every node ends it; a partial
+                    // accumulation group is dropped); the epoch goes on into the next pass.
                     let end = count.at_end(&batches);
                     self.check_skipped(end, batches.skipped())?;
                     if pass_from_start && pass_steps == 0 {
+                        let who = if self.prep.config.run.num_nodes > 1 {
+                            let nodes: Vec<String> =
+                                agreed.not_ready.iter().map(ToString::to_string).collect();
+                            format!(
+                                "node(s) {} (each node reads its own part of the data; this \
+                                 one read {} samples)",
+                                nodes.join(", "),
+                                end.seen
+                            )
+                        } else {
+                            format!("{} batches ({} samples read)", group.len(), end.seen)
+                        };
                         return Err(TrainError::NoUsableData {
                             what: format!(
-                                "a whole pass over the data ({} samples read) gave {} batches of \
-                                 {}, and one optimizer step needs {k} (optim.grad_accum); \
+                                "a whole pass over the data gave {who}, fewer batches of {} \
+                                 than one optimizer step needs ({k}, optim.grad_accum); \
                                  skipped: {}",
-                                end.seen,
-                                group.len(),
                                 self.prep.config.data.batch_size,
                                 skip_details(batches.skipped())
                             ),
                         });
                     }
                     self.run_skips.merge(batches.skipped());
-                    self.state.data_position = batches.position().clone();
+                    self.set_data_position(self.state.data_position.next_epoch(), None);
                     drop(batches);
                     batches = self.prep.loader.resume(&self.state.data_position)?;
                     pass_from_start = true;
@@ -356,9 +453,9 @@ where
                     count = PassCount::default();
                     continue;
                 }
-                self.step(&group, batches.skipped())?;
+                self.step(&group, &agreed.skips)?;
                 pass_steps += 1;
-                self.state.data_position = batches.position().clone();
+                self.set_data_position(batches.position().clone(), agreed.positions);
                 if count.seen >= MIN_SAMPLES_FOR_SKIP_CHECK {
                     self.check_skipped(count, batches.skipped())?;
                 }
@@ -367,7 +464,7 @@ where
                     // Every epoch starts a fresh pass (for webdataset shards, as open_clip).
                     self.run_skips.merge(batches.skipped());
                     drop(batches);
-                    self.state.data_position = self.state.data_position.next_epoch();
+                    self.set_data_position(self.state.data_position.next_epoch(), None);
                     self.state.epoch += 1;
                     self.state.steps_in_epoch = 0;
                     self.after_step(true)?;
@@ -405,6 +502,49 @@ where
         })
     }
 
+    /// Whether every node read a whole group of micro-batches for the next step (on one
+    /// node: whether this one did), and the current pass's skipped samples over the nodes.
+    /// On several nodes, each reading its own part of the data, the nodes exchange this and
+    /// their data positions (see `parallel`).
+    fn agree_on_group(&self, ready: bool, batches: &Batches) -> Result<Agreed, TrainError> {
+        let Some(leader) = self.parallel.as_ref().filter(|l| l.peer.nodes() > 1) else {
+            return Ok(Agreed {
+                not_ready: if ready { Vec::new() } else { vec![0] },
+                skips: batches.skipped().clone(),
+                positions: None,
+            });
+        };
+        let mine = NodeReady {
+            ready,
+            position: batches.position().clone(),
+        };
+        let all = leader.exchange_positions::<B::InnerBackend>(&mine, &self.device)?;
+        let mut skips = SkipReport::default();
+        for node in &all {
+            skips.merge(&SkipReport::from_counts(node.position.skipped.clone()));
+        }
+        skips.examples = batches.skipped().examples.clone();
+        Ok(Agreed {
+            not_ready: (0..all.len()).filter(|&n| !all[n].ready).collect(),
+            skips,
+            positions: Some(all.into_iter().map(|n| n.position).collect()),
+        })
+    }
+
+    /// Where this node's data continues and, on several nodes, every node's (`None`: the
+    /// same start of a pass for every node).
+    fn set_data_position(&mut self, position: DataPosition, nodes: Option<Vec<DataPosition>>) {
+        match nodes {
+            Some(nodes) => self.state.node_positions = nodes,
+            None => self
+                .state
+                .node_positions
+                .iter_mut()
+                .for_each(|p| *p = position.clone()),
+        }
+        self.state.data_position = position;
+    }
+
     /// Fails when the pass so far skipped more than `data.max_skipped_fraction` of what it
     /// read.
     fn check_skipped(&self, count: PassCount, report: &SkipReport) -> Result<(), TrainError> {
@@ -433,7 +573,9 @@ where
         let lr = self.schedule.lr(step);
         let seed = step_seed(config.run.seed, step);
         B::seed(&self.device, seed);
-        let images: u64 = group.iter().map(|b| b.len() as u64).sum();
+        // Every node read batches of the same size (its part of each global batch).
+        let images: u64 =
+            group.iter().map(|b| b.len() as u64).sum::<u64>() * config.run.num_nodes as u64;
         let log_now = (step + 1).is_multiple_of(config.run.log_every_steps)
             || step + 1 == self.prep.total_steps;
         let options = StepOptions {
