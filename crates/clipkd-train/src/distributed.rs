@@ -40,6 +40,6 @@ mod peer;
 mod step;
 
 pub use group::{PeerBody, PeerSeat, run_peers};
-pub use orchestrator::start_orchestrator;
+pub use orchestrator::{registered_nodes, start_orchestrator};
 pub use peer::{BUCKET_BYTES, CollectiveStats, NodeLink, Peer, take_stats};
 pub use step::{data_parallel_gradients, data_parallel_step};

@@ -356,7 +356,10 @@ fn two_nodes_of_two_peers_on_localhost_distill_like_one_device() {
     let stderr = String::from_utf8_lossy(&out0.stderr);
     assert!(!out0.status.success(), "node 0 alone should fail");
     assert!(
-        stderr.contains("never joined") && stderr.contains("collective_timeout_s = 15"),
+        stderr.contains("never joined")
+            && stderr.contains("only 1 of the 2 nodes registered")
+            && stderr.contains("(ws://127.0.0.1:")
+            && stderr.contains("collective_timeout_s = 15"),
         "{stderr}"
     );
     assert!(start.elapsed() < Duration::from_secs(120), "{stderr}");

@@ -107,7 +107,7 @@ impl GroupWatch {
                 since.elapsed().as_secs_f64(),
                 timeout.as_secs(),
                 if absent.is_empty() && self.other_nodes {
-                    "the other nodes' peers (a node died, hangs, or never joined)".to_string()
+                    other_nodes_absent()
                 } else if absent.is_empty() {
                     "peers that are in the call but did not complete it".to_string()
                 } else {
@@ -115,6 +115,23 @@ impl GroupWatch {
                 }
             ),
         })
+    }
+}
+
+/// What this node waits for when all its peers wait on the other nodes: when this process
+/// serves the orchestrator (node 0) and not every node has registered with it, the nodes that
+/// did (by address); otherwise the possible causes.
+fn other_nodes_absent() -> String {
+    match super::orchestrator::registered_nodes() {
+        Some((registered, expected)) if registered.len() < expected => format!(
+            "the other nodes: only {} of the {expected} nodes registered with the orchestrator \
+             this node serves ({}); the others never joined",
+            registered.len(),
+            registered.join(", ")
+        ),
+        _ => "the other nodes' peers (a node died, hangs, or never joined; the process serving \
+              the orchestrator names the nodes that registered)"
+            .to_string(),
     }
 }
 

@@ -43,3 +43,11 @@ pub fn start_orchestrator(port: u16) -> Result<(), TrainError> {
         "it did not start listening on port {port} within 2 s"
     )))
 }
+
+/// The nodes registered so far with the orchestrator this process serves (their addresses,
+/// `ws://host:port`) and the number of nodes it waits for; `None` when this process serves
+/// none, or no node has registered yet.
+pub fn registered_nodes() -> Option<(Vec<String>, usize)> {
+    let (addresses, expected) = burn_collective::registered_nodes();
+    expected.map(|k| (addresses, k as usize))
+}

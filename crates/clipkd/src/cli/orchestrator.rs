@@ -20,7 +20,20 @@ pub fn run(args: OrchestratorArgs) -> anyhow::Result<()> {
          --orchestrator THIS_HOST:{}",
         args.port, args.port
     );
+    // Say who registers (and who leaves), so that a node that never joins can be told apart.
+    let mut shown = None;
     loop {
-        std::thread::park();
+        let now = clipkd_train::distributed::registered_nodes();
+        if now != shown {
+            if let Some((nodes, expected)) = &now {
+                eprintln!(
+                    "{} of {expected} nodes registered: {}",
+                    nodes.len(),
+                    nodes.join(", ")
+                );
+            }
+            shown = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }

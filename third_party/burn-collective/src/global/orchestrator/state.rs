@@ -12,6 +12,26 @@ use burn_communication::Address;
 use std::collections::HashMap;
 use tokio::sync::mpsc::{Receiver, Sender};
 
+/// clipkd addition: the addresses of the nodes registered with this process's orchestrator,
+/// and the number of nodes the registration waits for (0 before the first registration).
+static REGISTERED: std::sync::Mutex<(Vec<String>, u32)> = std::sync::Mutex::new((Vec::new(), 0));
+
+/// clipkd addition: the addresses of the nodes registered so far with the orchestrator that
+/// this process serves, and the number of nodes it waits for (`None` before any registration),
+/// so that a node waiting for the others can name those that arrived.
+pub fn registered_nodes() -> (Vec<String>, Option<u32>) {
+    let guard = REGISTERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    (guard.0.clone(), (guard.1 > 0).then_some(guard.1))
+}
+
+/// Records the registered nodes for [`registered_nodes`].
+fn publish(addresses: &HashMap<NodeId, Address>, expected: Option<u32>) {
+    let mut guard = REGISTERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    guard.0 = addresses.values().map(ToString::to_string).collect();
+    guard.0.sort();
+    guard.1 = expected.unwrap_or(0);
+}
+
 pub(crate) struct Session {
     response_sender: Sender<CollectiveMessageResponse>,
     response_receiver: Option<Receiver<CollectiveMessageResponse>>,
@@ -132,6 +152,7 @@ impl GlobalCollectiveState {
             .remove(&session_id)
             .ok_or(GlobalCollectiveError::NotRegisteredOnFinish)?;
         self.node_addresses.remove(&node_id);
+        publish(&self.node_addresses, self.cur_num_nodes);
         self.node_peers.remove(&node_id);
         self.num_global_peers = 0;
 
@@ -191,6 +212,7 @@ impl GlobalCollectiveState {
             return Err(GlobalCollectiveError::DoubleRegister);
         }
         self.node_addresses.insert(node_id, node_addr);
+        publish(&self.node_addresses, self.cur_num_nodes);
         self.node_peers.insert(node_id, peers);
 
         self.register_requests
