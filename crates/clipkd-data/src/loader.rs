@@ -58,9 +58,11 @@
 
 mod buffer;
 mod coordinator;
+mod pool;
 mod split;
 mod worker;
 
+pub use pool::AugmentationPool;
 pub use split::Split;
 
 use std::collections::BTreeMap;
@@ -112,6 +114,9 @@ pub struct LoaderConfig {
     /// The part of every epoch this loader reads (the whole epoch by default; one node's part
     /// in a multi-machine run: see [`Split`]).
     pub split: Split,
+    /// Train mode: a finite pool of crops per sample instead of a fresh one every epoch (see
+    /// [`AugmentationPool`]); `None` (the default): epoch `e` draws the crop from `(seed, e)`.
+    pub pool: Option<AugmentationPool>,
 }
 
 impl LoaderConfig {
@@ -129,6 +134,7 @@ impl LoaderConfig {
             context_length: DEFAULT_CONTEXT_LENGTH,
             shuffle_buffer: 5000,
             split: Split::WHOLE,
+            pool: None,
         }
     }
 
@@ -197,6 +203,12 @@ impl LoaderConfig {
         self
     }
 
+    /// Crops samples from a finite pool (see [`AugmentationPool`]).
+    pub fn with_pool(mut self, pool: Option<AugmentationPool>) -> Self {
+        self.pool = pool;
+        self
+    }
+
     /// The number of worker threads that will run.
     pub fn resolved_workers(&self) -> usize {
         if self.workers > 0 {
@@ -224,6 +236,12 @@ impl LoaderConfig {
         }
         if self.shuffle_buffer == 0 {
             return bad("shuffle_buffer", "must be at least 1");
+        }
+        if self.pool.is_some_and(|p| p.size == 0) {
+            return bad(
+                "pool",
+                "an augmentation pool needs at least one crop per sample",
+            );
         }
         if self.split.parts == 0 || self.split.part >= self.split.parts {
             return bad("split", "the part must be one of `parts`");
@@ -327,6 +345,10 @@ pub struct Batch {
     pub ids: Vec<u64>,
     /// Sample names (image paths, `shard.tar:key`).
     pub keys: Vec<String>,
+    /// Train mode: for each row, the augmentation it was cropped with (the epoch, or the crop's
+    /// index in the [`AugmentationPool`]) and the crop box in the decoded image's pixels;
+    /// empty in eval mode.
+    pub augmentations: Vec<(u64, crate::image::CropBox)>,
     /// The epoch.
     pub epoch: u64,
     /// The batch's number in its epoch.

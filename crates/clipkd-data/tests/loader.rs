@@ -10,7 +10,9 @@ use clipkd_data::dataset::{
     CsvConfig, CsvDataset, CsvSource, DataSource, IndexedDataset, SkipReason, SyntheticDataset,
 };
 use clipkd_data::image::{DecodedImage, ImageTransform, TransformConfig};
-use clipkd_data::loader::{Batch, DataLoader, DataPosition, LoaderConfig, Mode, Split};
+use clipkd_data::loader::{
+    AugmentationPool, Batch, DataLoader, DataPosition, LoaderConfig, Mode, Split,
+};
 use clipkd_data::tokenizer::Tokenizer;
 
 /// A JPEG of `w` x `h` whose colours depend on `seed`.
@@ -511,4 +513,45 @@ fn split_parts_read_disjoint_rows_of_the_global_batches_and_resume_exactly() {
         "each missing image is skipped by exactly one part"
     );
     assert!(seen.iter().all(|id| ![1, 8, 9, 14].contains(id)));
+}
+
+#[test]
+fn an_augmentation_pool_reuses_the_crops_of_its_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write_dataset(dir.path(), 10);
+    let plain = LoaderConfig::train(5).with_workers(2).with_seed(4);
+    // Crop k of the pool (drawn with seed 4) is the crop the plain loader draws in epoch k.
+    let by_epoch: Vec<std::collections::BTreeMap<u64, Vec<u32>>> = (0..3)
+        .map(|e| {
+            collect(loader(&csv, dir.path(), plain.clone()).epoch(e).unwrap())
+                .iter()
+                .flat_map(|b| {
+                    (0..b.len())
+                        .map(|i| (b.ids[i], b.image(i).iter().map(|v| v.to_bits()).collect()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect();
+    // Another run seed shuffles and chooses differently, but the crops come from the pool.
+    let pooled = plain
+        .clone()
+        .with_seed(99)
+        .with_pool(Some(AugmentationPool::new(3, 4)));
+    let l = loader(&csv, dir.path(), pooled);
+    let mut chosen = std::collections::BTreeSet::new();
+    for epoch in 0..4 {
+        for b in collect(l.epoch(epoch).unwrap()) {
+            assert_eq!(b.augmentations.len(), b.len());
+            for i in 0..b.len() {
+                let (k, crop) = b.augmentations[i];
+                assert!(k < 3);
+                chosen.insert(k);
+                let want = &by_epoch[k as usize][&b.ids[i]];
+                let got: Vec<u32> = b.image(i).iter().map(|v| v.to_bits()).collect();
+                assert_eq!(&got, want, "sample {} crop {k} ({crop:?})", b.ids[i]);
+            }
+        }
+    }
+    assert_eq!(chosen.len(), 3, "every crop of the pool is used");
 }

@@ -18,8 +18,11 @@ pub(crate) enum Purpose {
     ShardOrder = 2,
     /// A webdataset shuffle block: `(epoch, block)`.
     ShuffleBlock = 3,
-    /// A sample's augmentation: `(epoch, sample id)`.
+    /// A sample's augmentation: `(epoch, sample id)`; with an augmentation pool, `(k, sample
+    /// id)` for crop `k` of the pool.
     Augment = 4,
+    /// Which crop of an augmentation pool a sample takes: `(epoch, sample id)`.
+    PoolChoice = 5,
 }
 
 /// SplitMix64's finalizer: a bijective mixer of 64-bit words.

@@ -88,6 +88,7 @@ pub(super) fn start(
         seed: cfg.seed,
         epoch: position.epoch,
         context_length: cfg.context_length,
+        pool: cfg.pool,
     });
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
@@ -660,6 +661,7 @@ impl Coordinator {
         let mut ids = Vec::with_capacity(len);
         let mut keys = Vec::with_capacity(len);
         let mut labels = Vec::with_capacity(len);
+        let mut augmentations = Vec::with_capacity(len);
         for (i, row) in rows.into_iter().take(len).enumerate() {
             let prep = row.expect("the first `len` rows of a finished batch are filled");
             tokens.extend_from_slice(&prep.tokens);
@@ -667,6 +669,7 @@ impl Coordinator {
             ids.push(prep.id);
             keys.push(prep.key);
             labels.push(prep.label);
+            augmentations.extend(prep.augmentation);
         }
         let labels = labels
             .iter()
@@ -681,6 +684,7 @@ impl Coordinator {
             labels,
             ids,
             keys,
+            augmentations,
             epoch: self.epoch,
             index,
             skipped,

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Mode;
 use super::buffer::SharedImages;
+use super::{AugmentationPool, Mode};
 use crate::dataset::order::{Purpose, rng_for};
 use crate::dataset::{SampleRef, SkipReason, Skipped, load_image};
-use crate::image::{DecodedImage, ImageTransform};
+use crate::image::{CropBox, DecodedImage, ImageTransform};
 use crate::tokenizer::Tokenizer;
 
 /// What every worker of an epoch shares.
@@ -21,6 +21,7 @@ pub(crate) struct WorkerContext {
     pub seed: u64,
     pub epoch: u64,
     pub context_length: usize,
+    pub pool: Option<AugmentationPool>,
 }
 
 /// Where a job writes its image.
@@ -47,6 +48,8 @@ pub(crate) struct Prepared {
     /// `texts * context_length` token ids.
     pub tokens: Vec<u32>,
     pub texts: usize,
+    /// Train mode: the augmentation the sample was cropped with and the box.
+    pub augmentation: Option<(u64, CropBox)>,
 }
 
 /// A job's result.
@@ -146,13 +149,22 @@ pub(crate) fn prepare(
     } = sample;
     let img = load_image(&image, &key)?;
     let img: &DecodedImage = &img;
-    match ctx.mode {
+    let augmentation = match ctx.mode {
         Mode::Train => {
-            let mut rng = rng_for(ctx.seed, Purpose::Augment, ctx.epoch, id);
-            ctx.transform.train_into(img, &mut rng, out);
+            let (seed, k) = match ctx.pool {
+                None => (ctx.seed, ctx.epoch),
+                Some(pool) => (pool.seed, pool.choose(ctx.seed, ctx.epoch, id)),
+            };
+            let mut rng = rng_for(seed, Purpose::Augment, k, id);
+            let crop = ctx.transform.sample_crop(img.width, img.height, &mut rng);
+            ctx.transform.resized_crop_into(img, crop, out);
+            Some((k, crop))
         }
-        Mode::Eval => ctx.transform.eval_into(img, out),
-    }
+        Mode::Eval => {
+            ctx.transform.eval_into(img, out);
+            None
+        }
+    };
     // The loader config's validation rejects context_length 0, the tokenizer's only error.
     let tokens = ctx
         .tokenizer
@@ -164,5 +176,6 @@ pub(crate) fn prepare(
         label,
         tokens,
         texts: captions.len(),
+        augmentation,
     })
 }
