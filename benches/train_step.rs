@@ -145,10 +145,7 @@ fn main() {
                 teacher.as_ref(),
                 model.take().expect("model"),
                 &mut optimizer,
-                [MicroBatch {
-                    images: images.clone(),
-                    tokens: toks.clone(),
-                }],
+                [MicroBatch::new(images.clone(), toks.clone())],
                 &StepOptions {
                     autocast: precision.autocast(),
                     loss_scale: precision.scales_losses().then_some(1024.0),

@@ -104,6 +104,14 @@ pub enum TrainError {
         /// What is wrong.
         what: String,
     },
+    /// A teacher cache is incomplete, damaged, or does not fit this run's teacher or data.
+    #[error("teacher cache {path}: {what}")]
+    TeacherCache {
+        /// The cache directory (or the file in it).
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A Burn record (model or optimizer state) could not be written or read.
     #[error("record {path}: {message}")]
     Record {

@@ -46,6 +46,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod step;
 pub mod student;
+pub mod teacher_cache;
 pub mod trainer;
 
 pub use config::{Override, RunConfig, TrainMode};

@@ -129,7 +129,7 @@ where
     T: ClipEncoder<B::InnerBackend>,
     L: TrainableObjective<B>,
 {
-    let input = distill_input(teacher, model, images, tokens, mask_ratio)?;
+    let input = distill_input(teacher, model, MicroBatch::new(images, tokens), mask_ratio)?;
     Ok(model.losses.forward(&input)?)
 }
 
@@ -138,18 +138,19 @@ where
 /// request, and the student's masked view when it needs one (with the autodiff graph of the
 /// student).
 ///
-/// The teacher runs on the inner backend, so it builds no autodiff graph. With no teacher, the
-/// loss module must only hold losses that do not read the teacher (the task loss): the
-/// student's own detached embeddings fill the teacher slot. `mask_ratio` adds the student's
+/// The teacher runs on the inner backend, so it builds no autodiff graph. A micro-batch that
+/// carries the teacher's outputs ([`TeacherOutputs`]: a teacher cache, another framework) uses
+/// them instead of running `teacher`; the losses must then read no intermediate teacher
+/// feature. With no teacher, the loss module must only hold losses that do not read the
+/// teacher (the task loss): the student's own detached embeddings fill the teacher slot. `mask_ratio` adds the student's
 /// masked view (MFD) when the loss module needs it.
 ///
 /// # Shapes
-/// - `images`: `[N, 3, H, W]` normalized pixels; `tokens`: `[N, C]`
+/// - `batch.images`: `[N, 3, H, W]` normalized pixels; `batch.tokens`: `[N, C]`
 pub fn distill_input<B, S, T, L>(
     teacher: Option<&T>,
     model: &DistillModel<B, S, L>,
-    images: Tensor<B::InnerBackend, 4>,
-    tokens: Tensor<B::InnerBackend, 2, Int>,
+    batch: MicroBatch<B::InnerBackend>,
     mask_ratio: Option<f64>,
 ) -> Result<DistillInput<B>, TrainError>
 where
@@ -162,8 +163,33 @@ where
     let requests = model.losses.feature_requests();
     let student_names: Vec<String> = requests.iter().map(|r| r.student.clone()).collect();
     let teacher_names: Vec<String> = requests.iter().map(|r| r.teacher.clone()).collect();
-    let teacher = match teacher {
-        Some(t) => {
+    let MicroBatch {
+        images,
+        tokens,
+        teacher: stored,
+    } = batch;
+    let teacher = match (stored, teacher) {
+        (Some(stored), _) => {
+            if !teacher_names.is_empty() {
+                return Err(TrainError::config(
+                    "loss",
+                    format!(
+                        "the losses read the teacher's intermediate features ({}), which stored \
+                         teacher outputs do not hold: distill from the teacher model",
+                        teacher_names.join(", ")
+                    ),
+                ));
+            }
+            let n = images.dims()[0];
+            stored.check_rows(n)?;
+            Some((
+                Tensor::<B, 2>::from_inner(stored.image),
+                Tensor::<B, 2>::from_inner(stored.text),
+                Tensor::<B, 1>::from_inner(stored.log_logit_scale),
+                Vec::new(),
+            ))
+        }
+        (None, Some(t)) => {
             let (image, features) = t.encode_image_with_features(images.clone(), &teacher_names)?;
             Some((
                 Tensor::<B, 2>::from_inner(image),
@@ -172,7 +198,7 @@ where
                 features.into_iter().map(Tensor::from_inner).collect(),
             ))
         }
-        None => None,
+        (None, None) => None,
     };
     let images = Tensor::<B, 4>::from_inner(images);
     let masked = match mask_ratio {
@@ -213,13 +239,65 @@ where
     Ok(input)
 }
 
-/// One micro-batch on the device: normalized images and their captions' tokens.
+/// One micro-batch on the device: normalized images and their captions' tokens, and the
+/// teacher's outputs for them when they were computed elsewhere.
 #[derive(Debug, Clone)]
 pub struct MicroBatch<B: Backend> {
     /// `[N, 3, H, W]` normalized pixels.
     pub images: Tensor<B, 4>,
     /// `[N, C]` token ids.
     pub tokens: Tensor<B, 2, Int>,
+    /// The teacher's outputs for these images and captions (a teacher cache, another
+    /// framework, an API): used instead of running a teacher model.
+    pub teacher: Option<TeacherOutputs<B>>,
+}
+
+impl<B: Backend> MicroBatch<B> {
+    /// Images and tokens; the teacher, if any, runs on them.
+    pub fn new(images: Tensor<B, 4>, tokens: Tensor<B, 2, Int>) -> Self {
+        MicroBatch {
+            images,
+            tokens,
+            teacher: None,
+        }
+    }
+
+    /// With the teacher's outputs for these rows, computed elsewhere.
+    pub fn with_teacher(mut self, teacher: TeacherOutputs<B>) -> Self {
+        self.teacher = Some(teacher);
+        self
+    }
+}
+
+/// What the losses read of a teacher, for the rows of a micro-batch, computed elsewhere than
+/// in the step (a [`crate::teacher_cache`], another framework, an API): the teacher's raw
+/// (unnormalized) image and text embeddings, as its `encode_image`/`encode_text` return them,
+/// and its logit scale.
+#[derive(Debug, Clone)]
+pub struct TeacherOutputs<B: Backend> {
+    /// `[N, D_t]` raw image embeddings of the micro-batch's images (the same crops).
+    pub image: Tensor<B, 2>,
+    /// `[N, D_t]` raw text embeddings of its captions.
+    pub text: Tensor<B, 2>,
+    /// `[1]`: the teacher's logit-scale parameter `ln s`.
+    pub log_logit_scale: Tensor<B, 1>,
+}
+
+impl<B: Backend> TeacherOutputs<B> {
+    /// Checks that both embeddings have `n` rows of one width.
+    fn check_rows(&self, n: usize) -> Result<(), TrainError> {
+        let ([ni, di], [nt, dt]) = (self.image.dims(), self.text.dims());
+        if ni != n || nt != n || di != dt {
+            return Err(TrainError::config(
+                "teacher",
+                format!(
+                    "stored teacher outputs of shapes image [{ni}, {di}] and text [{nt}, {dt}] \
+                     for a micro-batch of {n} rows"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Settings of one optimizer step.
@@ -359,13 +437,7 @@ where
     let mut sums: Option<LossTerms<B::InnerBackend>> = None;
     for batch in micro_batches {
         let scope = options.autocast.map(|dtype| autocast(Some(dtype)));
-        let input = distill_input(
-            teacher,
-            model,
-            batch.images,
-            batch.tokens,
-            options.mask_ratio,
-        )?;
+        let input = distill_input(teacher, model, batch, options.mask_ratio)?;
         drop(scope);
         let terms = gradients(input, &mut accumulator)?;
         sums = Some(match sums {
@@ -497,7 +569,7 @@ mod tests {
             row[2] = 63;
         }
         let tokens = Tensor::from_data(TensorData::new(ids, [n, 8]), &device);
-        MicroBatch { images, tokens }
+        MicroBatch::new(images, tokens)
     }
 
     #[test]
@@ -576,10 +648,7 @@ mod tests {
         );
         let mut optim = distill_optimizer(&m, AdamWParams::resnet());
         let images = Tensor::<Flex, 4>::random([4, 3, 64, 64], Distribution::Default, &device);
-        let b = MicroBatch {
-            images,
-            tokens: batch(4).tokens,
-        };
+        let b = MicroBatch::new(images, batch(4).tokens);
         let out = train_step(NO_TEACHER, m, &mut optim, [b], &StepOptions::new(1e-3)).unwrap();
         let total: f32 = out.terms.total().unwrap().into_scalar();
         assert!(total.is_finite());

@@ -46,7 +46,7 @@
 //! step and the term (or the tensors), and the earlier checkpoints are kept.
 
 mod checks;
-mod data;
+pub(crate) mod data;
 mod parallel;
 mod runner;
 
@@ -72,6 +72,16 @@ use crate::progress::ProgressMode;
 use crate::run_dir::{RunLock, recover_run_dir};
 use crate::step::TrainableObjective;
 use crate::student::Student;
+use crate::teacher_cache::TeacherCache;
+use std::sync::Arc;
+
+/// The teacher cache of `config`, opened, when distilling from one.
+fn open_cache(config: &RunConfig, mode: TrainMode) -> Result<Option<TeacherCache>, TrainError> {
+    match (&config.teacher.cache, mode) {
+        (Some(dir), TrainMode::Distill) => Ok(Some(TeacherCache::open(dir)?)),
+        _ => Ok(None),
+    }
+}
 
 use data::{build_loader, check_data, open_data, schedule_length};
 pub use data::{micro_batch, skip_details};
@@ -120,6 +130,8 @@ pub struct PreparedRun {
     warnings: Vec<String>,
     progress: ProgressMode,
     read_skips: SkipReport,
+    /// Distilling from a teacher cache: the teacher's outputs come from it.
+    teacher_cache: Option<Arc<TeacherCache>>,
     /// Held, not read: the run directory is this process's until the run ends (none on the
     /// nodes other than node 0 of a run on several machines).
     _lock: Option<RunLock>,
@@ -173,9 +185,20 @@ impl PreparedRun {
         if let Some(init) = &config.student.init {
             check_file(init, "student.init")?;
         }
-        let teacher = match mode {
-            TrainMode::Baseline => None,
-            TrainMode::Distill => {
+        let cache = open_cache(&config, mode)?;
+        let teacher = match (mode, &cache) {
+            (TrainMode::Baseline, _) => None,
+            (TrainMode::Distill, Some(cache)) => {
+                // No teacher model: its outputs come from the cache.
+                check_teacher_fits(
+                    &cache.teacher_shape(),
+                    &student.encoder_shape(),
+                    &format!("the teacher of cache {}", cache.dir().display()),
+                    &format!("the student `{}`", config.student.model),
+                )?;
+                None
+            }
+            (TrainMode::Distill, None) => {
                 let teacher = config
                     .teacher
                     .model
@@ -198,8 +221,11 @@ impl PreparedRun {
             teacher: teacher.clone().map(Box::new),
         };
         let student = student.encoder_shape();
-        let teacher = teacher.map(|t| t.encoder_shape());
-        Self::prepare_shapes(config, mode, resume, plan, student, teacher)
+        let teacher = match &cache {
+            Some(cache) => Some(cache.teacher_shape()),
+            None => teacher.map(|t| t.encoder_shape()),
+        };
+        Self::prepare_shapes(config, mode, resume, plan, student, teacher, cache)
     }
 
     /// Checks `config` for a run of models of the caller's own, of the given shapes (from
@@ -231,7 +257,16 @@ impl PreparedRun {
             check_vocab(t.vocab_size, tokenizer_vocab, "teacher")?;
             check_teacher_fits(t, &student, "the teacher", "the student")?;
         }
-        Self::prepare_shapes(config, mode, resume, ModelPlan::Custom, student, teacher)
+        let cache = open_cache(&config, mode)?;
+        Self::prepare_shapes(
+            config,
+            mode,
+            resume,
+            ModelPlan::Custom,
+            student,
+            teacher,
+            cache,
+        )
     }
 
     fn prepare_shapes(
@@ -241,6 +276,7 @@ impl PreparedRun {
         plan: ModelPlan,
         student: EncoderShape,
         teacher: Option<EncoderShape>,
+        cache: Option<TeacherCache>,
     ) -> Result<Self, TrainError> {
         if let Some(err) = plots_unavailable(&config) {
             return Err(err);
@@ -255,10 +291,16 @@ impl PreparedRun {
                 .map_err(|e| TrainError::field("loss", e))?;
         }
 
-        let source = open_data(&config, student.image_size)?;
-        let loader = build_loader(&config, &student, source)?;
-        let (steps_per_epoch, total_steps) = schedule_length(&config, &loader)?;
         let mut warnings = Vec::new();
+        let source = open_data(&config, student.image_size)?;
+        if let Some(cache) = &cache {
+            // The data is checked against the cache when the run starts (`with_data` may
+            // replace it until then).
+            cache.check_config(&config, &student)?;
+        }
+        let cache = cache.map(Arc::new);
+        let loader = build_loader(&config, &student, source, cache.as_deref())?;
+        let (steps_per_epoch, total_steps) = schedule_length(&config, &loader)?;
         let read_skips = check_data(&config, &loader, &mut warnings)?;
         let eval = if config.eval.is_empty() {
             None
@@ -363,6 +405,7 @@ impl PreparedRun {
             warnings,
             progress: ProgressMode::Auto,
             read_skips,
+            teacher_cache: cache,
             _lock: lock,
         })
     }
@@ -370,7 +413,12 @@ impl PreparedRun {
     /// Replaces the training data (e.g. an in-memory dataset in tests or research code); the
     /// loader settings, the schedule and the data check follow the new data.
     pub fn with_data(mut self, source: DataSource) -> Result<Self, TrainError> {
-        self.loader = build_loader(&self.config, &self.student, source)?;
+        self.loader = build_loader(
+            &self.config,
+            &self.student,
+            source,
+            self.teacher_cache.as_deref(),
+        )?;
         let (steps_per_epoch, total_steps) = schedule_length(&self.config, &self.loader)?;
         self.read_skips = check_data(&self.config, &self.loader, &mut self.warnings)?;
         self.steps_per_epoch = steps_per_epoch;
@@ -514,10 +562,16 @@ impl PreparedRun {
                     "a teacher was given to a run prepared without one",
                 ));
             }
-            (None, Some(_)) => {
+            (None, Some(_)) if self.teacher_cache.is_none() => {
                 return Err(TrainError::config(
                     "teacher",
                     "the run was prepared for distillation, but no teacher was given",
+                ));
+            }
+            (Some(_), Some(_)) if self.teacher_cache.is_some() => {
+                return Err(TrainError::config(
+                    "teacher",
+                    "the run distills from a teacher cache: give no teacher model",
                 ));
             }
             _ => {}

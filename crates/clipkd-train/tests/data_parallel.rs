@@ -264,14 +264,16 @@ fn parallel_steps(
                 let mut after = Vec::new();
                 for step in 0..3 {
                     let micro = (0..2)
-                        .map(|m| MicroBatch {
-                            images: rows::<4, burn::tensor::Float>(
-                                &data.images,
-                                m * N / 2 + rank * n,
-                                n,
+                        .map(|m| {
+                            MicroBatch::new(
+                                rows::<4, burn::tensor::Float>(
+                                    &data.images,
+                                    m * N / 2 + rank * n,
+                                    n,
+                                )
+                                .inner(),
+                                rows::<2, Int>(&data.tokens, m * N / 2 + rank * n, n).inner(),
                             )
-                            .inner(),
-                            tokens: rows::<2, Int>(&data.tokens, m * N / 2 + rank * n, n).inner(),
                         })
                         .collect();
                     let mut options = StepOptions::new(1e-3 * (step + 1) as f64);
@@ -356,9 +358,11 @@ fn peers_stay_identical_and_step_like_one_device() {
     let mut optimizer = distill_optimizer(&model, AdamWParams::vit());
     for step in 0..3 {
         let micro: Vec<_> = (0..2)
-            .map(|m| MicroBatch {
-                images: rows::<4, burn::tensor::Float>(&data.images, m * N / 2, N / 2).inner(),
-                tokens: rows::<2, Int>(&data.tokens, m * N / 2, N / 2).inner(),
+            .map(|m| {
+                MicroBatch::new(
+                    rows::<4, burn::tensor::Float>(&data.images, m * N / 2, N / 2).inner(),
+                    rows::<2, Int>(&data.tokens, m * N / 2, N / 2).inner(),
+                )
             })
             .collect();
         let mut options = StepOptions::new(1e-3 * (step + 1) as f64);

@@ -67,7 +67,7 @@ fn batch(n: usize, size: usize) -> MicroBatch<Flex> {
         row[3] = 63;
     }
     let tokens = Tensor::from_data(TensorData::new(ids, [n, 8]), &device);
-    MicroBatch { images, tokens }
+    MicroBatch::new(images, tokens)
 }
 
 /// Every parameter's gradient (model order), as f32 values.

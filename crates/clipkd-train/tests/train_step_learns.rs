@@ -45,7 +45,7 @@ fn steps_update_every_group_and_lower_the_loss_on_a_fixed_batch() {
         row[2] = 63;
     }
     let tokens = Tensor::from_data(TensorData::new(ids, [n, 8]), &device);
-    let batch = MicroBatch { images, tokens };
+    let batch = MicroBatch::new(images, tokens);
 
     let before_proj = m.student.valid().text_projection.clone();
     let before_scale: f32 = m.student.valid().logit_scale().into_scalar();

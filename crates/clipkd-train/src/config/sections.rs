@@ -67,6 +67,14 @@ pub struct DataConfig {
     pub mean: [f64; 3],
     /// Normalization standard deviation (OpenAI CLIP's).
     pub std: [f64; 3],
+    /// A finite pool of this many crops per sample instead of a fresh crop every epoch
+    /// (`clipkd_data::loader::AugmentationPool`; what a teacher cache stores); 0: no pool.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub augmentation_pool: u64,
+    /// The seed the pool's crops are drawn with (default: `run.seed`; a teacher cache's is
+    /// its build's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augmentation_seed: Option<u64>,
     /// Stop the run when more than this fraction of the samples read are unusable (missing,
     /// undecodable, too large, bad caption, bad CSV line); 1 never stops.
     pub max_skipped_fraction: f64,
@@ -91,6 +99,8 @@ impl Default for DataConfig {
             crop_scale: [0.9, 1.0],
             mean: [0.48145466, 0.4578275, 0.40821073],
             std: [0.26862954, 0.26130258, 0.27577711],
+            augmentation_pool: 0,
+            augmentation_seed: None,
             max_skipped_fraction: 0.1,
         }
     }
@@ -103,9 +113,15 @@ pub struct TeacherConfig {
     /// The architecture: an open_clip model-config name (`ViT-B-16`, `ViT-L-14`, `RN50`, ...),
     /// a JSON file, or an inline config (see [`ModelSource`]).
     pub model: ModelSource,
-    /// The teacher's open_clip checkpoint (.safetensors, .pt, .pth, .bin). Required.
+    /// The teacher's open_clip checkpoint (.safetensors, .pt, .pth, .bin). Required, unless
+    /// the teacher's outputs come from `cache`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<PathBuf>,
+    /// Distill from this teacher cache (`clipkd teacher-cache`) instead of running the teacher:
+    /// no teacher is loaded, the crops come from the cache's pool. `model` and `weights`, when
+    /// given, must be the cache's teacher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
 }
 
 impl Default for TeacherConfig {
@@ -113,6 +129,7 @@ impl Default for TeacherConfig {
         TeacherConfig {
             model: ModelSource::Preset("ViT-B-16".into()),
             weights: None,
+            cache: None,
         }
     }
 }
@@ -366,4 +383,9 @@ impl Default for RunSection {
             stop_after_steps: None,
         }
     }
+}
+
+/// Serde: leave a zero out (fields added later keep older configs' hashes).
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

@@ -54,11 +54,20 @@ impl RunConfig {
         if let Some(n) = d.train_num_samples {
             positive("data.train_num_samples", n)?;
         }
-        if mode == TrainMode::Distill && self.teacher.weights.is_none() {
+        if mode == TrainMode::Distill
+            && self.teacher.weights.is_none()
+            && self.teacher.cache.is_none()
+        {
             return Err(TrainError::config(
                 "teacher.weights",
-                "required for distillation: the teacher's open_clip checkpoint \
-                 (or run `clipkd train` for the no-teacher baseline)",
+                "required for distillation: the teacher's open_clip checkpoint, or a teacher \
+                 cache in teacher.cache (or run `clipkd train` for the no-teacher baseline)",
+            ));
+        }
+        if mode == TrainMode::Baseline && self.teacher.cache.is_some() {
+            return Err(TrainError::config(
+                "teacher.cache",
+                "the no-teacher baseline reads no teacher: distill from the cache instead",
             ));
         }
         if mode == TrainMode::Distill {

@@ -5,16 +5,17 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clipkd_data::dataset::{CsvConfig, DataSource, DatasetKind, SkipReport, SyntheticDataset};
 use clipkd_data::image::{ImageTransform, TransformConfig};
-use clipkd_data::loader::{Batch, DataLoader, LoaderConfig, Split};
+use clipkd_data::loader::{AugmentationPool, Batch, DataLoader, LoaderConfig, Split};
 use clipkd_data::tokenizer::Tokenizer;
 use clipkd_models::EncoderShape;
 
 use crate::config::{DataKind, RunConfig};
 use crate::error::TrainError;
-use crate::step::MicroBatch;
+use crate::step::{MicroBatch, TeacherOutputs};
+use crate::teacher_cache::TeacherCache;
 
 /// Opens the training data named by `[data]`.
-pub(super) fn open_data(
+pub(crate) fn open_data(
     config: &RunConfig,
     image_size: [usize; 2],
 ) -> Result<DataSource, TrainError> {
@@ -47,15 +48,10 @@ pub(super) fn build_loader(
     config: &RunConfig,
     student: &EncoderShape,
     source: DataSource,
+    cache: Option<&TeacherCache>,
 ) -> Result<DataLoader, TrainError> {
     let d = &config.data;
-    let [h, w] = student.image_size;
-    let transform = ImageTransform::new(
-        TransformConfig::default()
-            .with_size(h, w)
-            .with_mean_std(d.mean, d.std)
-            .with_crop_scale(d.crop_scale[0], d.crop_scale[1]),
-    )?;
+    let transform = train_transform(config, student.image_size)?;
     // On several nodes each reads its own part of every epoch (its rows of each global batch,
     // or its shards): see `docs/distributed.md`.
     let nodes = config.run.num_nodes;
@@ -72,8 +68,10 @@ pub(super) fn build_loader(
             ),
         ));
     }
+    let pool = augmentation_pool(config, cache)?;
     let loader_config = LoaderConfig::train(d.batch_size / nodes)
         .with_split(split)
+        .with_pool(pool)
         .with_workers(d.workers)
         .with_prefetch(d.prefetch)
         .with_seed(config.run.seed)
@@ -84,6 +82,54 @@ pub(super) fn build_loader(
         transform,
         Tokenizer::new(),
         loader_config,
+    )?)
+}
+
+/// The crops' pool: a teacher cache's (the config may only name the same), or
+/// `data.augmentation_pool` crops drawn with `data.augmentation_seed` (default `run.seed`).
+fn augmentation_pool(
+    config: &RunConfig,
+    cache: Option<&TeacherCache>,
+) -> Result<Option<AugmentationPool>, TrainError> {
+    let d = &config.data;
+    let configured = (d.augmentation_pool > 0).then(|| {
+        AugmentationPool::new(
+            d.augmentation_pool,
+            d.augmentation_seed.unwrap_or(config.run.seed),
+        )
+    });
+    let Some(cache) = cache else {
+        return Ok(configured);
+    };
+    let pool = cache.pool();
+    if d.augmentation_pool > 0 && d.augmentation_pool != pool.size
+        || d.augmentation_seed.is_some_and(|s| s != pool.seed)
+    {
+        return Err(TrainError::config(
+            "data.augmentation_pool",
+            format!(
+                "the teacher cache holds {} crops per sample drawn with seed {}; leave \
+                 data.augmentation_pool and data.augmentation_seed unset or give those",
+                pool.size, pool.seed
+            ),
+        ));
+    }
+    Ok(Some(pool))
+}
+
+/// The training images' transform of `[data]` for a model input of `image_size`
+/// (`[height, width]`).
+pub(crate) fn train_transform(
+    config: &RunConfig,
+    image_size: [usize; 2],
+) -> Result<ImageTransform, TrainError> {
+    let d = &config.data;
+    let [h, w] = image_size;
+    Ok(ImageTransform::new(
+        TransformConfig::default()
+            .with_size(h, w)
+            .with_mean_std(d.mean, d.std)
+            .with_crop_scale(d.crop_scale[0], d.crop_scale[1]),
     )?)
 }
 
@@ -219,12 +265,41 @@ pub fn skip_details(report: &SkipReport) -> String {
     }
 }
 
-/// A batch of the loader as device tensors.
+/// A batch of the loader as device tensors (with the teacher's stored outputs for its rows,
+/// when training from a teacher cache).
 pub fn micro_batch<B: Backend>(
     batch: &Batch,
+    teacher: Option<&HostTeacher>,
     device: &B::Device,
 ) -> Result<MicroBatch<B>, TrainError> {
-    Ok(host_rows(batch, 0, batch.len())?.into_device(device))
+    Ok(host_rows(batch, teacher, 0, batch.len())?.into_device(device))
+}
+
+/// The teacher's stored outputs for the rows of a batch, in host memory (see
+/// [`crate::step::TeacherOutputs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTeacher {
+    /// `[N, D]` raw image embeddings, row-major.
+    pub image: Vec<f32>,
+    /// `[N, D]` raw text embeddings, row-major.
+    pub text: Vec<f32>,
+    /// The embedding width `D`.
+    pub dim: usize,
+    /// The teacher's logit-scale parameter `ln s`.
+    pub log_logit_scale: f32,
+}
+
+impl HostTeacher {
+    /// Rows `from .. from + len`, as tensor data.
+    fn rows(&self, from: usize, len: usize) -> (TensorData, TensorData, TensorData) {
+        let d = self.dim;
+        let part = |v: &[f32]| TensorData::new(v[from * d..(from + len) * d].to_vec(), [len, d]);
+        (
+            part(&self.image),
+            part(&self.text),
+            TensorData::new(vec![self.log_logit_scale], [1]),
+        )
+    }
 }
 
 /// Rows of a batch in host memory, ready to become a [`MicroBatch`] on any device (a peer's
@@ -233,21 +308,33 @@ pub fn micro_batch<B: Backend>(
 pub(crate) struct HostMicroBatch {
     images: TensorData,
     tokens: TensorData,
+    /// Stored teacher outputs: image, text, log logit scale.
+    teacher: Option<(TensorData, TensorData, TensorData)>,
 }
 
 impl HostMicroBatch {
     /// The rows as tensors on `device`.
     pub(crate) fn into_device<B: Backend>(self, device: &B::Device) -> MicroBatch<B> {
-        MicroBatch {
-            images: Tensor::<B, 4>::from_data(self.images, device),
-            tokens: Tensor::<B, 2, Int>::from_data(self.tokens, device),
+        let batch = MicroBatch::new(
+            Tensor::<B, 4>::from_data(self.images, device),
+            Tensor::<B, 2, Int>::from_data(self.tokens, device),
+        );
+        match self.teacher {
+            None => batch,
+            Some((image, text, scale)) => batch.with_teacher(TeacherOutputs {
+                image: Tensor::from_data(image, device),
+                text: Tensor::from_data(text, device),
+                log_logit_scale: Tensor::from_data(scale, device),
+            }),
         }
     }
 }
 
-/// Rows `from .. from + len` of `batch` (one caption per image, as training needs).
+/// Rows `from .. from + len` of `batch` (one caption per image, as training needs), with those
+/// of the teacher's stored outputs for it.
 pub(crate) fn host_rows(
     batch: &Batch,
+    teacher: Option<&HostTeacher>,
     from: usize,
     len: usize,
 ) -> Result<HostMicroBatch, TrainError> {
@@ -277,5 +364,6 @@ pub(crate) fn host_rows(
     Ok(HostMicroBatch {
         images: TensorData::new(images, [len, c, h, w]),
         tokens: TensorData::new(tokens, [len, context]),
+        teacher: teacher.map(|t| t.rows(from, len)),
     })
 }

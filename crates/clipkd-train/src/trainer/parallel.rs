@@ -23,7 +23,7 @@ use clipkd_data::loader::{Batch, DataPosition};
 use clipkd_losses::LossSet;
 use clipkd_models::{Clip, ClipEncoder};
 
-use super::data::{HostMicroBatch, host_rows};
+use super::data::{HostMicroBatch, HostTeacher, host_rows};
 use super::runner::{Runner, assemble, restore};
 use super::{Models, OpenClipModels, PreparedRun, RunSummary};
 use crate::config::RunConfig;
@@ -119,6 +119,7 @@ impl Leader {
     pub(super) fn share(
         &self,
         group: &[Batch],
+        stored: &[Option<HostTeacher>],
         options: &StepOptions,
         seed: u64,
     ) -> Result<Vec<HostMicroBatch>, TrainError> {
@@ -127,7 +128,7 @@ impl Leader {
         let first = self.peer.rank();
         let local = self.followers.len() + 1;
         let mut shares: Vec<Vec<HostMicroBatch>> = (0..local).map(|_| Vec::new()).collect();
-        for batch in group {
+        for (batch, teacher) in group.iter().zip(stored) {
             if !batch.len().is_multiple_of(local) {
                 return Err(TrainError::config(
                     "data.batch_size",
@@ -139,7 +140,7 @@ impl Leader {
             }
             let n = batch.len() / local;
             for (r, share) in shares.iter_mut().enumerate() {
-                share.push(host_rows(batch, r * n, n)?);
+                share.push(host_rows(batch, teacher.as_ref(), r * n, n)?);
             }
         }
         let mut shares = shares.into_iter();

@@ -244,6 +244,11 @@ where
         models: Models<S, T, L>,
     ) -> Result<Self, TrainError> {
         let config = &prep.config;
+        let mut notes = Vec::new();
+        if let Some(cache) = &prep.teacher_cache {
+            // Before any step: every row of the data is what the cache stored.
+            cache.check_data(prep.loader.source(), &mut notes)?;
+        }
         let run_dir = config.run.output_dir.clone();
         let writer = config.run.node_rank == 0;
         if writer {
@@ -275,7 +280,6 @@ where
             loss_scaler: config.run.precision.scales_losses().then(LossScaler::new),
         };
         let (model, optimizer) = restore(prep.resume.as_deref(), model, adamw, device)?;
-        let mut notes = Vec::new();
         let state = match &prep.resume {
             None => fresh_state,
             Some(path) => {
@@ -586,6 +590,14 @@ where
             autocast: config.run.precision.autocast(),
             loss_scale: self.state.loss_scaler.map(|s| s.scale),
         };
+        // From a teacher cache: the stored outputs of each row's crop and caption.
+        let stored = match &self.prep.teacher_cache {
+            Some(cache) => group
+                .iter()
+                .map(|b| cache.lookup(b).map(Some))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => vec![None; group.len()],
+        };
         let model = self
             .model
             .take()
@@ -594,7 +606,8 @@ where
             None => {
                 let micro = group
                     .iter()
-                    .map(|b| micro_batch::<B::InnerBackend>(b, &self.device))
+                    .zip(&stored)
+                    .map(|(b, t)| micro_batch::<B::InnerBackend>(b, t.as_ref(), &self.device))
                     .collect::<Result<Vec<_>, _>>()?;
                 train_step(
                     self.teacher.as_ref(),
@@ -606,7 +619,7 @@ where
             }
             Some(leader) => {
                 let micro = leader
-                    .share(group, &options, seed)?
+                    .share(group, &stored, &options, seed)?
                     .into_iter()
                     .map(|m| m.into_device::<B::InnerBackend>(&self.device))
                     .collect();

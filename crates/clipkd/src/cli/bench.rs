@@ -243,7 +243,7 @@ impl<B: AutodiffBackend> StudentStep<B> {
             teacher,
             model,
             &mut self.optimizer,
-            [MicroBatch { images, tokens }],
+            [MicroBatch::new(images, tokens)],
             &StepOptions::new(1e-4),
         )?;
         self.model = Some(out.model);

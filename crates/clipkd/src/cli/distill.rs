@@ -22,6 +22,10 @@ pub struct DistillArgs {
     /// The teacher's open_clip checkpoint (`teacher.weights`).
     #[arg(long, value_name = "FILE")]
     pub teacher_weights: Option<PathBuf>,
+    /// Distill from this teacher cache (`clipkd teacher-cache`) instead of running the teacher
+    /// (`teacher.cache`).
+    #[arg(long, value_name = "DIR")]
+    pub teacher_cache: Option<PathBuf>,
     /// Everything else about the run.
     #[command(flatten)]
     pub run: RunOptions,
@@ -37,6 +41,12 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
         extra.push(Override::new(
             "teacher.weights",
             w.to_string_lossy().into_owned(),
+        ));
+    }
+    if let Some(c) = &args.teacher_cache {
+        extra.push(Override::new(
+            "teacher.cache",
+            c.to_string_lossy().into_owned(),
         ));
     }
     execute(&args.run, &extra, TrainMode::Distill)

@@ -12,6 +12,7 @@ pub mod export;
 pub mod kernel_cache;
 pub mod orchestrator;
 pub mod run_options;
+pub mod teacher_cache;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,9 @@ pub enum Command {
     Plot(run_options::PlotArgs),
     /// Serve the orchestrator the nodes of a run on several machines register with.
     Orchestrator(orchestrator::OrchestratorArgs),
+    /// Run a teacher once over the training data and store its outputs for `distill
+    /// --teacher-cache`.
+    TeacherCache(teacher_cache::TeacherCacheArgs),
 }
 
 /// Runs the parsed command line.
@@ -63,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Plot(args) => run_options::plot(args),
         Command::Orchestrator(args) => orchestrator::run(args),
+        Command::TeacherCache(args) => teacher_cache::run(args),
     }
 }

@@ -201,7 +201,7 @@ impl RunOptions {
     }
 }
 
-fn path_value(path: &Path) -> serde_json::Value {
+pub(crate) fn path_value(path: &Path) -> serde_json::Value {
     path.to_string_lossy().into_owned().into()
 }
 

@@ -184,10 +184,10 @@ fn batch_data(n: usize, size: usize, seed: u64) -> (TensorData, TensorData) {
 }
 
 fn micro_batch<B: Backend>(data: &(TensorData, TensorData), device: &B::Device) -> MicroBatch<B> {
-    MicroBatch {
-        images: Tensor::from_data(data.0.clone(), device),
-        tokens: Tensor::<B, 2, Int>::from_data(data.1.clone(), device),
-    }
+    MicroBatch::new(
+        Tensor::from_data(data.0.clone(), device),
+        Tensor::<B, 2, Int>::from_data(data.1.clone(), device),
+    )
 }
 
 /// Burn 0.21's row reduction on the GPU, kept as the minimal repro of failure 1 of issue 10:
