@@ -5,7 +5,11 @@
 //! Two workloads:
 //! - `baseline`: a ViT-T-16-shaped student alone (task loss), as `clipkd train`;
 //! - `kd`: the same student distilled from a ViT-B-16-shaped teacher with the CLIP-KD losses
-//!   (task + CRD + ICL + FD), as `clipkd distill`.
+//!   (task + CRD + ICL + FD), as `clipkd distill`;
+//! - `cached`: `kd` from a teacher cache (`clipkd distill --teacher-cache`): the teacher's
+//!   outputs for the batch are computed once before the steps and each step turns them from
+//!   host memory into tensors (as the trainer does with a cache's rows) instead of running
+//!   the teacher.
 //!
 //! Both models keep their real widths, depths and text towers (context 77, vocabulary 49408);
 //! only the image size is reduced (default 64 px: 16 patches) so a step fits a small CPU.
@@ -34,7 +38,9 @@ use clipkd_losses::{LossPreset, LossSetConfig};
 use clipkd_models::{ClipConfig, VisionConfig};
 use clipkd_train::config::Precision;
 use clipkd_train::finite::{LossWatch, check_weights_and_moments};
-use clipkd_train::step::{DistillModel, MicroBatch, StepOptions, distill_optimizer, train_step};
+use clipkd_train::step::{
+    DistillModel, MicroBatch, StepOptions, TeacherOutputs, distill_optimizer, train_step,
+};
 use clipkd_train::trainer::force_init;
 
 type B = Autodiff<Flex>;
@@ -82,7 +88,7 @@ fn main() {
     let size: usize = env("CLIPKD_BENCH_IMAGE", 64);
     let steps: usize = env("CLIPKD_BENCH_STEPS", 5);
     let warmup: usize = env("CLIPKD_BENCH_WARMUP", 1);
-    let workloads: String = env("CLIPKD_BENCH_WORKLOADS", "baseline,kd".to_string());
+    let workloads: String = env("CLIPKD_BENCH_WORKLOADS", "baseline,kd,cached".to_string());
     let student_name: String = env("CLIPKD_BENCH_STUDENT", "ViT-T-16".to_string());
     let teacher_name: String = env("CLIPKD_BENCH_TEACHER", "ViT-B-16".to_string());
     let precision: Precision = env("CLIPKD_BENCH_PRECISION", Precision::F32);
@@ -106,10 +112,11 @@ fn main() {
     );
 
     for workload in workloads.split(',').map(str::trim) {
-        let kd = match workload {
-            "kd" => true,
-            "baseline" => false,
-            other => panic!("unknown workload `{other}` (baseline, kd)"),
+        let (kd, cached) = match workload {
+            "kd" => (true, false),
+            "cached" => (true, true),
+            "baseline" => (false, false),
+            other => panic!("unknown workload `{other}` (baseline, kd, cached)"),
         };
         <B as Backend>::seed(&device, 0);
         let teacher = kd.then(|| {
@@ -137,6 +144,16 @@ fn main() {
             &device,
         );
         let toks = tokens(batch, student_cfg.context_length(), &device);
+        // From a cache: the teacher's outputs as host rows (what a cache lookup returns).
+        let stored = cached.then(|| {
+            let t = teacher.as_ref().expect("a teacher");
+            (
+                t.encode_image(images.clone()).expect("image").into_data(),
+                t.encode_text(toks.clone()).expect("text").into_data(),
+                t.logit_scale().into_data(),
+            )
+        });
+        let teacher = if cached { None } else { teacher };
         let mut times = Vec::new();
         let mut last_terms = None;
         for i in 0..warmup + steps {
@@ -145,7 +162,17 @@ fn main() {
                 teacher.as_ref(),
                 model.take().expect("model"),
                 &mut optimizer,
-                [MicroBatch::new(images.clone(), toks.clone())],
+                [{
+                    let batch = MicroBatch::new(images.clone(), toks.clone());
+                    match &stored {
+                        None => batch,
+                        Some((image, text, scale)) => batch.with_teacher(TeacherOutputs {
+                            image: Tensor::from_data(image.clone(), &device),
+                            text: Tensor::from_data(text.clone(), &device),
+                            log_logit_scale: Tensor::from_data(scale.clone(), &device),
+                        }),
+                    }
+                }],
                 &StepOptions {
                     autocast: precision.autocast(),
                     loss_scale: precision.scales_losses().then_some(1024.0),

@@ -64,6 +64,10 @@ pub struct DemoConfig {
     /// The runs' precision (`run.precision`: mixed bf16/f16 compute, f16 loss scaling); the
     /// backend that runs it is the one [`run_demo`] is given.
     pub precision: Precision,
+    /// Distill the CLIP-KD student from a teacher cache of this many crops per sample
+    /// (`clipkd teacher-cache`, built after the teacher is trained) instead of running the
+    /// teacher at every step; `None`: from the teacher.
+    pub teacher_cache: Option<u64>,
 }
 
 impl Default for DemoConfig {
@@ -88,6 +92,7 @@ impl Default for DemoConfig {
             workers: 1,
             device: DeviceSpec::Cpu,
             precision: Precision::F32,
+            teacher_cache: None,
         }
     }
 }
@@ -178,6 +183,12 @@ impl DemoConfig {
             .map_err(|e| TrainError::field("demo.data", e))?;
         if self.output.as_os_str().is_empty() {
             return Err(TrainError::config("demo.output", "must not be empty"));
+        }
+        if self.teacher_cache == Some(0) {
+            return Err(TrainError::config(
+                "demo.teacher_cache",
+                "a teacher cache holds at least one crop per sample",
+            ));
         }
         if self.context_length < 3 {
             return Err(TrainError::config(

@@ -28,6 +28,8 @@ pub struct DemoLayout {
     pub plots: PathBuf,
     /// `results.json`.
     pub results: PathBuf,
+    /// The teacher cache the CLIP-KD student distills from (`DemoConfig::teacher_cache`).
+    pub teacher_cache: PathBuf,
 }
 
 impl DemoLayout {
@@ -43,6 +45,7 @@ impl DemoLayout {
             kd_run: runs.join("student-clip-kd"),
             plots: root.join("plots"),
             results: root.join(RESULTS_FILE),
+            teacher_cache: root.join("teacher-cache"),
         }
     }
 
@@ -66,7 +69,13 @@ impl DemoLayout {
                     ),
                 ));
             }
-            for dir in [&self.data, &self.models, &root.join("runs"), &self.plots] {
+            for dir in [
+                &self.data,
+                &self.models,
+                &root.join("runs"),
+                &self.plots,
+                &self.teacher_cache,
+            ] {
                 if dir.exists() {
                     std::fs::remove_dir_all(dir).map_err(|e| TrainError::io("removing", dir, e))?;
                 }

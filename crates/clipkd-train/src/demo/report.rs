@@ -173,6 +173,9 @@ pub struct DemoTimings {
     pub student_no_kd_s: f64,
     /// Training the CLIP-KD student.
     pub student_kd_s: f64,
+    /// Building the teacher cache the CLIP-KD student distilled from (when it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache_s: Option<f64>,
     /// Final evaluations, results and plots.
     pub final_eval_s: f64,
     /// The whole demo.
@@ -352,9 +355,13 @@ impl fmt::Display for DemoReport {
             g.zero_shot_top1, g.zero_shot_top5, g.image_to_text_r1, g.text_to_image_r1
         )?;
         let t = &self.timings;
+        let cache = t
+            .teacher_cache_s
+            .map(|s| format!(", teacher cache {s:.0} s"))
+            .unwrap_or_default();
         writeln!(
             f,
-            "wall time {} (data {:.0} s, teacher {:.0} s, student no KD {:.0} s, student CLIP-KD {:.0} s, final eval {:.0} s; {} threads)",
+            "wall time {} (data {:.0} s, teacher {:.0} s, student no KD {:.0} s{cache}, student CLIP-KD {:.0} s, final eval {:.0} s; {} threads)",
             minutes(t.total_s),
             t.data_s,
             t.teacher_s,

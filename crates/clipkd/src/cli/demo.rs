@@ -65,6 +65,10 @@ pub struct DemoArgs {
     /// embedding size / 512, i.e. 375).
     #[arg(long)]
     pub fd_weight: Option<f64>,
+    /// Distill the CLIP-KD student from a teacher cache of K crops per sample (built after the
+    /// teacher is trained) instead of running the teacher at every step.
+    #[arg(long, value_name = "K")]
+    pub teacher_cache: Option<u64>,
     /// Set any demo-config field by its dotted path, e.g. `--set teacher.vision_width=192`,
     /// `--set data.noise=20`, `--set student.text_layers=2` (repeatable; see --print-config).
     #[arg(long = "set", value_name = "FIELD=VALUE")]
@@ -124,6 +128,9 @@ impl DemoArgs {
         }
         if let Some(v) = self.fd_weight {
             push("fd_weight", v.into());
+        }
+        if let Some(v) = self.teacher_cache {
+            push("teacher_cache", v.into());
         }
         for s in &self.set {
             overrides.push(Override::parse(s).with_context(|| format!("--set {s}"))?);
