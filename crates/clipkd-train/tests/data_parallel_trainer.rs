@@ -14,35 +14,14 @@ mod common;
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use burn_flex::Flex;
-use clipkd_models::{ClipConfig, load_open_clip};
-use clipkd_train::checkpoint::{read_student_config, student_weights_path};
 use clipkd_train::config::{LossKind, TrainMode};
 use clipkd_train::metrics::StepRecord;
 use clipkd_train::progress::ProgressMode;
-use clipkd_train::trainer::{PreparedRun, RunSummary};
-use common::{relative_l2, squares, steps, term, tiny_config, write_models};
+use clipkd_train::trainer::PreparedRun;
+use common::{relative_l2, squares, steps, student_weights, term, tiny_config, write_models};
 
 type B = burn::backend::Autodiff<Flex>;
-
-/// Every parameter of the student saved in the run's last checkpoint, in model order.
-fn student_weights(summary: &RunSummary) -> Vec<Vec<f32>> {
-    struct Collect(Vec<Vec<f32>>);
-    impl ModuleVisitor<Flex> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
-            self.0.push(param.val().into_data().to_vec().unwrap());
-        }
-    }
-    let dir = summary.checkpoint.as_ref().expect("a checkpoint");
-    let config: ClipConfig = read_student_config(dir).unwrap();
-    let model =
-        load_open_clip::<Flex>(&student_weights_path(dir), &config, &Default::default()).unwrap();
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
-}
 
 /// The same logged steps (steps, learning rates, samples) with every term within `tol`
 /// relative; returns the largest relative difference.

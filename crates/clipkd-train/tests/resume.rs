@@ -6,8 +6,10 @@
 mod common;
 
 use clipkd_train::checkpoint::{CHECKPOINTS_DIR, list_checkpoints};
-use clipkd_train::config::{LossKind, TrainMode};
-use common::{assert_same_steps, run_on_squares, steps, term, tiny_config, write_models};
+use clipkd_train::config::TrainMode;
+use common::{
+    assert_same_steps, recipe_with_mfd, run_on_squares, steps, tiny_config, write_models,
+};
 
 /// Run A: 7 steps straight. Run B: 3 steps, stop (checkpoint), resume from `latest`, 4 more.
 /// Every logged term of every step agrees within 1e-6 (Flex, f32). The run exercises
@@ -25,13 +27,7 @@ fn interrupted_and_resumed_run_takes_the_same_steps() {
         c.optim.grad_clip_norm = Some(1.0);
         c.optim.epochs = 3;
         c.optim.warmup = 3;
-        c.loss.terms = vec![
-            term(LossKind::Task, 1.0),
-            term(LossKind::Crd, 1.0),
-            term(LossKind::Icl, 1.0),
-            term(LossKind::Fd, 2000.0),
-            term(LossKind::Mfd, 2000.0),
-        ];
+        c.loss.terms = recipe_with_mfd();
         c.run.stop_after_steps = Some(stop);
         c.run.checkpoint_at_epoch_end = true;
         run_on_squares(c, TrainMode::Distill, resume, 32)

@@ -5,12 +5,8 @@
 
 mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use burn_flex::Flex;
-use clipkd_models::{ClipConfig, load_open_clip};
-use clipkd_train::checkpoint::{read_student_config, student_weights_path};
-use clipkd_train::config::{LossKind, TrainMode};
+use clipkd_train::config::TrainMode;
 use clipkd_train::metrics::StepRecord;
 use clipkd_train::progress::ProgressMode;
 use clipkd_train::teacher_cache::{
@@ -18,24 +14,11 @@ use clipkd_train::teacher_cache::{
 };
 use clipkd_train::trainer::{PreparedRun, RunSummary};
 use clipkd_train::{RunConfig, TrainError};
-use common::{relative_l2, squares, steps, term, tiny_config, write_models};
+use common::{recipe_with_mfd, relative_l2, squares, steps, tiny_config, write_models};
 
 /// Every float parameter of the student of the run's last checkpoint, in module order.
 fn student_weights(summary: &RunSummary) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor<Flex> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
-            self.0
-                .extend(param.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let dir = summary.checkpoint.as_ref().expect("a checkpoint");
-    let config: ClipConfig = read_student_config(dir).unwrap();
-    let model =
-        load_open_clip::<Flex>(&student_weights_path(dir), &config, &Default::default()).unwrap();
-    let mut c = Collect(Vec::new());
-    model.visit(&mut c);
-    c.0
+    common::student_weights(summary).concat()
 }
 
 /// The largest relative difference of any logged term (same steps, rates, samples).
@@ -75,13 +58,7 @@ fn distilling_from_the_cache_equals_distilling_from_the_teacher() {
         c.optim.epochs = 2;
         c.run.seed = 5;
         // The paper's recipe plus MFD (which reads the student's masked view).
-        c.loss.terms = vec![
-            term(LossKind::Task, 1.0),
-            term(LossKind::Crd, 1.0),
-            term(LossKind::Icl, 1.0),
-            term(LossKind::Fd, 2000.0),
-            term(LossKind::Mfd, 2000.0),
-        ];
+        c.loss.terms = recipe_with_mfd();
         c.run.stop_after_steps = Some(3);
         c
     };

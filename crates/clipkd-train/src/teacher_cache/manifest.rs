@@ -183,10 +183,11 @@ impl CacheManifest {
         out
     }
 
-    /// Bytes stored per sample (every crop, the eval view, the caption).
+    /// Bytes stored per sample: the embeddings of every crop, the eval view and the caption,
+    /// each crop's box (4 x i64), the id and two hashes (3 x i64).
     pub fn bytes_per_sample(&self) -> usize {
         (self.pool.size as usize + 2) * self.embed_dim * self.dtype.size()
-            + self.pool.size as usize * 16
+            + self.pool.size as usize * 32
             + 24
     }
 }

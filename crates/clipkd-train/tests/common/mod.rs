@@ -5,10 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use burn_flex::Flex;
 use clipkd_data::dataset::{DataSource, ImageSource, IndexedDataset, SampleRef};
 use clipkd_data::image::DecodedImage;
+use clipkd_models::load_open_clip;
 use clipkd_models::{ClipConfig, ModelSource, save_open_clip};
+use clipkd_train::checkpoint::{read_student_config, student_weights_path};
 use clipkd_train::config::{DataKind, MetricsFormat, RunConfig};
 use clipkd_train::config::{LossKind, LossTermConfig, TrainMode};
 use clipkd_train::metrics::{StepRecord, read_metrics};
@@ -191,4 +195,33 @@ pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (diff / norm.max(1e-30)).sqrt()
+}
+
+/// Every parameter of the student saved in the run's last checkpoint, in model order.
+pub fn student_weights(summary: &RunSummary) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor<Flex> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+            self.0.push(param.val().into_data().to_vec().unwrap());
+        }
+    }
+    let dir = summary.checkpoint.as_ref().expect("a checkpoint");
+    let config: ClipConfig = read_student_config(dir).unwrap();
+    let model =
+        load_open_clip::<Flex>(&student_weights_path(dir), &config, &Default::default()).unwrap();
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+/// The paper's recipe (task + CRD + ICL + FD 2000) and MFD 2000, which reads the student's
+/// masked view (its masks draw from the backend RNG).
+pub fn recipe_with_mfd() -> Vec<LossTermConfig> {
+    vec![
+        term(LossKind::Task, 1.0),
+        term(LossKind::Crd, 1.0),
+        term(LossKind::Icl, 1.0),
+        term(LossKind::Fd, 2000.0),
+        term(LossKind::Mfd, 2000.0),
+    ]
 }
