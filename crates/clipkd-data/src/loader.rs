@@ -339,6 +339,8 @@ pub struct Batch {
     pub context_length: usize,
     /// For each caption row, its image row.
     pub text_image: Vec<usize>,
+    /// The captions as read (before tokenization), one per caption row.
+    pub captions: Vec<String>,
     /// Class labels (ImageFolder), one per image.
     pub labels: Option<Vec<usize>>,
     /// Sample ids (dataset indices; `(shard << 32) | sample` for webdatasets).

@@ -165,6 +165,8 @@ fn distilling_from_the_cache_equals_distilling_from_the_teacher() {
     .unwrap();
     assert_eq!((done.shards_written, done.samples_written), (1, 6));
     assert_eq!(shard(&partial, 2), shard(&cache_dir, 2));
+    webdataset_cache_equals_the_teacher(&dir, &base);
+
     // Another dtype in the same directory is refused.
     let mut f16 = resumed_options.clone();
     f16.dtype = CacheDtype::F16;
@@ -172,4 +174,103 @@ fn distilling_from_the_cache_equals_distilling_from_the_teacher() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("another dtype"), "{e}");
+}
+
+/// A PNG of a 48 x 48 RGB image.
+fn png_bytes(rgb: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, 48, 48);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(rgb)
+        .unwrap();
+    out
+}
+
+/// The same squares as webdataset shards (3 tar files of 10 samples, PNG + txt): a cache built
+/// from them (one cache shard per tar shard) trains like the teacher with the same crops.
+fn webdataset_cache_equals_the_teacher(dir: &tempfile::TempDir, base: &dyn Fn(&str) -> RunConfig) {
+    use clipkd_data::dataset::{ImageSource, IndexedDataset};
+    let squares = common::ColourSquares::new(30);
+    let shards = dir.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    for s in 0..3 {
+        let mut tar = tar::Builder::new(Vec::new());
+        for i in s * 10..(s + 1) * 10 {
+            let sample = squares.sample(i);
+            let ImageSource::Decoded(image) = &sample.image else {
+                unreachable!("the squares are decoded images")
+            };
+            for (name, bytes) in [
+                (format!("{i:04}.png"), png_bytes(&image.to_rgb8())),
+                (
+                    format!("{i:04}.txt"),
+                    sample.captions[0].clone().into_bytes(),
+                ),
+            ] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o644);
+                header.set_cksum();
+                tar.append_data(&mut header, name, bytes.as_slice())
+                    .unwrap();
+            }
+        }
+        std::fs::write(
+            shards.join(format!("{s:03}.tar")),
+            tar.into_inner().unwrap(),
+        )
+        .unwrap();
+    }
+    let with_shards = |out: &str| {
+        let mut c = base(out);
+        c.data.kind = clipkd_train::config::DataKind::Webdataset;
+        c.data.train_data = Some(format!("{}/{{000..002}}.tar", shards.display()));
+        c.data.train_num_samples = Some(30);
+        c.data.shuffle_buffer = 7;
+        c
+    };
+    let cache_dir = dir.path().join("wds-cache");
+    let built = build_teacher_cache_of::<Flex>(
+        &with_shards("x"),
+        None,
+        &CacheOptions::new(&cache_dir, 2),
+        &Default::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        built.manifest.shards.len(),
+        3,
+        "one cache shard per tar shard"
+    );
+    assert_eq!(built.samples_written, 30);
+    assert_eq!(
+        built.manifest.data.shards,
+        ["000.tar", "001.tar", "002.tar"]
+    );
+    let run_files = |config: RunConfig| {
+        PreparedRun::prepare(config, TrainMode::Distill, None)
+            .unwrap()
+            .with_progress(ProgressMode::Quiet)
+            .run::<burn::backend::Autodiff<Flex>>(&Default::default())
+            .unwrap()
+    };
+    let mut online = with_shards("wds-online");
+    online.data.augmentation_pool = 2;
+    let a = run_files(online);
+    let mut cached = with_shards("wds-cached");
+    cached.teacher.weights = None;
+    cached.teacher.cache = Some(cache_dir);
+    let b = run_files(cached);
+    let terms = worst_term(&steps(&b.run_dir), &steps(&a.run_dir));
+    println!("webdataset cache vs online: terms within {terms:.1e}");
+    assert!(
+        terms <= 1e-6,
+        "webdataset: loss terms differ by {terms:.2e}"
+    );
+    assert!(relative_l2(&student_weights(&b), &student_weights(&a)) <= 1e-6);
 }

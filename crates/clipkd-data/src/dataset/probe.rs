@@ -87,7 +87,7 @@ impl DataSource {
                     if report.checked >= n {
                         break;
                     }
-                    read_shard(path, shard_id, 0, &stop, &mut |_, sample| {
+                    read_shard(path, ds.id_base() + shard_id, 0, &stop, &mut |_, sample| {
                         report.check(sample, transform);
                         report.checked < n
                     });

@@ -62,6 +62,8 @@ pub const CAPTION_EXTENSIONS: [&str; 2] = ["txt", "json"];
 #[derive(Debug, Clone)]
 pub struct WebDataset {
     shards: Vec<PathBuf>,
+    /// The shard number of `shards[0]` in sample ids (non-zero for [`WebDataset::shard`]).
+    id_base: usize,
 }
 
 impl WebDataset {
@@ -73,7 +75,24 @@ impl WebDataset {
                 what: "no shard".into(),
             });
         }
-        Ok(WebDataset { shards })
+        Ok(WebDataset { shards, id_base: 0 })
+    }
+
+    /// Shard `index` alone, its samples keeping their ids (`(index << 32) | sample`, hence
+    /// their crops): one shard of the data at a time, e.g. for a teacher cache's build.
+    ///
+    /// # Panics
+    /// If `index` is not a shard of this dataset.
+    pub fn shard(&self, index: usize) -> WebDataset {
+        WebDataset {
+            shards: vec![self.shards[index].clone()],
+            id_base: self.id_base + index,
+        }
+    }
+
+    /// The shard number of the first shard in sample ids (0 unless from [`WebDataset::shard`]).
+    pub fn id_base(&self) -> usize {
+        self.id_base
     }
 
     /// The shards of a pattern (see [`expand_shards`]).
@@ -486,7 +505,7 @@ fn run_reader(ds: &WebDataset, cfg: &ReaderConfig, stop: &AtomicBool, tx: &Sende
         let mut alive = true;
         read_shard(
             &ds.shards[shard_id],
-            shard_id,
+            ds.id_base + shard_id,
             skip,
             stop,
             &mut |index, sample| {

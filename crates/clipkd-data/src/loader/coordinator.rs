@@ -662,6 +662,7 @@ impl Coordinator {
         let mut keys = Vec::with_capacity(len);
         let mut labels = Vec::with_capacity(len);
         let mut augmentations = Vec::with_capacity(len);
+        let mut captions = Vec::with_capacity(len);
         for (i, row) in rows.into_iter().take(len).enumerate() {
             let prep = row.expect("the first `len` rows of a finished batch are filled");
             tokens.extend_from_slice(&prep.tokens);
@@ -670,6 +671,7 @@ impl Coordinator {
             keys.push(prep.key);
             labels.push(prep.label);
             augmentations.extend(prep.augmentation);
+            captions.extend(prep.captions);
         }
         let labels = labels
             .iter()
@@ -681,6 +683,7 @@ impl Coordinator {
             tokens,
             context_length: self.context_length,
             text_image,
+            captions,
             labels,
             ids,
             keys,

@@ -48,6 +48,8 @@ pub(crate) struct Prepared {
     /// `texts * context_length` token ids.
     pub tokens: Vec<u32>,
     pub texts: usize,
+    /// The captions, as read.
+    pub captions: Vec<String>,
     /// Train mode: the augmentation the sample was cropped with and the box.
     pub augmentation: Option<(u64, CropBox)>,
 }
@@ -176,6 +178,7 @@ pub(crate) fn prepare(
         label,
         tokens,
         texts: captions.len(),
+        captions,
         augmentation,
     })
 }

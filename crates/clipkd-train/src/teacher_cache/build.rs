@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use clipkd_data::dataset::{DataSource, IndexedDataset, SampleRef};
-use clipkd_data::loader::{AugmentationPool, Batch, DataLoader, LoaderConfig};
+use clipkd_data::dataset::{DataSource, IndexedDataset, SampleRef, WebDataset};
+use clipkd_data::loader::{AugmentationPool, Batch, DataLoader, LoaderConfig, Mode};
 use clipkd_data::tokenizer::Tokenizer;
 use clipkd_models::autocast::autocast;
 use clipkd_models::{ClipEncoder, load_open_clip};
@@ -85,27 +85,93 @@ impl IndexedDataset for RowRange {
     }
 }
 
-/// What the teacher gives for one sample.
+/// What the teacher gives for one sample, and what identifies the sample.
 #[derive(Debug, Default)]
 struct SampleOutputs {
     crops: Vec<Option<(Vec<f32>, [i64; 4])>>,
     eval_image: Vec<f32>,
     text: Vec<f32>,
+    key_hash: u64,
+    caption_hash: u64,
+}
+
+/// The parts of the data a cache is built in, one shard file each: ranges of rows of an
+/// indexed dataset, or the tar shards of a webdataset (ids `(shard << 32) | sample`).
+enum Units {
+    Rows {
+        dataset: Arc<dyn IndexedDataset>,
+        per_shard: u64,
+    },
+    Shards(Arc<WebDataset>),
+}
+
+impl Units {
+    fn of(source: DataSource, per_shard: u64) -> Self {
+        match source {
+            DataSource::Indexed(dataset) => Units::Rows { dataset, per_shard },
+            DataSource::WebDataset(ds) => Units::Shards(ds),
+        }
+    }
+
+    /// Rows of indexed data (0 for webdataset shards).
+    fn rows(&self) -> u64 {
+        match self {
+            Units::Rows { dataset, .. } => dataset.len() as u64,
+            Units::Shards(_) => 0,
+        }
+    }
+
+    /// The webdataset shards' file names (none for indexed data).
+    fn shard_names(&self) -> Vec<String> {
+        match self {
+            Units::Rows { .. } => Vec::new(),
+            Units::Shards(ds) => super::manifest::shard_names(ds),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Units::Rows { dataset, per_shard } => (dataset.len() as u64).div_ceil(*per_shard),
+            Units::Shards(ds) => ds.shards().len() as u64,
+        }
+    }
+
+    /// Unit `u`'s data and the sample ids it covers, `first .. end`.
+    fn unit(&self, u: u64) -> (DataSource, u64, u64) {
+        match self {
+            Units::Rows { dataset, per_shard } => {
+                let first = u * per_shard;
+                let end = (first + per_shard).min(dataset.len() as u64);
+                let range = RowRange {
+                    inner: dataset.clone(),
+                    first: first as usize,
+                    end: end as usize,
+                };
+                (DataSource::indexed(range), first, end)
+            }
+            Units::Shards(ds) => (
+                DataSource::WebDataset(Arc::new(ds.shard(u as usize))),
+                u << 32,
+                (u + 1) << 32,
+            ),
+        }
+    }
 }
 
 /// Builds (or continues) the teacher cache of `config`'s teacher (`[teacher]`: model and
-/// weights) over `config`'s training data (`[data]`; indexed data: CSV, image folders) on
+/// weights) over `config`'s training data (`[data]`: CSV files, webdataset shards) on
 /// `device`: for every sample, the teacher's raw image embedding of each of the
 /// `options.augmentations` crops of the pool seeded `run.seed` (crop `k` is the crop the
 /// training loader draws in epoch `k` with that seed), of the eval view, and of its caption;
 /// with the crops and the teacher's logit scale. The teacher runs in the run's precision.
+/// One cache shard per `options.shard_rows` rows of indexed data, or per webdataset tar shard.
 /// Shards are written atomically, then the manifest: a build killed at any point continues
 /// from its last shard when called again with the same config and options. `progress` is
-/// called after each shard with the rows done and the rows in all.
+/// called after each shard with the cache shards done and in all.
 ///
 /// # Errors
-/// A teacher or data that cannot be loaded; webdataset data (not supported yet); a directory
-/// holding a cache of another teacher, data or options; I/O.
+/// A teacher or data that cannot be loaded; a directory holding a cache of another teacher,
+/// data or options; I/O.
 pub fn build_teacher_cache<B: Backend>(
     config: &RunConfig,
     options: &CacheOptions,
@@ -150,13 +216,7 @@ pub fn build_teacher_cache_of<B: Backend>(
         Some(data) => data,
         None => open_data(config, shape.image_size)?,
     };
-    let DataSource::Indexed(dataset) = source else {
-        return Err(TrainError::config(
-            "data.train_data",
-            "teacher caches are built from indexed data (CSV files, image folders); webdataset \
-             shards are not supported yet",
-        ));
-    };
+    let units = Units::of(source, options.shard_rows);
     let d = &config.data;
     let log_logit_scale = teacher
         .logit_scale()
@@ -184,7 +244,8 @@ pub fn build_teacher_cache_of<B: Backend>(
         data: CachedData {
             train_data: d.train_data.clone().unwrap_or_default(),
             data_root: d.data_root.clone(),
-            rows: dataset.len() as u64,
+            rows: units.rows(),
+            shards: units.shard_names(),
         },
         pool: AugmentationPool::new(options.augmentations, config.run.seed),
         dtype: options.dtype,
@@ -214,7 +275,6 @@ pub fn build_teacher_cache_of<B: Backend>(
         wanted.write(dir)?;
         wanted
     };
-    let rows = dataset.len() as u64;
     let transform = train_transform(config, shape.image_size)?;
     let mut summary = CacheBuildSummary {
         manifest: manifest.clone(),
@@ -224,15 +284,10 @@ pub fn build_teacher_cache_of<B: Backend>(
         seconds: 0.0,
     };
     let precision = config.run.precision.autocast();
-    let mut first = manifest.shards.last().map_or(0, |s| s.end);
-    progress(first, rows);
-    while first < rows {
-        let end = (first + options.shard_rows).min(rows);
-        let range = DataSource::indexed(RowRange {
-            inner: dataset.clone(),
-            first: first as usize,
-            end: end as usize,
-        });
+    let total = units.count();
+    progress(manifest.shards.len() as u64, total);
+    for unit in manifest.shards.len() as u64..total {
+        let (range, first, end) = units.unit(unit);
         let loader = |config: LoaderConfig| {
             DataLoader::new(range.clone(), transform.clone(), Tokenizer::new(), config)
         };
@@ -245,16 +300,26 @@ pub fn build_teacher_cache_of<B: Backend>(
         let mut outputs: BTreeMap<u64, SampleOutputs> = BTreeMap::new();
         let k_all = options.augmentations as usize;
         // The eval view and the caption.
-        for batch in loader(base.clone().with_mode(clipkd_data::loader::Mode::Eval))?.epoch(0)? {
+        let mut batches = loader(base.clone().with_mode(Mode::Eval))?.epoch(0)?;
+        for batch in &mut batches {
             let batch = batch?;
             let (image, text) = encode(&teacher, &batch, true, precision, device)?;
+            let text = text.expect("captions encoded");
             for (i, &id) in batch.ids.iter().enumerate() {
-                let out = outputs.entry(id).or_default();
-                out.crops = vec![None; k_all];
-                out.eval_image = image[i].clone();
-                out.text = text.as_ref().expect("captions encoded")[i].clone();
+                outputs.insert(
+                    id,
+                    SampleOutputs {
+                        crops: vec![None; k_all],
+                        eval_image: image[i].clone(),
+                        text: text[i].clone(),
+                        key_hash: fnv1a(batch.keys[i].as_bytes()),
+                        caption_hash: fnv1a(batch.captions[i].as_bytes()),
+                    },
+                );
             }
         }
+        summary.skipped += batches.skipped().total();
+        drop(batches);
         // Crop k of every sample is the crop of training epoch k (shuffling does not change
         // a sample's crop).
         for k in 0..k_all {
@@ -283,23 +348,15 @@ pub fn build_teacher_cache_of<B: Backend>(
         }
         let mut shard = ShardRows::default();
         for (id, out) in outputs {
-            let sample = dataset.sample(id as usize);
             shard.ids.push(id);
-            shard.key_hash.push(fnv1a(sample.key.as_bytes()));
-            shard.caption_hash.push(fnv1a(
-                sample
-                    .captions
-                    .first()
-                    .map_or("", String::as_str)
-                    .as_bytes(),
-            ));
+            shard.key_hash.push(out.key_hash);
+            shard.caption_hash.push(out.caption_hash);
             for (k, crop) in out.crops.into_iter().enumerate() {
                 let (image, boxed) = crop.ok_or_else(|| TrainError::TeacherCache {
                     path: dir.clone(),
                     what: format!(
-                        "sample {id} ({}) has an eval view but could not be read for crop {k}: \
-                         did the data change during the build?",
-                        sample.key
+                        "sample {id} has an eval view but could not be read for crop {k}: did \
+                         the data change during the build?"
                     ),
                 })?;
                 shard.image.extend(image);
@@ -308,8 +365,7 @@ pub fn build_teacher_cache_of<B: Backend>(
             shard.eval_image.extend(out.eval_image);
             shard.text.extend(out.text);
         }
-        let index = manifest.shards.len();
-        let file = format!("shard-{index:06}.safetensors");
+        let file = format!("shard-{unit:06}.safetensors");
         write_shard(
             &dir.join(&file),
             &shard,
@@ -324,13 +380,11 @@ pub fn build_teacher_cache_of<B: Backend>(
             end,
             samples,
         });
-        manifest.complete = end == rows;
+        manifest.complete = unit + 1 == total;
         manifest.write(dir)?;
         summary.shards_written += 1;
         summary.samples_written += samples;
-        summary.skipped += (end - first) - samples;
-        progress(end, rows);
-        first = end;
+        progress(unit + 1, total);
     }
     if !manifest.complete {
         manifest.complete = true;

@@ -84,19 +84,46 @@ pub struct CachedData {
     pub train_data: String,
     /// `data.data_root` as given.
     pub data_root: Option<String>,
-    /// Rows of the dataset.
+    /// Rows of indexed data (0 for webdataset shards).
     pub rows: u64,
+    /// Webdataset: the shards' file names, in order (their samples' ids are
+    /// `(shard << 32) | sample`); empty for indexed data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<String>,
 }
 
-/// One file of stored embeddings: the rows `first .. end` of the dataset, less those whose
-/// image could not be used.
+impl CachedData {
+    /// One past the last sample id the cache covers: the rows, or `shards << 32`.
+    pub fn id_end(&self) -> u64 {
+        if self.shards.is_empty() {
+            self.rows
+        } else {
+            (self.shards.len() as u64) << 32
+        }
+    }
+}
+
+/// The file names of a webdataset's shards (what a cache records of them).
+pub(super) fn shard_names(ds: &clipkd_data::dataset::WebDataset) -> Vec<String> {
+    ds.shards()
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map_or_else(|| p.to_string_lossy(), |n| n.to_string_lossy())
+                .into_owned()
+        })
+        .collect()
+}
+
+/// One file of stored embeddings: the samples with ids `first .. end` (rows of indexed data,
+/// or one webdataset shard's `(shard << 32) ..`), less those that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
     /// File name in the cache directory.
     pub file: String,
-    /// First dataset row.
+    /// The first sample id covered.
     pub first: u64,
-    /// One past the last dataset row.
+    /// One past the last sample id covered.
     pub end: u64,
     /// Samples stored.
     pub samples: u64,
@@ -121,7 +148,7 @@ pub struct CacheManifest {
     pub dtype: CacheDtype,
     /// The teacher's embedding width.
     pub embed_dim: usize,
-    /// Dataset rows per shard.
+    /// Rows of indexed data per shard (webdataset: one cache shard per tar shard).
     pub shard_rows: u64,
     /// The shards written so far, in row order.
     pub shards: Vec<ShardEntry>,

@@ -30,12 +30,18 @@ impl TeacherCache {
             path: dir.to_path_buf(),
             what,
         };
-        let done = manifest.shards.last().map_or(0, |s| s.end);
         if !manifest.complete {
+            let (done, all, unit) = match manifest.data.shards.len() {
+                0 => (
+                    manifest.shards.last().map_or(0, |s| s.end),
+                    manifest.data.rows,
+                    "rows",
+                ),
+                n => (manifest.shards.len() as u64, n as u64, "shards"),
+            };
             return Err(bad(format!(
-                "the build is incomplete ({done} of {} rows): run `clipkd teacher-cache` again \
-                 with the same config and options to finish it",
-                manifest.data.rows
+                "the build is incomplete ({done} of {all} {unit}): run `clipkd teacher-cache` \
+                 again with the same config and options to finish it"
             )));
         }
         let mut shards = Vec::with_capacity(manifest.shards.len());
@@ -56,10 +62,10 @@ impl TeacherCache {
                 manifest.dtype,
             )?);
         }
-        if next != manifest.data.rows {
+        if next != manifest.data.id_end() {
             return Err(bad(format!(
-                "the shards cover rows 0..{next} of {}",
-                manifest.data.rows
+                "the shards cover sample ids 0..{next} of 0..{}",
+                manifest.data.id_end()
             )));
         }
         Ok(TeacherCache {
@@ -167,9 +173,11 @@ impl TeacherCache {
         Ok(())
     }
 
-    /// Checks that every row of `data` is the image and caption the cache stored there (by
-    /// name and caption). Rows absent from the cache (unusable when it was built) are counted
-    /// into `warnings`; training fails if one of them becomes readable.
+    /// Checks that `data` is the data the cache was built from: for indexed data, that every
+    /// row is the image and caption the cache stored there (by name and caption; rows absent
+    /// from the cache, unusable when it was built, are counted into `warnings`, and training
+    /// fails if one of them becomes readable); for webdataset shards, the shard files by name
+    /// and order (their samples are checked, by name and caption, as batches read them).
     pub fn check_data(
         &self,
         data: &DataSource,
@@ -180,11 +188,42 @@ impl TeacherCache {
             path: self.dir.clone(),
             what,
         };
-        let DataSource::Indexed(ds) = data else {
-            return Err(bad(
-                "caches cover indexed data (CSV files, image folders), not webdataset shards"
-                    .into(),
-            ));
+        let kind = |webdataset: bool| {
+            if webdataset {
+                "webdataset shards"
+            } else {
+                "indexed data"
+            }
+        };
+        let ds = match data {
+            DataSource::Indexed(ds) if m.data.shards.is_empty() => ds,
+            DataSource::WebDataset(ds) if !m.data.shards.is_empty() => {
+                let names = super::manifest::shard_names(ds);
+                if names != m.data.shards {
+                    let first = names
+                        .iter()
+                        .zip(&m.data.shards)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(names.len().min(m.data.shards.len()));
+                    return Err(bad(format!(
+                        "built from {} webdataset shards, this run's data has {}; they differ \
+                         from shard #{first} ({} here, {} in the cache)",
+                        m.data.shards.len(),
+                        names.len(),
+                        names.get(first).map_or("none", String::as_str),
+                        m.data.shards.get(first).map_or("none", String::as_str),
+                    )));
+                }
+                return Ok(());
+            }
+            _ => {
+                return Err(bad(format!(
+                    "built from {} (`{}`), but this run's data is {}",
+                    kind(!m.data.shards.is_empty()),
+                    m.data.train_data,
+                    kind(matches!(data, DataSource::WebDataset(_)))
+                )));
+            }
         };
         if ds.len() as u64 != m.data.rows {
             return Err(bad(format!(
@@ -261,6 +300,15 @@ impl TeacherCache {
                 return Err(bad(format!(
                     "crop {k} of sample {} asked, the cache holds {}",
                     batch.keys[i], self.manifest.pool.size
+                )));
+            }
+            if shard.key_hash[row] != fnv1a(batch.keys[i].as_bytes())
+                || shard.caption_hash[row] != fnv1a(batch.captions[i].as_bytes())
+            {
+                return Err(bad(format!(
+                    "sample {id} of this run's data ({}) is not the image and caption the cache \
+                     stored under that id: the data changed since the cache was built",
+                    batch.keys[i]
                 )));
             }
             let stored = shard.crop(row, k as usize);
