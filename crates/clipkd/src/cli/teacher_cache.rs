@@ -35,7 +35,8 @@ pub struct TeacherCacheArgs {
     /// The teacher's open_clip checkpoint (`teacher.weights`).
     #[arg(long, value_name = "FILE")]
     pub teacher_weights: Option<PathBuf>,
-    /// Training data: CSV files `a.csv,b.csv` (`data.train_data`).
+    /// Training data: CSV files `a.csv,b.csv` or webdataset shards `dir/{0000..0099}.tar`
+    /// (`data.train_data`).
     #[arg(long, value_name = "DATA")]
     pub train_data: Option<String>,
     /// Data roots of the CSV image paths (`data.data_root`).
@@ -53,7 +54,7 @@ pub struct TeacherCacheArgs {
     /// How embeddings are stored: f32 (exact) or f16 (half the size).
     #[arg(long, default_value = "f32")]
     pub dtype: CacheDtype,
-    /// Dataset rows per shard file.
+    /// Rows of CSV data per cache shard (webdataset: one cache shard per tar shard).
     #[arg(long, value_name = "ROWS", default_value_t = 4096)]
     pub shard_rows: u64,
     /// Images per teacher forward.
@@ -82,9 +83,9 @@ impl BackendTask for BuildTask {
             &self.config,
             &self.options,
             &device,
-            |done, rows| {
+            |done, shards| {
                 if !quiet {
-                    eprintln!("teacher cache: {done} of {rows} rows");
+                    eprintln!("teacher cache: {done} of {shards} shards written");
                 }
             },
         )?;
