@@ -2,7 +2,8 @@
 //! its file-system changes in turn (`CLIPKD_KILL_AT_FS_OP`) and run again ends with the same
 //! files as a build that was never interrupted; distilling from the cache takes the steps of
 //! distilling from the teacher with the same pool of crops (every logged term within 1e-6);
-//! a cache of other data is refused before training.
+//! two CPU peers from the cache take the one device's steps; a cache of other data is refused
+//! before training.
 #![cfg(feature = "flex")]
 
 mod common;
@@ -149,6 +150,31 @@ fn a_killed_build_continues_and_students_distill_from_the_cache() {
     }
 
     println!("f16 cache vs online over 8 steps: loss terms within {worst:.1e} relative");
+
+    // Two CPU peers from the cache take the single device's steps (each looks up its rows).
+    let peers = dir.0.join("peers");
+    ok(&[
+        "distill",
+        "--config",
+        c,
+        "-q",
+        "-o",
+        peers.to_str().unwrap(),
+        "--teacher-cache",
+        straight.to_str().unwrap(),
+        "--devices",
+        "cpu,cpu",
+    ]);
+    for (x, y) in metric_rows(&peers).iter().zip(&b) {
+        for (term, v) in y["loss"].as_object().unwrap() {
+            let (p, q) = (x["loss"][term].as_f64().unwrap(), v.as_f64().unwrap());
+            assert!(
+                (p - q).abs() <= 1e-5 * q.abs().max(1e-6),
+                "step {}, {term}: {p} on 2 peers vs {q} on one device",
+                x["step"]
+            );
+        }
+    }
 
     // A cache of other data is refused before the first step, naming the row.
     std::fs::write(
