@@ -78,8 +78,9 @@ fn main() {
         let s = t.elapsed().as_secs_f64();
         let m = &built.manifest;
         println!(
-            "build {dtype:?}: {:.2} samples/s ({s:.1} s: {} forwards of {k} crops + the eval view \
-             per sample, and the captions), {} bytes per sample (embed dim {})",
+            "build {dtype:?}: {:.2} samples/s ({s:.1} s: per sample the image tower on {k} crops \
+             and the eval view ({} forwards), the text tower on the caption), {} bytes per \
+             sample (embed dim {})",
             samples as f64 / s,
             k + 1,
             m.bytes_per_sample(),
