@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -176,11 +176,25 @@ const CSV_TAIL: [&str; 8] = [
     "skipped",
 ];
 
+/// One CSV line of `fields` (quoted where a field holds a comma, a quote or a line break),
+/// without its line end.
+fn csv_line<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(fields: I) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    w.write_record(fields)
+        .expect("writing a record to memory cannot fail");
+    let bytes = w.into_inner().expect("flushing to memory cannot fail");
+    let mut line = String::from_utf8(bytes).expect("the fields are UTF-8");
+    line.pop();
+    line
+}
+
 fn csv_header(terms: &[String]) -> String {
     let mut cols: Vec<String> = CSV_FIXED.iter().map(|s| s.to_string()).collect();
     cols.extend(terms.iter().map(|t| format!("loss/{t}")));
     cols.extend(CSV_TAIL.iter().map(|s| s.to_string()));
-    cols.join(",")
+    csv_line(&cols)
 }
 
 fn csv_row(row: &StepRecord, terms: &[String]) -> String {
@@ -201,27 +215,42 @@ fn csv_row(row: &StepRecord, terms: &[String]) -> String {
         row.samples_seen.to_string(),
         row.skipped.to_string(),
     ]);
-    cols.join(",")
+    csv_line(&cols)
+}
+
+/// The records of a CSV file (header first), each with the line it starts on.
+fn csv_records(path: &Path) -> Result<Vec<(u64, csv::StringRecord)>, TrainError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| TrainError::Metrics {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?;
+    reader
+        .records()
+        .map(|r| {
+            r.map(|rec| (rec.position().map_or(0, csv::Position::line), rec))
+                .map_err(|e| TrainError::Metrics {
+                    path: path.to_path_buf(),
+                    what: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 fn csv_header_terms(path: &Path) -> Result<Option<Vec<String>>, TrainError> {
     if !path.exists() {
         return Ok(None);
     }
-    let f = File::open(path).map_err(|e| TrainError::io("reading", path, e))?;
-    let mut lines = BufReader::new(f).lines();
-    match lines.next() {
-        Some(line) => {
-            let line = line.map_err(|e| TrainError::io("reading", path, e))?;
-            Ok(Some(
-                line.split(',')
-                    .filter_map(|c| c.strip_prefix("loss/"))
-                    .map(str::to_string)
-                    .collect(),
-            ))
-        }
-        None => Ok(None),
-    }
+    Ok(csv_records(path)?.into_iter().next().map(|(_, header)| {
+        header
+            .iter()
+            .filter_map(|c| c.strip_prefix("loss/"))
+            .map(str::to_string)
+            .collect()
+    }))
 }
 
 /// Keeps the rows of `path` whose step is at most `step` (and the CSV header).
@@ -229,27 +258,28 @@ fn truncate_after(path: &Path, format: MetricsFormat, step: u64) -> Result<(), T
     if !path.exists() {
         return Ok(());
     }
-    let text = fs::read_to_string(path).map_err(|e| TrainError::io("reading", path, e))?;
     let mut kept = String::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    match format {
+        MetricsFormat::Jsonl => {
+            let text = fs::read_to_string(path).map_err(|e| TrainError::io("reading", path, e))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let row_step = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64));
+                if row_step.is_some_and(|s| s <= step) {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
         }
-        let row_step = match format {
-            MetricsFormat::Jsonl => serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64)),
-            MetricsFormat::Csv if i == 0 => None,
-            MetricsFormat::Csv => line.split(',').next().and_then(|s| s.parse().ok()),
-        };
-        let keep = match (format, row_step) {
-            (_, Some(s)) => s <= step,
-            (MetricsFormat::Csv, None) => i == 0,
-            (MetricsFormat::Jsonl, None) => false,
-        };
-        if keep {
-            kept.push_str(line);
-            kept.push('\n');
+        MetricsFormat::Csv => {
+            for (i, (_, record)) in csv_records(path)?.into_iter().enumerate() {
+                let row_step: Option<u64> = record.get(0).and_then(|s| s.parse().ok());
+                if i == 0 || row_step.is_some_and(|s| s <= step) {
+                    kept.push_str(&csv_line(&record));
+                    kept.push('\n');
+                }
+            }
         }
     }
     // Into a temporary file, then renamed over the old one: a crash leaves one or the other.
@@ -306,22 +336,18 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Tra
 }
 
 fn read_csv(path: &Path) -> Result<Vec<StepRecord>, TrainError> {
-    let text = fs::read_to_string(path).map_err(|e| TrainError::io("reading", path, e))?;
-    let mut lines = text.lines().enumerate();
-    let Some((_, header)) = lines.next() else {
+    let mut records = csv_records(path)?.into_iter();
+    let Some((_, header)) = records.next() else {
         return Ok(Vec::new());
     };
-    let cols: Vec<&str> = header.split(',').collect();
+    let cols: Vec<&str> = header.iter().collect();
     let mut out = Vec::new();
-    for (i, line) in lines {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (line, record) in records {
         let bad = |what: String| TrainError::Metrics {
             path: path.to_path_buf(),
-            what: format!("line {}: {what}", i + 1),
+            what: format!("line {line}: {what}"),
         };
-        let fields: Vec<&str> = line.split(',').collect();
+        let fields: Vec<&str> = record.iter().collect();
         if fields.len() != cols.len() {
             return Err(bad(format!(
                 "{} fields, the header has {}",
@@ -430,6 +456,34 @@ mod tests {
             );
             assert!(evals.is_empty());
         }
+    }
+
+    /// A loss named with a comma and a quote keeps its column (the header and the rows are
+    /// quoted as CSV), also after a resume.
+    #[test]
+    fn csv_term_names_with_commas_and_quotes_keep_their_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = |step| {
+            let mut r = row(step);
+            r.loss.insert("fd, \"scaled\"".to_string(), 0.125);
+            r
+        };
+        let mut w = MetricsWriter::open(dir.path(), MetricsFormat::Csv, None).unwrap();
+        for s in 1..=3 {
+            w.write_step(&odd(s)).unwrap();
+        }
+        let text = fs::read_to_string(dir.path().join(METRICS_CSV)).unwrap();
+        assert!(text.contains("\"loss/fd, \"\"scaled\"\"\""), "{text}");
+        assert_eq!(
+            read_metrics(dir.path()).unwrap().0,
+            (1..=3).map(odd).collect::<Vec<_>>()
+        );
+        let mut w = MetricsWriter::open(dir.path(), MetricsFormat::Csv, Some(2)).unwrap();
+        w.write_step(&odd(3)).unwrap();
+        assert_eq!(
+            read_metrics(dir.path()).unwrap().0,
+            (1..=3).map(odd).collect::<Vec<_>>()
+        );
     }
 
     #[test]
