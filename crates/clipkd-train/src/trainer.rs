@@ -75,6 +75,28 @@ use crate::student::Student;
 use crate::teacher_cache::TeacherCache;
 use std::sync::Arc;
 
+/// The no-teacher baseline trains with the task loss alone: a `[loss]` that names anything
+/// else (a distillation config reused for the baseline) is replaced by `preset = "baseline"`,
+/// so that the run's saved config says what it trains, with a note saying so.
+fn baseline_loss(config: &mut RunConfig, mode: TrainMode) -> Option<String> {
+    use clipkd_losses::LossPreset;
+    let loss = &mut config.loss;
+    let other = loss.preset.is_some_and(|p| p != LossPreset::Baseline) || !loss.terms.is_empty();
+    if mode != TrainMode::Baseline || !other {
+        return None;
+    }
+    let was = match loss.preset {
+        Some(p) if loss.terms.is_empty() => format!("loss.preset = \"{}\"", p.name()),
+        _ => format!("{} loss.terms", loss.terms.len()),
+    };
+    loss.preset = Some(LossPreset::Baseline);
+    loss.terms.clear();
+    Some(format!(
+        "{was} is not used: the baseline (no teacher) trains with the task loss alone; the run's \
+         config records loss.preset = \"baseline\""
+    ))
+}
+
 /// The teacher cache of `config`, opened, when distilling from one.
 fn open_cache(config: &RunConfig, mode: TrainMode) -> Result<Option<TeacherCache>, TrainError> {
     match (&config.teacher.cache, mode) {
@@ -270,7 +292,7 @@ impl PreparedRun {
     }
 
     fn prepare_shapes(
-        config: RunConfig,
+        mut config: RunConfig,
         mode: TrainMode,
         resume: Option<&str>,
         plan: ModelPlan,
@@ -281,6 +303,8 @@ impl PreparedRun {
         if let Some(err) = plots_unavailable(&config) {
             return Err(err);
         }
+        let mut warnings = Vec::new();
+        warnings.extend(baseline_loss(&mut config, mode));
         let teacher_dim = teacher.map_or(student.embed_dim, |t| t.embed_dim);
         let loss = config
             .loss
@@ -291,7 +315,6 @@ impl PreparedRun {
                 .map_err(|e| TrainError::field("loss", e))?;
         }
 
-        let mut warnings = Vec::new();
         let source = open_data(&config, student.image_size)?;
         if let Some(cache) = &cache {
             // The data is checked against the cache when the run starts (`with_data` may

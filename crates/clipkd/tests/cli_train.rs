@@ -235,6 +235,34 @@ fn distill_stop_resume_export_plot_and_baseline() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["loss"].as_object().unwrap().len(), 1, "{}", rows[0]);
     assert!(rows[0]["loss"]["task"].is_number());
+    // A distillation loss given to the baseline is an error, not ignored.
+    let e = fails(&["train", "--config", c, "--loss", "crd"]);
+    assert!(
+        e.contains("--loss crd") && e.contains("clipkd distill --loss crd"),
+        "{e}"
+    );
+    // A config's distillation [loss] is replaced by the baseline's, with a note, and the run's
+    // config records what it trained.
+    let noted = dir.0.join("noted");
+    let out = common::clipkd(&[
+        "train",
+        "--config",
+        c,
+        "--output",
+        noted.to_str().unwrap(),
+        "--set",
+        "loss.preset=\"crd\"",
+        "--set",
+        "run.stop_after_steps=1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("loss.preset = \"crd\" is not used"),
+        "{stderr}"
+    );
+    let saved = std::fs::read_to_string(noted.join("config.toml")).unwrap();
+    assert!(saved.contains("preset = \"baseline\""), "{saved}");
     // Resuming a checkpoint by path, without --config or --output: its own config, its own
     // run directory.
     let ckpt = base.join("checkpoints").join("step-00000002");

@@ -24,5 +24,13 @@ pub struct TrainArgs {
 
 /// Runs `clipkd train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    // A flag takes effect or is an error: the baseline has no teacher for another loss to read.
+    if let Some(loss) = args.run.loss.as_deref().filter(|l| *l != "baseline") {
+        anyhow::bail!(
+            "--loss {loss}: `clipkd train` trains the student alone with the task loss (the \
+             `baseline` preset); distillation losses need a teacher: use `clipkd distill --loss \
+             {loss}`"
+        );
+    }
     execute(&args.run, &[], TrainMode::Baseline)
 }
