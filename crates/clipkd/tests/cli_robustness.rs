@@ -90,7 +90,34 @@ fn embed_refuses_non_finite_weights_and_embeddings_and_writes_nothing() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // The file says what produced it.
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().expect("__metadata__");
+    assert_eq!(meta["format"], "clipkd-embeddings");
+    assert!(meta["model"].ends_with("tiny.json"), "{meta:?}");
+    assert_eq!(meta["weights"], good.to_str().unwrap());
+    assert_eq!(meta["images"], serde_json::to_string(&[image_s]).unwrap());
+    assert_eq!(meta["clipkd_version"], env!("CARGO_PKG_VERSION"));
     std::fs::remove_file(&out).unwrap();
+
+    // An output that cannot be written is refused before the model runs, naming it once.
+    let missing = dir.0.join("no-such-folder").join("out.safetensors");
+    let err = stderr_of(&embed_args(
+        good.to_str().unwrap(),
+        missing.to_str().unwrap(),
+        image_s,
+    ));
+    assert!(
+        err.contains("no-such-folder") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = stderr_of(&embed_args(
+        good.to_str().unwrap(),
+        dir.0.to_str().unwrap(),
+        image_s,
+    ));
+    assert!(err.contains("is a directory"), "{err}");
 
     // NaN / inf weights: refused at load, naming the keys.
     let nan = dir.0.join("nan.safetensors");

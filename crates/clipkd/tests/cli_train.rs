@@ -50,6 +50,13 @@ fn help_lists_the_options() {
     let export = ok(&["export", "--help"]);
     assert!(export.contains("--checkpoint") && export.contains("--model-config"));
     assert!(ok(&["plot", "--help"]).contains("RUN_DIR"));
+    // The same names everywhere: -o for every output, --batch-size for every batch.
+    for command in ["distill", "train", "export", "embed", "eval", "teacher-cache"] {
+        let help = ok(&[command, "--help"]);
+        assert!(help.contains("-o, --output"), "{command} --help:\n{help}");
+    }
+    let bench = ok(&["bench", "--help"]);
+    assert!(bench.contains("--batch-size"), "{bench}");
     let presets = ok(&["distill", "--list-presets"]);
     assert!(presets.contains("vit-l-14-laion-to-vit-b-16"), "{presets}");
 }

@@ -62,8 +62,8 @@ pub struct BenchArgs {
     /// Student model: an open_clip config name or JSON file.
     #[arg(long, default_value = "ViT-B-16")]
     pub student: String,
-    /// Images (and captions) per step.
-    #[arg(long, default_value_t = 128)]
+    /// Images (and captions) per step (`--batch` is accepted too).
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 128)]
     pub batch: usize,
     /// Untimed steps after the first one.
     #[arg(long, default_value_t = 3)]

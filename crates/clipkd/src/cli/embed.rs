@@ -32,8 +32,9 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "PATH")]
     pub text_file: Option<PathBuf>,
     /// Where to write the embeddings: a safetensors file with `image_embeds` [images, dim] and
-    /// `text_embeds` [lines, dim], f32, L2-normalized.
-    #[arg(long, value_name = "OUT.safetensors")]
+    /// `text_embeds` [lines, dim], f32, L2-normalized, and what produced them in its
+    /// `__metadata__` (model, weights, clipkd version, inputs).
+    #[arg(long, short = 'o', value_name = "OUT.safetensors")]
     pub output: PathBuf,
     /// Device: cpu, cuda[:N], wgpu[:N] (among those compiled in).
     #[arg(long, default_value = "cpu")]
@@ -63,6 +64,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         "weights file not found: {}",
         args.weights.display()
     );
+    check_output(&args.output)?;
     let texts = match &args.text_file {
         Some(path) => read_lines(path)?,
         None => Vec::new(),
@@ -85,7 +87,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     };
     // Fails on a NaN or infinite embedding, naming the input, before anything is written.
     let (images, texts) = dispatch(args.device, args.precision, task)?;
-    write_embeddings(&args.output, &images, &texts)?;
+    write_embeddings(&args.output, &images, &texts, metadata(&args))?;
     eprintln!(
         "wrote {} image and {} text embeddings (dim {}) to {}",
         images.rows,
@@ -160,11 +162,65 @@ pub(crate) fn preprocess_cfg_of(model: &ModelSource) -> anyhow::Result<Option<se
     Ok(value.get("preprocess_cfg").cloned())
 }
 
-/// Writes `image_embeds` and `text_embeds` as f32 tensors.
+/// Fails before any work when `path` cannot be written: a directory, or a folder that does not
+/// exist or takes no new file (checked by creating and removing a file next to it).
+fn check_output(path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !path.is_dir(),
+        "--output {} is a directory: name the .safetensors file to write",
+        path.display()
+    );
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    anyhow::ensure!(
+        folder.is_dir(),
+        "--output {}: the folder {} does not exist",
+        path.display(),
+        folder.display()
+    );
+    let probe = folder.join(format!(".clipkd-embed-{}.tmp", std::process::id()));
+    std::fs::File::create(&probe)
+        .map_err(|e| anyhow::anyhow!("--output {}: cannot write there: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// What the output's `__metadata__` records: the model, the weights, the clipkd version and the
+/// inputs (image paths as a JSON list, the text file).
+fn metadata(args: &EmbedArgs) -> HashMap<String, String> {
+    let images: Vec<String> = args
+        .images
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut m = HashMap::from([
+        ("format".to_string(), "clipkd-embeddings".to_string()),
+        ("model".to_string(), args.model.to_string()),
+        ("weights".to_string(), args.weights.display().to_string()),
+        (
+            "clipkd_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (
+            "images".to_string(),
+            serde_json::to_string(&images).expect("strings serialize"),
+        ),
+        ("normalized".to_string(), "l2".to_string()),
+    ]);
+    if let Some(t) = &args.text_file {
+        m.insert("text_file".to_string(), t.display().to_string());
+    }
+    m
+}
+
+/// Writes `image_embeds` and `text_embeds` as f32 tensors, with `metadata`.
 fn write_embeddings(
     path: &Path,
     images: &HostEmbeddings,
     texts: &HostEmbeddings,
+    metadata: HashMap<String, String>,
 ) -> anyhow::Result<()> {
     let bytes =
         |e: &HostEmbeddings| -> Vec<u8> { e.data.iter().flat_map(|v| v.to_le_bytes()).collect() };
@@ -180,6 +236,7 @@ fn write_embeddings(
             .map_err(|err| anyhow::anyhow!("building tensor {name}: {err}"))
     })
     .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .with_context(|| format!("writing {}", path.display()))
+    // One message: the safetensors error already carries its I/O cause.
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }

@@ -93,7 +93,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "\\t", requires = "retrieval")]
     pub csv_separator: CsvSeparator,
     /// Where to write the results (JSON).
-    #[arg(long, value_name = "RESULTS.json")]
+    #[arg(long, short = 'o', value_name = "RESULTS.json")]
     pub output: PathBuf,
     /// Device: cpu, cuda[:N], wgpu[:N] (among those compiled in).
     #[arg(long, default_value = "cpu")]
