@@ -25,6 +25,7 @@ pub mod config;
 pub mod encoder;
 pub mod error;
 pub mod host_init;
+mod param_count;
 mod presets;
 pub mod resnet;
 mod shape;
@@ -46,6 +47,7 @@ pub use config::{
 };
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};
+pub use param_count::ParamCounts;
 pub use resnet::ModifiedResNet;
 pub use source::ModelSource;
 pub use text::TextTransformer;

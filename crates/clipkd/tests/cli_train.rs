@@ -51,12 +51,35 @@ fn help_lists_the_options() {
     assert!(export.contains("--checkpoint") && export.contains("--model-config"));
     assert!(ok(&["plot", "--help"]).contains("RUN_DIR"));
     // The same names everywhere: -o for every output, --batch-size for every batch.
-    for command in ["distill", "train", "export", "embed", "eval", "teacher-cache"] {
+    for command in [
+        "distill",
+        "train",
+        "export",
+        "embed",
+        "eval",
+        "teacher-cache",
+    ] {
         let help = ok(&[command, "--help"]);
         assert!(help.contains("-o, --output"), "{command} --help:\n{help}");
     }
     let bench = ok(&["bench", "--help"]);
     assert!(bench.contains("--batch-size"), "{bench}");
+    // `clipkd models` (which `embed --help` points to) lists the presets with open_clip's
+    // parameter counts.
+    let models = ok(&["models"]);
+    assert!(
+        models.contains("| ViT-B-16 | ViT /16 | 512 | 224x224 | 77 | 149.62M |"),
+        "{models}"
+    );
+    assert!(models.contains("| RN50 | ModifiedResNet | 1024 | 224x224 | 77 | 102.01M |"));
+    let json = ok(&["models", "--json"]);
+    let l14: serde_json::Value = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["name"] == "ViT-L-14")
+        .unwrap();
+    assert_eq!(l14["params"], 427_616_513);
+    assert!(ok(&["embed", "--help"]).contains("clipkd models"));
     let presets = ok(&["distill", "--list-presets"]);
     assert!(presets.contains("vit-l-14-laion-to-vit-b-16"), "{presets}");
 }

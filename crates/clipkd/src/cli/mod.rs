@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
+pub mod models;
 pub mod orchestrator;
 pub mod run_options;
 pub mod teacher_cache;
@@ -33,6 +34,8 @@ pub enum Command {
     /// teacher, then a student without and with CLIP-KD, and compare them.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// List the bundled model configs (open_clip names) with their sizes.
+    Models(models::ModelsArgs),
     /// Embed images and captions with a CLIP model (open_clip checkpoint) into a safetensors file.
     Embed(embed::EmbedArgs),
     /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args),
+        Command::Models(args) => models::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
