@@ -45,6 +45,105 @@ fn help_lists_the_options() {
             "distill --help lacks {flag}:\n{distill}"
         );
     }
+    // Every shortcut shows its config field and default (those of RunConfig::default()).
+    let defaults = clipkd_train::RunConfig::default();
+    for (flag, default) in [
+        ("--epochs", format!("default {}", defaults.optim.epochs)),
+        (
+            "--batch-size",
+            format!("default {}", defaults.data.batch_size),
+        ),
+        ("--lr", "default 1e-3".to_string()),
+        ("--wd", format!("default {}", defaults.optim.weight_decay)),
+        ("--warmup", format!("default {}", defaults.optim.warmup)),
+        ("--seed", format!("default {}", defaults.run.seed)),
+        (
+            "--log-every-n-steps",
+            format!("default {}", defaults.run.log_every_steps),
+        ),
+        ("--student", "default ViT-T-16".to_string()),
+        ("--teacher", "default ViT-B-16".to_string()),
+        ("--device", "default cpu".to_string()),
+    ] {
+        // The flag's entry: its header line and the description lines under it.
+        let lines: Vec<&str> = distill.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| {
+                let t = l.trim_start();
+                t.starts_with('-') && t.split([' ', ',']).any(|w| w == flag)
+            })
+            .unwrap_or_else(|| panic!("no {flag} in distill --help:\n{distill}"));
+        let end = (start + 1..lines.len())
+            .find(|&i| lines[i].trim_start().starts_with('-'))
+            .unwrap_or(lines.len());
+        let line = lines[start..end]
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            line.contains(&default),
+            "{flag}: `{line}` lacks `{default}`"
+        );
+    }
+    // Each takes effect: the same config field as --set.
+    let printed = ok(&[
+        "distill",
+        "--print-config",
+        "--lr",
+        "5e-4",
+        "--wd",
+        "0.2",
+        "--warmup",
+        "7",
+        "--accum-freq",
+        "2",
+        "--grad-clip-norm",
+        "1.5",
+        "--seed",
+        "9",
+        "--workers",
+        "3",
+        "--log-every-n-steps",
+        "5",
+        "--val-data",
+        "val.json",
+        "--imagenet-val",
+        "/data/in1k",
+    ]);
+    let dir = TempDir::new("cli-flags");
+    let file = dir.0.join("printed.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let config = clipkd_train::RunConfig::load(Some(&file), None, &[]).unwrap();
+    assert_eq!(
+        (
+            config.optim.lr,
+            config.optim.weight_decay,
+            config.optim.warmup
+        ),
+        (5e-4, 0.2, 7)
+    );
+    assert_eq!(
+        (config.optim.grad_accum, config.optim.grad_clip_norm),
+        (2, Some(1.5))
+    );
+    assert_eq!(
+        (
+            config.run.seed,
+            config.data.workers,
+            config.run.log_every_steps
+        ),
+        (9, 3, 5)
+    );
+    assert_eq!(
+        config.eval.retrieval.unwrap().annotations,
+        std::path::PathBuf::from("val.json")
+    );
+    assert_eq!(
+        config.eval.zero_shot.unwrap().root,
+        std::path::PathBuf::from("/data/in1k")
+    );
     let train = ok(&["train", "--help"]);
     assert!(train.contains("--resume") && !train.contains("--teacher-weights"));
     let export = ok(&["export", "--help"]);

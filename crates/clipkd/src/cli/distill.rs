@@ -15,8 +15,8 @@ use super::run_options::{RunOptions, execute};
   clipkd distill --config run.toml --set optim.lr=5e-4 --device cuda
   clipkd distill --config run.toml --resume            # continue from the latest checkpoint")]
 pub struct DistillArgs {
-    /// The teacher: an open_clip config name (ViT-B-16, ViT-L-14, ...) or JSON file
-    /// (`teacher.model`).
+    /// The teacher: an open_clip config name (ViT-B-16, ViT-L-14, ...; see `clipkd models`) or
+    /// JSON file (`teacher.model`; default ViT-B-16).
     #[arg(long, value_name = "CONFIG")]
     pub teacher: Option<String>,
     /// The teacher's open_clip checkpoint (`teacher.weights`).

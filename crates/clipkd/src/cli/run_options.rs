@@ -30,8 +30,8 @@ pub struct RunOptions {
     /// is not valid TOML is taken as a string.
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     pub set: Vec<String>,
-    /// The student: an open_clip config name (ViT-T-16, RN50, ...) or JSON file
-    /// (`student.model`).
+    /// The student: an open_clip config name (ViT-T-16, RN50, ...; see `clipkd models`) or JSON
+    /// file (`student.model`; default ViT-T-16).
     #[arg(long, value_name = "CONFIG")]
     pub student: Option<String>,
     /// Initialise the student from this open_clip checkpoint (`student.init`).
@@ -44,20 +44,54 @@ pub struct RunOptions {
     /// Data roots of the CSV image paths, one or one per CSV (`data.data_root`).
     #[arg(long, value_name = "DIRS")]
     pub data_root: Option<String>,
-    /// The run directory: config, metrics, plots, checkpoints (`run.output_dir`).
+    /// The run directory: config, metrics, plots, checkpoints (`run.output_dir`; default
+    /// runs/clipkd).
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Epochs (`optim.epochs`).
+    /// Epochs (`optim.epochs`; default 32, the paper's).
     #[arg(long)]
     pub epochs: Option<u64>,
-    /// Images per micro-batch (`data.batch_size`).
+    /// Images per micro-batch (`data.batch_size`; default 1024, the paper's global batch: on
+    /// a CPU choose far fewer).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// The loss preset (`loss.preset`): clip_kd, crd, fd, mfd, gd, icl, afd,
-    /// open_clip_distill, baseline.
+    /// Peak learning rate (`optim.lr`; default 1e-3).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay of the student's matrices (`optim.weight_decay`; default 0.1).
+    #[arg(long)]
+    pub wd: Option<f64>,
+    /// Linear warmup steps (`optim.warmup`; default 10000).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Micro-batches per optimizer step, gradients averaged (`optim.grad_accum`; default 1).
+    #[arg(long)]
+    pub accum_freq: Option<usize>,
+    /// Clip the global gradient norm to this value (`optim.grad_clip_norm`; default none).
+    #[arg(long, value_name = "NORM")]
+    pub grad_clip_norm: Option<f64>,
+    /// The seed of initialisation, data order and augmentation (`run.seed`; default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Data loader threads (`data.workers`; default 0: every core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// A metrics row every N optimizer steps (`run.log_every_steps`; default 100).
+    #[arg(long, value_name = "N")]
+    pub log_every_n_steps: Option<u64>,
+    /// Evaluate image-text retrieval on this caption file (COCO-Karpathy JSON or CSV;
+    /// `eval.retrieval.annotations`; default none).
+    #[arg(long, value_name = "FILE")]
+    pub val_data: Option<PathBuf>,
+    /// Evaluate zero-shot ImageNet classification on this ImageFolder (`eval.zero_shot.root`;
+    /// default none).
+    #[arg(long, value_name = "DIR")]
+    pub imagenet_val: Option<PathBuf>,
+    /// The loss preset (`loss.preset`; default clip_kd for distill, baseline for train):
+    /// clip_kd, crd, fd, mfd, gd, icl, afd, open_clip_distill, baseline.
     #[arg(long, value_name = "PRESET")]
     pub loss: Option<String>,
-    /// Device: cpu, cuda[:N], wgpu[:N] (`run.device`).
+    /// Device: cpu, cuda[:N], wgpu[:N] (`run.device`; default cpu).
     #[arg(long)]
     pub device: Option<String>,
     /// Data parallel on these devices of one backend, one peer each: `cuda:0,cuda:1,...`
@@ -132,6 +166,36 @@ impl RunOptions {
         }
         if let Some(v) = self.batch_size {
             push("data.batch_size", v.into());
+        }
+        if let Some(v) = self.lr {
+            push("optim.lr", v.into());
+        }
+        if let Some(v) = self.wd {
+            push("optim.weight_decay", v.into());
+        }
+        if let Some(v) = self.warmup {
+            push("optim.warmup", v.into());
+        }
+        if let Some(v) = self.accum_freq {
+            push("optim.grad_accum", v.into());
+        }
+        if let Some(v) = self.grad_clip_norm {
+            push("optim.grad_clip_norm", v.into());
+        }
+        if let Some(v) = self.seed {
+            push("run.seed", v.into());
+        }
+        if let Some(v) = self.workers {
+            push("data.workers", v.into());
+        }
+        if let Some(v) = self.log_every_n_steps {
+            push("run.log_every_steps", v.into());
+        }
+        if let Some(v) = &self.val_data {
+            push("eval.retrieval.annotations", path_value(v));
+        }
+        if let Some(v) = &self.imagenet_val {
+            push("eval.zero_shot.root", path_value(v));
         }
         if let Some(v) = &self.loss {
             let preset: LossPreset = v.parse().context("--loss")?;
