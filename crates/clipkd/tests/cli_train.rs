@@ -179,6 +179,30 @@ fn help_lists_the_options() {
         .unwrap();
     assert_eq!(l14["params"], 427_616_513);
     assert!(ok(&["embed", "--help"]).contains("clipkd models"));
+    // The top-level help says what clipkd is and lists each command on one short line.
+    let top = ok(&["--help"]);
+    assert!(top.starts_with("clipkd distills small CLIP models"), "{top}");
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(commands.len() >= 14, "{top}");
+    for line in &commands {
+        assert!(line.len() <= 100, "a command's summary is too long: `{line}`");
+    }
+    // Completions and the man page come from the same definitions.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&["completions", shell]);
+        assert!(
+            script.contains("teacher-cache") && script.contains("grad-clip-norm"),
+            "{shell}"
+        );
+    }
+    let man = ok(&["man"]);
+    assert!(man.starts_with(".ie") || man.starts_with(".TH"), "{man}");
+    assert!(man.contains("distill"), "{man}");
     let presets = ok(&["distill", "--list-presets"]);
     assert!(presets.contains("vit-l-14-laion-to-vit-b-16"), "{presets}");
 }

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod completions;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod distill;
@@ -18,9 +19,18 @@ pub mod train;
 
 use clap::{Parser, Subcommand};
 
-/// Distill small CLIP models from large teachers (CLIP-KD), in pure Rust.
+/// clipkd distills small CLIP models from large frozen teachers (CLIP-KD: CRD, FD, MFD, GD,
+/// ICL, AFD), reads and writes open_clip checkpoints, and evaluates them.
 #[derive(Debug, Parser)]
-#[command(name = "clipkd", version, about, long_about = None)]
+#[command(
+    name = "clipkd",
+    version,
+    about = "clipkd distills small CLIP models from large frozen teachers (CLIP-KD), reads and \
+             writes open_clip checkpoints, and evaluates them",
+    long_about = None,
+    after_help = "`clipkd <COMMAND> --help` explains a command; `clipkd demo` shows \
+                  distillation at work in a few minutes on a CPU, with no download."
+)]
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -30,31 +40,36 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Train a teacher and a student with and without CLIP-KD on rendered shapes; compare.
+    ///
     /// The built-in demonstration (no download): render a captioned-shapes dataset, train a
     /// teacher, then a student without and with CLIP-KD, and compare them.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// List the bundled model configs (open_clip names) with their sizes.
     Models(models::ModelsArgs),
-    /// Embed images and captions with a CLIP model (open_clip checkpoint) into a safetensors file.
+    /// Embed images and captions with a CLIP model into a safetensors file.
     Embed(embed::EmbedArgs),
-    /// Measure the speed of the CLIP-KD step (teacher forward, student step) on a device.
+    /// Measure the speed of the CLIP-KD step on a device.
     Bench(bench::BenchArgs),
-    /// Evaluate a CLIP checkpoint: zero-shot classification and image-text retrieval, to JSON.
+    /// Evaluate a CLIP checkpoint: zero-shot classification and retrieval, to JSON.
     Eval(eval::EvalArgs),
-    /// Distill a student CLIP from a frozen teacher (CLIP-KD), from a run config.
+    /// Distill a student CLIP from a frozen teacher (CLIP-KD).
     Distill(distill::DistillArgs),
-    /// Train a student CLIP without a teacher (the no-KD baseline), from a run config.
+    /// Train a student CLIP without a teacher (the no-KD baseline).
     Train(train::TrainArgs),
     /// Export a checkpoint's student as an open_clip state dict (safetensors).
     Export(export::ExportArgs),
-    /// Draw PNG plots of a run's loss terms, learning rate and evaluation metrics.
+    /// Draw a run's plots (loss terms, learning rate, evaluation metrics).
     Plot(run_options::PlotArgs),
-    /// Serve the orchestrator the nodes of a run on several machines register with.
+    /// Serve the orchestrator that the nodes of a multi-machine run join.
     Orchestrator(orchestrator::OrchestratorArgs),
-    /// Run a teacher once over the training data and store its outputs for `distill
-    /// --teacher-cache`.
+    /// Store a teacher's outputs once, for `distill --teacher-cache`.
     TeacherCache(teacher_cache::TeacherCacheArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man(completions::ManArgs),
 }
 
 /// Runs the parsed command line.
@@ -72,5 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plot(args) => run_options::plot(args),
         Command::Orchestrator(args) => orchestrator::run(args),
         Command::TeacherCache(args) => teacher_cache::run(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }
