@@ -181,7 +181,10 @@ fn help_lists_the_options() {
     assert!(ok(&["embed", "--help"]).contains("clipkd models"));
     // The top-level help says what clipkd is and lists each command on one short line.
     let top = ok(&["--help"]);
-    assert!(top.starts_with("clipkd distills small CLIP models"), "{top}");
+    assert!(
+        top.starts_with("clipkd distills small CLIP models"),
+        "{top}"
+    );
     let commands: Vec<&str> = top
         .lines()
         .skip_while(|l| !l.starts_with("Commands:"))
@@ -190,7 +193,10 @@ fn help_lists_the_options() {
         .collect();
     assert!(commands.len() >= 14, "{top}");
     for line in &commands {
-        assert!(line.len() <= 100, "a command's summary is too long: `{line}`");
+        assert!(
+            line.len() <= 100,
+            "a command's summary is too long: `{line}`"
+        );
     }
     // Completions and the man page come from the same definitions.
     for shell in ["bash", "zsh", "fish"] {
@@ -439,4 +445,55 @@ fn distill_stop_resume_export_plot_and_baseline() {
         "--resume",
     ]);
     assert!(e.contains("clipkd train"), "{e}");
+}
+
+/// `run.metrics_format = "csv"` with loss terms whose names hold a comma and a quote: every row
+/// keeps its columns, and `clipkd plot` reads the file back.
+#[test]
+fn csv_metrics_keep_columns_for_any_term_name() {
+    let dir = TempDir::new("cli-csv-metrics");
+    let config = train_setup::setup(
+        &dir.0,
+        "metrics_format = \"csv\"\nstop_after_steps = 3\n\n[[loss.terms]]\nkind = \"task\"\nweight = 1.0\nname = \"task, \\\"main\\\"\"\n\n[[loss.terms]]\nkind = \"fd\"\nweight = 100.0\n",
+    );
+    let run = dir.0.join("run");
+    ok(&["distill", "--config", config.to_str().unwrap(), "-q"]);
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let mut reader = csv_rows(&text);
+    let header = reader.remove(0);
+    assert!(
+        header.contains(&"loss/task, \"main\"".to_string()),
+        "{text}"
+    );
+    assert_eq!(reader.len(), 3, "{text}");
+    for row in &reader {
+        assert_eq!(row.len(), header.len(), "{text}");
+    }
+    assert!(ok(&["plot", run.to_str().unwrap()]).contains("loss.png"));
+}
+
+/// The records of a CSV text, quotes honoured (a small reader for the test: fields separated by
+/// commas, `"` quoting with `""` for a quote).
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(std::mem::take(&mut field)),
+                (c, _) => field.push(c),
+            }
+        }
+        fields.push(field);
+        rows.push(fields);
+    }
+    rows
 }
