@@ -25,7 +25,11 @@ use std::time::{Duration, Instant};
 use common::{TempDir, ok};
 use train_setup::metric_rows;
 
-/// Every logged term of `got` within 1e-5 relative of `want`'s, step by step.
+/// Every logged term of `got` within 1e-5 relative of `want`'s, step by step, relative to at
+/// least 0.1: a term's float noise follows the magnitudes it is computed from (logits, losses of
+/// order 0.1-10), not its own value once it converges toward 0 (a CRD term of 0.0063 at step 8
+/// differed by 1.0e-7 between 2 peers and one device, 1.6e-5 of itself: the CPU backend's
+/// parallel sums do not add in a fixed order).
 fn same_terms(what: &str, got: &[serde_json::Value], want: &[serde_json::Value]) {
     assert_eq!(got.len(), want.len(), "{what}: logged steps");
     for (x, y) in got.iter().zip(want) {
@@ -39,7 +43,7 @@ fn same_terms(what: &str, got: &[serde_json::Value], want: &[serde_json::Value])
         for (term, v) in ty {
             let (a, b) = (tx[term].as_f64().unwrap(), v.as_f64().unwrap());
             assert!(
-                (a - b).abs() <= 1e-5 * b.abs().max(1e-12),
+                (a - b).abs() <= 1e-5 * b.abs().max(0.1),
                 "{what}, step {}, {term}: {a} vs one device's {b}",
                 x["step"]
             );
