@@ -499,11 +499,11 @@ impl DataLoader {
                         "it is an indexed-dataset position but the data is a webdataset".into(),
                     ));
                 }
-                Some(c) if c.shard > self.config.split.shard_positions(ds.shards().len()).len() => {
+                Some(c) if c.shard > self.config.split.shard_count(ds.shards().len()) => {
                     return Err(bad(format!(
                         "shard #{} but this loader reads {} of the {} shards",
                         c.shard,
-                        self.config.split.shard_positions(ds.shards().len()).len(),
+                        self.config.split.shard_count(ds.shards().len()),
                         ds.shards().len()
                     )));
                 }

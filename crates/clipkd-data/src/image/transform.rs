@@ -235,13 +235,19 @@ impl ImageTransform {
         self.tensor(data)
     }
 
-    /// [`train`](Self::train) written into `out`.
+    /// [`train`](Self::train) written into `out`; returns the crop box it drew.
     ///
     /// # Panics
     /// If `out.len() != self.output_len()`.
-    pub fn train_into<R: Rng + ?Sized>(&self, img: &DecodedImage, rng: &mut R, out: &mut [f32]) {
+    pub fn train_into<R: Rng + ?Sized>(
+        &self,
+        img: &DecodedImage,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> CropBox {
         let crop = self.sample_crop(img.width, img.height, rng);
         self.resized_crop_into(img, crop, out);
+        crop
     }
 
     /// torchvision's `F.resized_crop(img, top, left, h, w, size, BICUBIC)` (crop, then resize the

@@ -666,7 +666,7 @@ impl Coordinator {
         for (i, row) in rows.into_iter().take(len).enumerate() {
             let prep = row.expect("the first `len` rows of a finished batch are filled");
             tokens.extend_from_slice(&prep.tokens);
-            text_image.extend(std::iter::repeat_n(i, prep.texts));
+            text_image.extend(std::iter::repeat_n(i, prep.captions.len()));
             ids.push(prep.id);
             keys.push(prep.key);
             labels.push(prep.label);

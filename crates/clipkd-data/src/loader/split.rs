@@ -52,14 +52,14 @@ impl Split {
         Ok(Split { part, parts })
     }
 
-    /// Whether this is the whole dataset.
-    pub fn is_whole(&self) -> bool {
-        self.parts == 1
-    }
-
     /// The positions of the epoch's shard order that this part reads, of `shards` in all.
     pub(crate) fn shard_positions(&self, shards: usize) -> Vec<usize> {
         (self.part..shards).step_by(self.parts).collect()
+    }
+
+    /// How many of `shards` shards this part reads.
+    pub(crate) fn shard_count(&self, shards: usize) -> usize {
+        shards.saturating_sub(self.part).div_ceil(self.parts)
     }
 }
 
@@ -155,5 +155,12 @@ mod tests {
         assert!(Split::new(2, 2).is_err());
         assert!(Split::new(0, 0).is_err());
         assert_eq!(Split::new(1, 3).unwrap().shard_positions(8), [1, 4, 7]);
+        for (part, parts, shards) in [(0, 1, 5), (1, 3, 8), (2, 3, 2), (0, 4, 0)] {
+            let split = Split::new(part, parts).unwrap();
+            assert_eq!(
+                split.shard_count(shards),
+                split.shard_positions(shards).len()
+            );
+        }
     }
 }

@@ -45,9 +45,8 @@ pub(crate) struct Prepared {
     pub id: u64,
     pub key: String,
     pub label: Option<usize>,
-    /// `texts * context_length` token ids.
+    /// `captions.len() * context_length` token ids.
     pub tokens: Vec<u32>,
-    pub texts: usize,
     /// The captions, as read.
     pub captions: Vec<String>,
     /// Train mode: the augmentation the sample was cropped with and the box.
@@ -158,9 +157,7 @@ pub(crate) fn prepare(
                 Some(pool) => (pool.seed, pool.choose(ctx.seed, ctx.epoch, id)),
             };
             let mut rng = rng_for(seed, Purpose::Augment, k, id);
-            let crop = ctx.transform.sample_crop(img.width, img.height, &mut rng);
-            ctx.transform.resized_crop_into(img, crop, out);
-            Some((k, crop))
+            Some((k, ctx.transform.train_into(img, &mut rng, out)))
         }
         Mode::Eval => {
             ctx.transform.eval_into(img, out);
@@ -177,7 +174,6 @@ pub(crate) fn prepare(
         key,
         label,
         tokens,
-        texts: captions.len(),
         captions,
         augmentation,
     })
