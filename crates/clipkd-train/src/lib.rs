@@ -26,6 +26,7 @@
 //! crate turns on `plots` always and `demo` by default.
 #![warn(missing_docs)]
 
+mod atomic_write;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "demo")]

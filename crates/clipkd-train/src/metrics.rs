@@ -282,17 +282,8 @@ fn truncate_after(path: &Path, format: MetricsFormat, step: u64) -> Result<(), T
             }
         }
     }
-    // Into a temporary file, then renamed over the old one: a crash leaves one or the other.
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    crate::fault::point("write", &tmp);
-    let mut f = File::create(&tmp).map_err(|e| TrainError::io("creating", &tmp, e))?;
-    f.write_all(kept.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| TrainError::io("writing", &tmp, e))?;
-    crate::fault::point("rename", &tmp);
-    fs::rename(&tmp, path).map_err(|e| TrainError::io("renaming", &tmp, e))
+    // A crash leaves the old file or the new one.
+    crate::atomic_write::write_atomic(path, kept.as_bytes())
 }
 
 /// The step rows of a run directory (from `metrics.jsonl`, else `metrics.csv`) and its

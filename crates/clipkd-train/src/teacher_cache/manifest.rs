@@ -182,7 +182,7 @@ impl CacheManifest {
     /// Writes `dir/manifest.json` atomically (a temporary file, flushed, renamed over it).
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
         let json = serde_json::to_string_pretty(self).expect("a manifest serializes");
-        write_atomic(&dir.join(MANIFEST), json.as_bytes())
+        crate::atomic_write::write_atomic(&dir.join(MANIFEST), json.as_bytes())
     }
 
     /// What of `other` differs from this manifest in what a build is made of (the teacher,
@@ -217,27 +217,6 @@ impl CacheManifest {
             + self.pool.size as usize * 32
             + 24
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory, flushed and
-/// renamed over `path`: a reader sees the old file or the new one, never a part.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        crate::fault::point("flush", &tmp);
-        f.sync_all()
-    };
-    crate::fault::point("write", &tmp);
-    write().map_err(|e| TrainError::io("writing", &tmp, e))?;
-    crate::fault::point("rename", &tmp);
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io("renaming", &tmp, e))?;
-    if let Some(dir) = path.parent() {
-        crate::checkpoint::sync_dir(dir);
-    }
-    Ok(())
 }
 
 /// `crc32:XXXXXXXX:BYTES` of a file (the teacher's weights).

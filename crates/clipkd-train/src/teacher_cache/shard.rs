@@ -16,7 +16,8 @@ use clipkd_data::image::CropBox;
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::manifest::{CacheDtype, write_atomic};
+use super::manifest::CacheDtype;
+use crate::atomic_write::write_atomic;
 use crate::error::TrainError;
 
 /// A shard's rows in host memory, as the builder collects them.
