@@ -142,8 +142,8 @@ where
 /// carries the teacher's outputs ([`TeacherOutputs`]: a teacher cache, another framework) uses
 /// them instead of running `teacher`; the losses must then read no intermediate teacher
 /// feature. With no teacher, the loss module must only hold losses that do not read the
-/// teacher (the task loss): the student's own detached embeddings fill the teacher slot. `mask_ratio` adds the student's
-/// masked view (MFD) when the loss module needs it.
+/// teacher (the task loss): the student's own detached embeddings fill the teacher slot.
+/// `mask_ratio` adds the student's masked view (MFD) when the loss module needs it.
 ///
 /// # Shapes
 /// - `batch.images`: `[N, 3, H, W]` normalized pixels; `batch.tokens`: `[N, C]`

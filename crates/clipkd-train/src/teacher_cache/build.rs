@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use clipkd_data::dataset::{DataSource, IndexedDataset, SampleRef, WebDataset};
-use clipkd_data::loader::{AugmentationPool, Batch, DataLoader, LoaderConfig, Mode};
+use clipkd_data::loader::{AugmentationPool, DataLoader, LoaderConfig, Mode};
 use clipkd_data::tokenizer::Tokenizer;
 use clipkd_models::autocast::autocast;
 use clipkd_models::{ClipEncoder, load_open_clip};
@@ -21,7 +21,7 @@ use super::manifest::{
 use super::shard::{ShardRows, write_shard};
 use crate::config::{RunConfig, fnv1a};
 use crate::error::TrainError;
-use crate::trainer::data::{open_data, train_transform};
+use crate::trainer::data::{micro_batch, open_data, train_transform};
 
 /// How to build a teacher cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,15 +303,17 @@ pub fn build_teacher_cache_of<B: Backend>(
         let mut batches = loader(base.clone().with_mode(Mode::Eval))?.epoch(0)?;
         for batch in &mut batches {
             let batch = batch?;
-            let (image, text) = encode(&teacher, &batch, true, precision, device)?;
-            let text = text.expect("captions encoded");
-            for (i, &id) in batch.ids.iter().enumerate() {
+            let inputs = micro_batch::<B>(&batch, None, device)?;
+            let _scope = autocast(precision);
+            let images = rows(teacher.encode_image(inputs.images)?)?;
+            let texts = rows(teacher.encode_text(inputs.tokens)?)?;
+            for (i, (eval_image, text)) in images.into_iter().zip(texts).enumerate() {
                 outputs.insert(
-                    id,
+                    batch.ids[i],
                     SampleOutputs {
                         crops: vec![None; k_all],
-                        eval_image: image[i].clone(),
-                        text: text[i].clone(),
+                        eval_image,
+                        text,
                         key_hash: fnv1a(batch.keys[i].as_bytes()),
                         caption_hash: fnv1a(batch.captions[i].as_bytes()),
                     },
@@ -325,13 +327,18 @@ pub fn build_teacher_cache_of<B: Backend>(
         for k in 0..k_all {
             for batch in loader(base.clone())?.epoch(k as u64)? {
                 let batch = batch?;
-                let (image, _) = encode(&teacher, &batch, false, precision, device)?;
-                for (i, &id) in batch.ids.iter().enumerate() {
+                let inputs = micro_batch::<B>(&batch, None, device)?;
+                let images = {
+                    let _scope = autocast(precision);
+                    rows(teacher.encode_image(inputs.images)?)?
+                };
+                for (i, image) in images.into_iter().enumerate() {
+                    let id = batch.ids[i];
                     let crop = batch.augmentations[i].1;
                     let boxed = [crop.top, crop.left, crop.height, crop.width].map(|v| v as i64);
                     let slot = outputs.get_mut(&id).and_then(|o| o.crops.get_mut(k));
                     match slot {
-                        Some(slot) => *slot = Some((image[i].clone(), boxed)),
+                        Some(slot) => *slot = Some((image, boxed)),
                         None => {
                             return Err(TrainError::TeacherCache {
                                 path: dir.clone(),
@@ -395,40 +402,13 @@ pub fn build_teacher_cache_of<B: Backend>(
     Ok(summary)
 }
 
-/// The teacher's raw image embeddings of a batch's rows (and, with `text`, its captions'),
-/// one `Vec` per row, under the run's autocast.
-#[allow(clippy::type_complexity)]
-fn encode<B: Backend, T: ClipEncoder<B>>(
-    teacher: &T,
-    batch: &Batch,
-    text: bool,
-    precision: Option<burn::tensor::DType>,
-    device: &B::Device,
-) -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>), TrainError> {
-    let _scope = autocast(precision);
-    let n = batch.len();
-    let images = Tensor::<B, 4>::from_data(
-        TensorData::new(batch.images.clone(), batch.images_shape()),
-        device,
-    );
-    let rows = |t: Tensor<B, 2>| -> Result<Vec<Vec<f32>>, TrainError> {
-        let [_, dim] = t.dims();
-        let v = t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| TrainError::config("teacher", format!("{e:?}")))?;
-        Ok(v.chunks(dim).map(<[f32]>::to_vec).collect())
-    };
-    let image = rows(teacher.encode_image(images)?)?;
-    let text = if text {
-        let tokens: Vec<i64> = batch.tokens.iter().map(|&t| i64::from(t)).collect();
-        let tokens =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, batch.tokens_shape()), device);
-        Some(rows(teacher.encode_text(tokens)?)?)
-    } else {
-        None
-    };
-    debug_assert_eq!(image.len(), n);
-    Ok((image, text))
+/// The rows of a `[n, D]` tensor of embeddings, as host vectors.
+fn rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, TrainError> {
+    let [_, dim] = t.dims();
+    let v = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| TrainError::config("teacher", format!("{e:?}")))?;
+    Ok(v.chunks(dim).map(<[f32]>::to_vec).collect())
 }

@@ -63,7 +63,8 @@ pub(super) fn build_loader(
         return Err(TrainError::config(
             "data.train_data",
             format!(
-                "{} webdataset shards for {nodes} nodes (run.num_nodes): each node reads its own                  shards, so there must be at least one per node",
+                "{} webdataset shards for {nodes} nodes (run.num_nodes): each node reads its own \
+                 shards, so there must be at least one per node",
                 ds.shards().len()
             ),
         ));

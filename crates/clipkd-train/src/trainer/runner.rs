@@ -102,8 +102,9 @@ impl PassCount {
 struct Agreed {
     /// The nodes without a whole group for the step (the pass ends on every node).
     not_ready: Vec<usize>,
-    /// The current pass's skipped samples, counted over every node.
-    skips: SkipReport,
+    /// On several nodes, the current pass's skipped samples counted over every node (on one
+    /// node: the loader's own report).
+    skips: Option<SkipReport>,
     /// Every node's data position after the step, on several nodes.
     positions: Option<Vec<DataPosition>>,
 }
@@ -457,7 +458,7 @@ where
                     count = PassCount::default();
                     continue;
                 }
-                self.step(&group, &agreed.skips)?;
+                self.step(&group, agreed.skips.as_ref().unwrap_or(batches.skipped()))?;
                 pass_steps += 1;
                 self.set_data_position(batches.position().clone(), agreed.positions);
                 if count.seen >= MIN_SAMPLES_FOR_SKIP_CHECK {
@@ -507,14 +508,15 @@ where
     }
 
     /// Whether every node read a whole group of micro-batches for the next step (on one
-    /// node: whether this one did), and the current pass's skipped samples over the nodes.
+    /// node: whether this one did), and on several nodes the current pass's skipped samples
+    /// over the nodes.
     /// On several nodes, each reading its own part of the data, the nodes exchange this and
     /// their data positions (see `parallel`).
     fn agree_on_group(&self, ready: bool, batches: &Batches) -> Result<Agreed, TrainError> {
         let Some(leader) = self.parallel.as_ref().filter(|l| l.peer.nodes() > 1) else {
             return Ok(Agreed {
                 not_ready: if ready { Vec::new() } else { vec![0] },
-                skips: batches.skipped().clone(),
+                skips: None,
                 positions: None,
             });
         };
@@ -530,7 +532,7 @@ where
         skips.examples = batches.skipped().examples.clone();
         Ok(Agreed {
             not_ready: (0..all.len()).filter(|&n| !all[n].ready).collect(),
-            skips,
+            skips: Some(skips),
             positions: Some(all.into_iter().map(|n| n.position).collect()),
         })
     }
