@@ -14,6 +14,7 @@ use clipkd_train::error::TrainError;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
+use super::output::check_output;
 
 /// Options of `clipkd embed`.
 #[derive(Debug, Clone, Args)]
@@ -160,31 +161,6 @@ pub(crate) fn preprocess_cfg_of(model: &ModelSource) -> anyhow::Result<Option<se
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("parsing model config {}", path.display()))?;
     Ok(value.get("preprocess_cfg").cloned())
-}
-
-/// Fails before any work when `path` cannot be written: a directory, or a folder that does not
-/// exist or takes no new file (checked by creating and removing a file next to it).
-fn check_output(path: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !path.is_dir(),
-        "--output {} is a directory: name the .safetensors file to write",
-        path.display()
-    );
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    anyhow::ensure!(
-        folder.is_dir(),
-        "--output {}: the folder {} does not exist",
-        path.display(),
-        folder.display()
-    );
-    let probe = folder.join(format!(".clipkd-embed-{}.tmp", std::process::id()));
-    std::fs::File::create(&probe)
-        .map_err(|e| anyhow::anyhow!("--output {}: cannot write there: {e}", path.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
 }
 
 /// What the output's `__metadata__` records: the model, the weights, the clipkd version and the

@@ -162,14 +162,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "weights file not found: {}",
         args.weights.display()
     );
-    if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        anyhow::ensure!(
-            parent.is_dir(),
-            "output folder not found: {} (for --output {})",
-            parent.display(),
-            args.output.display()
-        );
-    }
+    super::output::check_output(&args.output)?;
     let config = args
         .model
         .resolve()

@@ -13,6 +13,7 @@ pub mod export;
 pub mod kernel_cache;
 pub mod models;
 pub mod orchestrator;
+pub mod output;
 pub mod run_options;
 pub mod teacher_cache;
 pub mod train;
