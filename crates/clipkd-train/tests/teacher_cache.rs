@@ -77,6 +77,13 @@ fn distilling_from_the_cache_equals_distilling_from_the_teacher() {
     assert_eq!(built.samples_written, 30);
     assert_eq!((m.pool.size, m.pool.seed, m.embed_dim), (2, 5, 24));
 
+    // The eval views and captions are stored too, one row of the teacher's width each.
+    let opened = TeacherCache::open(&cache_dir).unwrap();
+    let (eval_images, texts) = opened.eval_rows(&[0, 1, 29]).unwrap();
+    assert_eq!((eval_images.len(), texts.len()), (3 * 24, 3 * 24));
+    assert_ne!(eval_images[..24], eval_images[24..48]);
+    assert!(opened.eval_rows(&[30]).is_err(), "row 30 is past the data");
+
     // Online, with the same pool of crops, vs from the cache (no teacher loaded).
     let mut online = base("online");
     online.data.augmentation_pool = 2;
