@@ -70,8 +70,3 @@ pub mod backend {
     #[cfg(feature = "wgpu")]
     pub mod wgpu_adapter;
 }
-
-/// The repository README's Rust snippets, compiled as doctests so that they stay true.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
