@@ -17,7 +17,7 @@ clipkd documents (see docs/losses.md):
 Every loss is computed in float64 from float32 inputs; values and gradients with respect to
 every input (student embeddings, masked view, the student's log logit scale) and every learnable
 parameter (projectors, ICL / AFD / cross-KD scales) are stored as float32 in
-`tests/fixtures/losses/<case>.safetensors`, with `meta.json` describing the cases.
+`crates/clipkd-losses/tests/fixtures/losses/<case>.safetensors`, with `meta.json` describing the cases.
 
 Cases: `diff` (N=8, D_s=12, D_t=16: projectors present) and `same` (N=8, D_s=D_t=16: no
 projector, AFD exactly as released).
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from open_clip.loss import DistillClipLoss
 from safetensors.torch import save_file
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "losses")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "clipkd-losses", "tests", "fixtures", "losses")
 DT = torch.float64
 
 

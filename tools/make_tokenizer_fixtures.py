@@ -18,7 +18,7 @@ The Rust tokenizer must give exactly the token ids of open_clip 3.3.0's `open_cl
       ftfy's extra all-caps entities.
 
 ``fixtures``
-    Writes ``tests/fixtures/tokenizer/``: for every text, open_clip's cleaned text and token ids.
+    Writes ``crates/clipkd-data/tests/fixtures/tokenizer/``: for every text, open_clip's cleaned text and token ids.
 
     Text sources (downloaded with pip into a cache folder, never installed):
 
@@ -78,7 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CRATE = ROOT / "crates" / "clipkd-data"
 TABLES_RS = CRATE / "src" / "tokenizer" / "tables.rs"
 ENTITIES_TSV = CRATE / "assets" / "html_entities.tsv"
-FIXTURES = ROOT / "tests" / "fixtures" / "tokenizer"
+FIXTURES = ROOT / "crates" / "clipkd-data" / "tests" / "fixtures" / "tokenizer"
 
 CLIP_BENCHMARK = "clip-benchmark==1.6.2"
 FTFY_SDIST = "ftfy==6.3.1"

@@ -1,5 +1,5 @@
 //! Parity of the Rust CLIP tokenizer with open_clip 3.3.0 (`open_clip.tokenize`,
-//! `SimpleTokenizer`) on the committed fixtures in `tests/fixtures/tokenizer/`, written by
+//! `SimpleTokenizer`) on the committed fixtures in `crates/clipkd-data/tests/fixtures/tokenizer/`, written by
 //! `tools/make_tokenizer_fixtures.py` (see the README there for the sources of the texts).
 //!
 //! Token ids are integers: every comparison is exact (tolerance 0). The cleaned text
@@ -17,8 +17,6 @@ use serde_json::Value;
 fn fixture(name: &str) -> Vec<Value> {
     let path: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
         "tests",
         "fixtures",
         "tokenizer",

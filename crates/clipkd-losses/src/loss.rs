@@ -12,7 +12,7 @@ use crate::terms::LossTerms;
 /// A distillation loss: reads a [`DistillBatch`] and returns its named, *unweighted* terms.
 ///
 /// Implement it for your own module to use it beside the built-in losses in a
-/// [`LossSet`](crate::LossSet) (see `examples/custom_loss.rs`).
+/// [`LossSet`](crate::LossSet) (see `crates/clipkd-train/examples/custom_loss.rs`).
 ///
 /// The built-in losses also have an inherent, tensor-level `forward` (e.g.
 /// [`CrdLoss::forward`](crate::CrdLoss::forward) on two [`Embeddings`](crate::Embeddings)),

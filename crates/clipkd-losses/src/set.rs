@@ -289,7 +289,7 @@ fn check_masked<'a>(
 /// parameters, so the optimizer trains them and a record of the set checkpoints them (CLIP-KD
 /// lost them). `L` is [`BuiltinLoss`] unless research code adds its own losses: wrap the
 /// built-in ones with [`LossSet::map_losses`] into an enum of yours (see
-/// `examples/custom_loss.rs`).
+/// `crates/clipkd-train/examples/custom_loss.rs`).
 #[derive(Module, Debug)]
 pub struct LossSet<B: Backend, L: Module<B> = BuiltinLoss<B>> {
     projector: Projector<B>,

@@ -1,5 +1,5 @@
 //! Parity with PyTorch: every loss's value and its gradients with respect to every input and
-//! learnable parameter, against `tests/fixtures/losses/` (made by `tools/make_loss_fixtures.py`
+//! learnable parameter, against `crates/clipkd-losses/tests/fixtures/losses/` (made by `tools/make_loss_fixtures.py`
 //! from CLIP-KD's code and open_clip 3.3.0, in float64).
 //!
 //! Tolerance: relative error ≤ 1e-4 in f32 — `|a - b| / |b|` for loss values and

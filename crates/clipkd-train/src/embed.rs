@@ -158,7 +158,6 @@ pub(crate) fn append_rows<B: Backend>(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use burn::module::{Module, ModuleMapper, Param};
     use burn_flex::Flex;
@@ -196,12 +195,27 @@ mod tests {
         (config, model.map(&mut Scale(scale)))
     }
 
-    fn images() -> Vec<PathBuf> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images/src");
-        ["astronaut_small.jpg", "camera_gray.png", "coffee_420.jpg"]
+    /// Three small PNGs of different sizes and contents, written for the test (in a folder that
+    /// lives as long as the returned guard).
+    fn images() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [(40u32, 30u32), (32, 48), (64, 64)]
             .iter()
-            .map(|name| dir.join(name))
-            .collect()
+            .enumerate()
+            .map(|(k, &(w, h))| {
+                let path = dir.path().join(format!("image{k}.png"));
+                let step = 7 + 13 * k as u32;
+                let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i * step % 251) as u8).collect();
+                let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+                let mut encoder = png::Encoder::new(file, w, h);
+                encoder.set_color(png::ColorType::Rgb);
+                encoder.set_depth(png::BitDepth::Eight);
+                let mut writer = encoder.write_header().unwrap();
+                writer.write_image_data(&pixels).unwrap();
+                path
+            })
+            .collect();
+        (dir, paths)
     }
 
     #[test]
@@ -231,7 +245,7 @@ mod tests {
         let transform =
             ImageTransform::new(eval_transform_config(config.image_size(), None).unwrap()).unwrap();
         let texts = ["a photo of a cat", "a diagram"];
-        let paths = images();
+        let (_dir, paths) = images();
         // A healthy model embeds them.
         let e = embed_image_files(&good, &transform, &paths, 2, &device).unwrap();
         assert_eq!((e.rows, e.first_non_finite_row(0)), (3, None));

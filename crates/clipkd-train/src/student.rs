@@ -5,7 +5,7 @@
 //! [`ClipEncoder`] needs one line, `impl<B: AutodiffBackend> Student<B> for MyStudent<B> {}`,
 //! and gets Burn's module paths as parameter names (grouped by CLIP-KD's rule), ViT AdamW
 //! settings, no step-end hook and no export files besides the checkpoint's Burn record; see
-//! `examples/custom_student.rs`, which overrides the step-end hook.
+//! `crates/clipkd-train/examples/custom_student.rs`, which overrides the step-end hook.
 
 use std::path::Path;
 

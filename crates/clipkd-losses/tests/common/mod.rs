@@ -44,7 +44,7 @@ impl Array {
 
 /// Directory of the loss fixtures.
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/losses")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/losses")
 }
 
 /// All tensors of `tests/fixtures/losses/<case>.safetensors`.
