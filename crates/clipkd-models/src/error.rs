@@ -142,6 +142,27 @@ pub enum ModelError {
         known: Vec<String>,
     },
 
+    /// A pretrained tag the model does not have (`known` lists the ones it has; empty when the
+    /// model has none).
+    #[error("{}", unknown_pretrained(model, tag, known))]
+    UnknownPretrained {
+        /// The model asked for.
+        model: String,
+        /// The tag asked for.
+        tag: String,
+        /// The model's tags.
+        known: Vec<String>,
+    },
+
+    /// The Hugging Face cache could not be found or read.
+    #[error("Hugging Face cache {}: {message}", path.display())]
+    HubCache {
+        /// The folder or file concerned (empty when no folder could be named).
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     /// A checkpoint file could not be parsed (not safetensors, not a PyTorch pickle, ...).
     #[error("cannot read checkpoint {path}: {message}")]
     CheckpointFormat {
@@ -275,4 +296,20 @@ fn list_non_finite(tensors: &[(String, usize)]) -> String {
         shown.push(format!("and {} more", tensors.len() - NON_FINITE_SHOWN));
     }
     shown.join(", ")
+}
+
+/// The message of [`ModelError::UnknownPretrained`].
+fn unknown_pretrained(model: &str, tag: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        format!(
+            "model `{model}` has no pretrained weights in clipkd's table (open_clip 3.3.0's tags \
+             on the Hugging Face Hub); models that have some: {}",
+            crate::pretrained::pretrained_models().join(", ")
+        )
+    } else {
+        format!(
+            "model `{model}` has no pretrained tag `{tag}` (its tags: {})",
+            known.join(", ")
+        )
+    }
 }

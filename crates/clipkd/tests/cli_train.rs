@@ -178,6 +178,29 @@ fn help_lists_the_options() {
         .find(|v| v["name"] == "ViT-L-14")
         .unwrap();
     assert_eq!(l14["params"], 427_616_513);
+    assert!(
+        l14["pretrained"]
+            .as_array()
+            .unwrap()
+            .contains(&"openai".into())
+    );
+    // The last column counts open_clip's pretrained tags (none for CLIP-KD's own ViT-T-16).
+    assert!(models.contains(
+        "| RN50 | ModifiedResNet | 1024 | 224x224 | 77 | 102.01M | 38.32M | 63.69M | 3 |"
+    ));
+    assert!(
+        models
+            .contains("| ViT-T-16 | ViT /16 | 512 | 224x224 | 77 | 46.12M | 5.62M | 40.49M | 0 |")
+    );
+    // open_clip's pretrained tags, by model, with the Hub repository each comes from.
+    let tags = ok(&["models", "--pretrained"]);
+    assert!(
+        tags.contains(
+            "| ViT-B-16 | laion400m_e32 | timm/vit_base_patch16_clip_224.laion400m_e32 | no |"
+        ),
+        "{tags}"
+    );
+    assert!(tags.contains("| ViT-L-14 | openai | timm/vit_large_patch14_clip_224.openai | yes |"));
     assert!(ok(&["embed", "--help"]).contains("clipkd models"));
     // The top-level help says what clipkd is and lists each command on one short line.
     let top = ok(&["--help"]);

@@ -1,19 +1,26 @@
 //! `clipkd models`: the model configs clipkd bundles (open_clip's names), with their sizes.
 
 use clap::Args;
-use clipkd_models::{ClipConfig, VisionConfig};
+use clipkd_models::{ClipConfig, VisionConfig, pretrained, pretrained_models, pretrained_tags};
 
 /// Options of `clipkd models`.
 #[derive(Debug, Clone, Args)]
 #[command(
     after_help = "Any of these names is accepted wherever a model is asked for (--model,
 --teacher, --student, teacher.model / student.model in a run config); an open_clip
-model-config JSON file is accepted as well."
+model-config JSON file is accepted as well. `--pretrained` lists open_clip's pretrained
+tags of these models (the weights on the Hugging Face Hub)."
 )]
 pub struct ModelsArgs {
     /// Print JSON (one object per model) instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// List open_clip's pretrained tags instead (open_clip 3.3.0's, for these models): each
+    /// tag's Hugging Face Hub repository, whether the weights use QuickGELU, and the image
+    /// mean and std they were trained with.
+    #[arg(long)]
+    pub pretrained: bool,
 }
 
 /// One model's row.
@@ -42,8 +49,47 @@ fn millions(n: usize) -> String {
     format!("{:.2}M", n as f64 / 1e6)
 }
 
+/// `clipkd models --pretrained`.
+fn list_pretrained(json: bool) -> anyhow::Result<()> {
+    if !json {
+        println!("| model | tag | Hugging Face repository | QuickGELU | mean | std |");
+        println!("|---|---|---|---|---|---|");
+    }
+    for model in pretrained_models() {
+        for tag in pretrained_tags(model) {
+            let p = pretrained(model, tag)?;
+            if json {
+                let row = serde_json::json!({
+                    "model": model,
+                    "tag": tag,
+                    "repo": p.repo,
+                    "files": p.files,
+                    "quick_gelu": p.quick_gelu,
+                    "mean": p.mean,
+                    "std": p.std,
+                    "interpolation": p.interpolation,
+                    "resize_mode": p.resize_mode,
+                });
+                println!("{row}");
+            } else {
+                println!(
+                    "| {model} | {tag} | {} | {} | {:?} | {:?} |",
+                    p.repo,
+                    if p.quick_gelu { "yes" } else { "no" },
+                    p.mean,
+                    p.std
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `clipkd models`.
 pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    if args.pretrained {
+        return list_pretrained(args.json);
+    }
     let mut rows = Vec::new();
     for name in ClipConfig::preset_names() {
         let config = ClipConfig::preset(name)?;
@@ -70,18 +116,20 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 "params": r.params,
                 "vision_params": r.vision_params,
                 "text_params": r.text_params,
+                "pretrained": pretrained_tags(&r.name),
             });
             println!("{row}");
         }
         return Ok(());
     }
     println!(
-        "| model | vision tower | embed dim | image size | context | params | vision | text |"
+        "| model | vision tower | embed dim | image size | context | params | vision | text | \
+         pretrained tags |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {}x{} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}x{} | {} | {} | {} | {} | {} |",
             r.name,
             r.vision,
             r.embed_dim,
@@ -90,7 +138,8 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
             r.context_length,
             millions(r.params),
             millions(r.vision_params),
-            millions(r.text_params)
+            millions(r.text_params),
+            pretrained_tags(&r.name).len()
         );
     }
     Ok(())
