@@ -12,6 +12,10 @@ pub struct Readme;
 #[doc = include_str!("../../../docs/architecture.md")]
 pub struct Architecture;
 
+/// `docs/training.md`'s snippets.
+#[doc = include_str!("../../../docs/training.md")]
+pub struct Training;
+
 /// `docs/losses.md`'s snippets.
 #[doc = include_str!("../../../docs/losses.md")]
 pub struct Losses;

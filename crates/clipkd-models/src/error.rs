@@ -154,6 +154,18 @@ pub enum ModelError {
         known: Vec<String>,
     },
 
+    /// A file of a Hugging Face Hub repository could not be had (offline and not cached, not
+    /// in the repository, network failure, cut download, checksum mismatch).
+    #[error("Hugging Face Hub, {repo}, {file}: {message}")]
+    Hub {
+        /// The repository (`org/name`).
+        repo: String,
+        /// The file (or the files tried).
+        file: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+
     /// The Hugging Face cache could not be found or read.
     #[error("Hugging Face cache {}: {message}", path.display())]
     HubCache {

@@ -26,6 +26,7 @@ pub mod encoder;
 pub mod error;
 pub mod host_init;
 pub mod hub_cache;
+pub mod hub_download;
 mod param_count;
 mod presets;
 pub mod pretrained;
@@ -50,6 +51,7 @@ pub use config::{
 pub use encoder::{ClipEncoder, EncoderShape};
 pub use error::{KeyReport, ModelError, ShapeMismatch};
 pub use hub_cache::HubCache;
+pub use hub_download::HubClient;
 pub use param_count::ParamCounts;
 pub use pretrained::{Pretrained, pretrained, pretrained_models, pretrained_tags};
 pub use resnet::ModifiedResNet;
