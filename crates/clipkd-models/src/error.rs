@@ -154,6 +154,18 @@ pub enum ModelError {
         known: Vec<String>,
     },
 
+    /// A pretrained tag given for a model source that has none by definition (a file, an
+    /// inline config, a Hub repository).
+    #[error("pretrained tag `{tag}` given for `{model}`: {reason}")]
+    TagNotApplicable {
+        /// The model source, as written.
+        model: String,
+        /// The tag given.
+        tag: String,
+        /// Why it cannot apply, and what to give instead.
+        reason: String,
+    },
+
     /// A file of a Hugging Face Hub repository could not be had (offline and not cached, not
     /// in the repository, network failure, cut download, checksum mismatch).
     #[error("Hugging Face Hub, {repo}, {file}: {message}")]

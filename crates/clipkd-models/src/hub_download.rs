@@ -110,19 +110,36 @@ impl HubClient {
     /// repository has none of them, the network failed, the download was cut (run again to
     /// resume) or its content does not match its checksum.
     pub fn pretrained_file(&self, pretrained: &Pretrained) -> Result<PathBuf, ModelError> {
-        if let Some(path) = self.cache.pretrained_file(pretrained, "main") {
+        self.first_file(&pretrained.repo, &pretrained.files)
+    }
+
+    /// The first of `files` (in order of preference) that the cache holds or `repo` has at
+    /// `main`, downloaded if needed: how open_clip finds a repository's weights.
+    ///
+    /// # Errors
+    /// As [`HubClient::pretrained_file`].
+    pub fn first_file<S: AsRef<str>>(
+        &self,
+        repo: &str,
+        files: &[S],
+    ) -> Result<PathBuf, ModelError> {
+        if let Some(path) = files
+            .iter()
+            .find_map(|file| self.cache.cached_file(repo, "main", file.as_ref()))
+        {
             return Ok(path);
         }
-        for file in &pretrained.files {
-            match self.fetch(&pretrained.repo, "main", file) {
+        for file in files {
+            match self.fetch(repo, "main", file.as_ref()) {
                 Ok(path) => return Ok(path),
                 Err(Fetch::Missing) => continue,
                 Err(Fetch::Failed(e)) => return Err(e),
             }
         }
+        let names: Vec<&str> = files.iter().map(AsRef::as_ref).collect();
         Err(self.error(
-            &pretrained.repo,
-            &pretrained.files.join(" or "),
+            repo,
+            &names.join(" or "),
             format!("the repository has none of these files ({})", self.endpoint),
         ))
     }
@@ -210,7 +227,7 @@ impl HubClient {
             }
             Err(e) => {
                 return Err(self
-                    .error(repo, file, format!("cannot reach {url}: {e}"))
+                    .error(repo, file, format!("cannot reach the Hub: {e}"))
                     .into());
             }
         };
@@ -236,12 +253,17 @@ impl HubClient {
 
         let folder = self.cache.repo_folder(repo);
         let blob = folder.join("blobs").join(&etag);
-        if !blob.is_file() {
-            self.download_blob(repo, file, &source, &blob, size, &etag)?;
-        }
         let io = |path: &Path, e: std::io::Error| {
             self.error(repo, file, format!("{}: {e}", path.display()))
         };
+        // Another process (clipkd or Python) may be fetching the same blob: wait for it, as
+        // huggingface_hub does, on the lock file it uses, then reuse what it wrote.
+        let _lock = self
+            .lock_blob(repo, &etag)
+            .map_err(|(path, e)| io(&path, e))?;
+        if !blob.is_file() {
+            self.download_blob(repo, file, &source, &blob, size, &etag)?;
+        }
         if revision != commit {
             let refs = folder.join("refs");
             std::fs::create_dir_all(&refs).map_err(|e| io(&refs, e))?;
@@ -254,6 +276,32 @@ impl HubClient {
         }
         link_blob(&blob, &etag, &snapshot, file).map_err(|e| io(&snapshot, e))?;
         Ok(snapshot)
+    }
+
+    /// An exclusive lock on `.locks/<repo folder>/<etag>.lock` (the path and `flock` lock
+    /// `huggingface_hub` takes), held until the returned file is dropped; blocks while another
+    /// process holds it.
+    fn lock_blob(
+        &self,
+        repo: &str,
+        etag: &str,
+    ) -> Result<std::fs::File, (PathBuf, std::io::Error)> {
+        let folder = self.cache.root().join(".locks").join(
+            self.cache
+                .repo_folder(repo)
+                .file_name()
+                .expect("a repository folder has a name"),
+        );
+        std::fs::create_dir_all(&folder).map_err(|e| (folder.clone(), e))?;
+        let path = folder.join(format!("{etag}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| (path.clone(), e))?;
+        file.lock().map_err(|e| (path, e))?;
+        Ok(file)
     }
 
     /// Records, as `huggingface_hub` does, that `file` is not in `repo` at `commit` (best
@@ -407,7 +455,8 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// `snapshot` -> the blob, as a relative link where the system has them (the layout
 /// `huggingface_hub` writes), else a copy.
 fn link_blob(blob: &Path, etag: &str, snapshot: &Path, file: &str) -> std::io::Result<()> {
-    if snapshot.exists() {
+    // `symlink_metadata`: a dangling link is there too, and must go.
+    if snapshot.symlink_metadata().is_ok() {
         std::fs::remove_file(snapshot)?;
     }
     #[cfg(unix)]

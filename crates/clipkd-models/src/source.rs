@@ -1,10 +1,12 @@
 //! Where a model's architecture comes from: a bundled open_clip preset, an open_clip
-//! model-config JSON file, or a config written inline.
+//! model-config JSON file, a Hugging Face Hub repository in open_clip's layout, or a config
+//! written inline.
 //!
-//! In a run config (`[student] model = ...`) the three are written:
+//! In a run config (`[student] model = ...`) they are written:
 //!
 //! ```toml
 //! model = "ViT-B-16"                      # a preset (any name of ClipConfig::preset_names)
+//! model = "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # a Hub repository, as open_clip
 //! model = "configs/my-vit.json"           # not a preset name: a file
 //! model = { preset = "RN50" }             # explicit forms, for when a file is named like a preset
 //! model = { file = "RN50" }
@@ -14,7 +16,10 @@
 //! A string is a preset when it is one of the bundled names, and a file otherwise: one rule,
 //! decided when the config is read, not by what the string looks like when the model is built.
 //! Inline configs are open_clip's model-config JSON (the same keys as a `ViT-B-16.json`), parsed
-//! and checked when the config is read.
+//! and checked when the config is read. A Hub repository (`hf-hub:org/name`, open_clip's
+//! prefix) holds `open_clip_config.json` (the model config under `model_cfg`, the preprocessing
+//! under `preprocess_cfg`) and the weights; both are downloaded into the Hugging Face cache when
+//! the source is resolved ([`HubClient`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,7 +31,14 @@ use serde_json::{Map, Value};
 
 use crate::config::ClipConfig;
 use crate::error::ModelError;
+use crate::hub_download::HubClient;
 use crate::presets::unknown_preset;
+
+/// open_clip's prefix of a model name that is a Hugging Face Hub repository.
+pub const HF_HUB_PREFIX: &str = "hf-hub:";
+
+/// The file of a Hub repository that holds its open_clip model config and preprocessing.
+pub const HUB_CONFIG_FILE: &str = "open_clip_config.json";
 
 /// A model's architecture: see the [module docs](self).
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +49,18 @@ pub enum ModelSource {
     File(PathBuf),
     /// A config given in place (already parsed and checked).
     Inline(Box<ClipConfig>),
+    /// A Hugging Face Hub repository in open_clip's layout (`org/name`, written
+    /// `hf-hub:org/name`): its `open_clip_config.json` and its weights.
+    Hub(String),
 }
 
 impl ModelSource {
-    /// The source a string names: a preset if it is a bundled preset's name, else a file.
+    /// The source a string names: a Hub repository if it starts with `hf-hub:`, a preset if it
+    /// is a bundled preset's name, else a file.
     pub fn named(name_or_path: &str) -> Self {
-        if ClipConfig::preset_names().contains(&name_or_path) {
+        if let Some(repo) = name_or_path.strip_prefix(HF_HUB_PREFIX) {
+            ModelSource::Hub(repo.to_string())
+        } else if ClipConfig::preset_names().contains(&name_or_path) {
             ModelSource::Preset(name_or_path.to_string())
         } else {
             ModelSource::File(PathBuf::from(name_or_path))
@@ -51,9 +69,28 @@ impl ModelSource {
 
     /// The architecture. A file that does not exist and whose name has neither a directory nor
     /// a `.json` extension is reported as an unknown preset (a typo in a preset name is the
-    /// likelier mistake), with the known names.
+    /// likelier mistake), with the known names. A Hub repository's config is downloaded by the
+    /// client the environment describes ([`HubClient::from_env`]).
     pub fn resolve(&self) -> Result<ClipConfig, ModelError> {
+        self.resolve_lazily(HubClient::from_env)
+    }
+
+    /// [`ModelSource::resolve`], with `client` for a Hub repository's config.
+    pub fn resolve_with(&self, client: &HubClient) -> Result<ClipConfig, ModelError> {
+        self.resolve_lazily(|| Ok(client.clone()))
+    }
+
+    /// The client is made only for a Hub repository (the environment may name no cache).
+    fn resolve_lazily(
+        &self,
+        client: impl FnOnce() -> Result<HubClient, ModelError>,
+    ) -> Result<ClipConfig, ModelError> {
         match self {
+            ModelSource::Hub(repo) => {
+                let path = client()?.download(repo, "main", HUB_CONFIG_FILE)?;
+                let (model_cfg, _) = read_hub_config(repo, &path)?;
+                ClipConfig::from_open_clip_value(model_cfg)
+            }
             ModelSource::Preset(name) => ClipConfig::preset(name),
             ModelSource::File(path) => {
                 if !path.exists() && looks_like_a_name(path) {
@@ -73,6 +110,42 @@ impl ModelSource {
             _ => None,
         }
     }
+
+    /// The Hub repository (`org/name`), if the source is one.
+    pub fn hub_repo(&self) -> Option<&str> {
+        match self {
+            ModelSource::Hub(repo) => Some(repo),
+            _ => None,
+        }
+    }
+}
+
+/// An `open_clip_config.json`'s `model_cfg` and `preprocess_cfg` (open_clip requires the first).
+pub(crate) fn read_hub_config(
+    repo: &str,
+    path: &Path,
+) -> Result<(Value, Option<Value>), ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        origin: Some(path.to_path_buf()),
+        source,
+    })?;
+    let model_cfg = value
+        .get_mut("model_cfg")
+        .map(Value::take)
+        .ok_or_else(|| ModelError::Hub {
+            repo: repo.to_string(),
+            file: HUB_CONFIG_FILE.to_string(),
+            message: format!(
+                "{} has no `model_cfg` (not an open_clip model repository)",
+                path.display()
+            ),
+        })?;
+    Ok((model_cfg, value.get("preprocess_cfg").cloned()))
 }
 
 fn looks_like_a_name(path: &Path) -> bool {
@@ -116,6 +189,7 @@ impl fmt::Display for ModelSource {
             ModelSource::Preset(name) => f.write_str(name),
             ModelSource::File(path) => write!(f, "{}", path.display()),
             ModelSource::Inline(_) => f.write_str("an inline model config"),
+            ModelSource::Hub(repo) => write!(f, "{HF_HUB_PREFIX}{repo}"),
         }
     }
 }
@@ -150,6 +224,7 @@ impl Serialize for ModelSource {
                 map.insert("config".into(), config.to_open_clip_value());
                 Value::Object(map).serialize(serializer)
             }
+            ModelSource::Hub(_) => serializer.serialize_str(&self.to_string()),
         }
     }
 }
@@ -168,7 +243,7 @@ impl<'de> Deserialize<'de> for ModelSource {
                 match (key.as_str(), value) {
                     ("preset", Value::String(name)) => match ModelSource::named(&name) {
                         preset @ ModelSource::Preset(_) => Ok(preset),
-                        ModelSource::File(_) | ModelSource::Inline(_) => {
+                        ModelSource::File(_) | ModelSource::Inline(_) | ModelSource::Hub(_) => {
                             Err(D::Error::custom(unknown_preset(&name)))
                         }
                     },

@@ -9,182 +9,13 @@
 //! offline mode uses the cache only and names what is missing; a 401 asks for `HF_TOKEN`,
 //! which is sent as a bearer token.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
+use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-use clipkd_models::hub_download::sha256_file;
 use clipkd_models::{HubCache, HubClient, pretrained};
-
-const COMMIT: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
-
-/// One file the server has.
-#[derive(Clone)]
-struct Served {
-    body: Vec<u8>,
-    /// The ETag it announces (the body's SHA-256 unless a test lies).
-    etag: String,
-}
-
-/// What the server saw and how it misbehaves.
-#[derive(Default)]
-struct State {
-    files: HashMap<String, Served>,
-    /// Requests seen: (method, path, Range header, Authorization header).
-    seen: Vec<(String, String, Option<String>, Option<String>)>,
-    /// Close the connection after this many body bytes of the next GET.
-    cut_after: Option<usize>,
-    /// Answer every request 401 unless this bearer token is sent.
-    token: Option<String>,
-}
-
-struct Server {
-    address: String,
-    state: Arc<Mutex<State>>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let state = shared.clone();
-                std::thread::spawn(move || serve(stream, &state));
-            }
-        });
-        Server { address, state }
-    }
-
-    fn add(&self, path: &str, body: Vec<u8>) {
-        let etag = sha256_hex(&body);
-        self.state
-            .lock()
-            .unwrap()
-            .files
-            .insert(path.to_string(), Served { body, etag });
-    }
-
-    fn gets(&self) -> Vec<(String, Option<String>)> {
-        self.state
-            .lock()
-            .unwrap()
-            .seen
-            .iter()
-            .filter(|(method, ..)| method == "GET")
-            .map(|(_, path, range, _)| (path.clone(), range.clone()))
-            .collect()
-    }
-
-    fn requests(&self) -> usize {
-        self.state.lock().unwrap().seen.len()
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x");
-    std::fs::write(&path, bytes).unwrap();
-    sha256_file(&path).unwrap()
-}
-
-/// One HTTP/1.1 exchange per connection (the client's requests each open one here).
-fn serve(stream: TcpStream, state: &Mutex<State>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() || line.is_empty() {
-        return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let path = parts.next().unwrap_or("").to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = header.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let range = headers.get("range").cloned();
-    let authorization = headers.get("authorization").cloned();
-    let (file, cut, token) = {
-        let mut s = state.lock().unwrap();
-        s.seen.push((
-            method.clone(),
-            path.clone(),
-            range.clone(),
-            authorization.clone(),
-        ));
-        let cut = if method == "GET" {
-            s.cut_after.take()
-        } else {
-            None
-        };
-        (s.files.get(&path).cloned(), cut, s.token.clone())
-    };
-    let mut out = stream;
-    if let Some(token) = token
-        && authorization.as_deref() != Some(&format!("Bearer {token}"))
-    {
-        let _ = write!(
-            out,
-            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        return;
-    }
-    let Some(file) = file else {
-        let _ = write!(
-            out,
-            "HTTP/1.1 404 Not Found\r\nX-Repo-Commit: {COMMIT}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n"
-        );
-        return;
-    };
-    let start = range
-        .as_deref()
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(file.body.len());
-    let body = &file.body[start..];
-    let status = if start > 0 {
-        "206 Partial Content"
-    } else {
-        "200 OK"
-    };
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status}\r\nX-Repo-Commit: {COMMIT}\r\nX-Linked-Etag: \"{}\"\r\n\
-         X-Linked-Size: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        file.etag,
-        file.body.len(),
-        if method == "HEAD" {
-            file.body.len()
-        } else {
-            body.len()
-        },
-    );
-    if method == "GET" {
-        let send = cut.map_or(body.len(), |n| n.min(body.len()));
-        let _ = out.write_all(&body[..send]);
-    }
-    let _ = out.flush();
-}
-
-/// A few MiB of bytes that are not all alike.
-fn weights(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i * 31 % 251) as u8 ^ (i >> 12) as u8)
-        .collect()
-}
+use support::hub_server::{COMMIT, Server, sha256_hex, weights};
 
 const REPO: &str = "timm/vit_base_patch16_clip_224.laion400m_e32";
 
@@ -394,7 +225,44 @@ fn errors_name_the_repository_and_what_to_do() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("cannot reach http://127.0.0.1:9/org/other"),
+        error.contains("cannot reach the Hub") && error.contains("http://127.0.0.1:9/org/other"),
         "{error}"
+    );
+}
+
+#[test]
+fn two_processes_fetching_one_file_download_it_once() {
+    let server = Server::start();
+    let body = weights(1 << 20);
+    let file = "open_clip_model.safetensors";
+    server.add(&format!("/{REPO}/resolve/main/{file}"), body.clone());
+    // 16 pieces 30 ms apart: the second client asks while the first is downloading.
+    server.state.lock().unwrap().slow = Some(std::time::Duration::from_millis(30));
+    let cache = tempfile::tempdir().unwrap();
+    let fetchers: Vec<_> = (0..2)
+        .map(|i| {
+            let hub = client(&server, cache.path());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100 * i));
+                hub.download(REPO, "main", file)
+            })
+        })
+        .collect();
+    let paths: Vec<_> = fetchers
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(paths[0], paths[1]);
+    assert_eq!(read(&paths[0]), body);
+    // Each asked the Hub (HEAD), but the second waited on the first's lock and found the
+    // blob: one GET.
+    assert_eq!(server.gets().len(), 1, "{:?}", server.gets());
+    assert!(
+        cache
+            .path()
+            .join(".locks/models--timm--vit_base_patch16_clip_224.laion400m_e32")
+            .join(format!("{}.lock", sha256_hex(&body)))
+            .is_file(),
+        "huggingface_hub's lock file"
     );
 }
