@@ -29,6 +29,7 @@
 mod file;
 mod loss_terms;
 mod overrides;
+mod pretrained;
 mod sections;
 mod validate;
 pub(crate) use validate::host_port;
@@ -37,6 +38,7 @@ mod values;
 pub use clipkd_models::ModelSource;
 pub use loss_terms::{LossKind, LossSection, LossTermConfig};
 pub use overrides::Override;
+pub use pretrained::WeightsFile;
 pub use sections::{
     DataConfig, DataKind, MetricsFormat, OptimConfig, Precision, RunSection, StudentConfig,
     TeacherConfig,

@@ -65,7 +65,7 @@ use clipkd_models::host_init::{build_on_host, copy_parameters};
 use clipkd_models::{Clip, ClipConfig, ClipEncoder, EncoderShape, load_open_clip};
 
 use crate::checkpoint::{self, CHECKPOINTS_DIR};
-use crate::config::{RunConfig, TrainMode};
+use crate::config::{RunConfig, TrainMode, WeightsFile};
 use crate::error::TrainError;
 use crate::eval::EvalSuite;
 use crate::progress::ProgressMode;
@@ -128,6 +128,10 @@ enum ModelPlan {
     OpenClip {
         student: Box<ClipConfig>,
         teacher: Option<Box<ClipConfig>>,
+        /// The student's starting weights (none: a seeded random initialisation).
+        student_init: Option<WeightsFile>,
+        /// The teacher's weights (none without a teacher, or from a teacher cache).
+        teacher_weights: Option<WeightsFile>,
     },
     /// Models of the caller's own, known by their shapes.
     Custom,
@@ -198,16 +202,17 @@ impl PreparedRun {
     ) -> Result<Self, TrainError> {
         config.validate(mode)?;
         let tokenizer_vocab = Tokenizer::new().vocab_size();
-        let student = config
-            .student
-            .model
-            .resolve()
-            .map_err(|e| TrainError::field("student.model", e))?;
+        let student = config.student.architecture()?;
         check_vocab(student.text.vocab_size, tokenizer_vocab, "student.model")?;
-        if let Some(init) = &config.student.init {
-            check_file(init, "student.init")?;
+        // Pretrained weights are found in the Hugging Face cache or downloaded now, before
+        // any training work.
+        let student_init = config.student.init_file()?;
+        if let Some(init) = &student_init {
+            check_file(&init.path, init.field)?;
         }
         let cache = open_cache(&config, mode)?;
+        let mut teacher_weights = None;
+        let mut early_warnings = Vec::new();
         let teacher = match (mode, &cache) {
             (TrainMode::Baseline, _) => None,
             (TrainMode::Distill, Some(cache)) => {
@@ -221,14 +226,12 @@ impl PreparedRun {
                 None
             }
             (TrainMode::Distill, None) => {
-                let teacher = config
-                    .teacher
-                    .model
-                    .resolve()
-                    .map_err(|e| TrainError::field("teacher.model", e))?;
+                let teacher = config.teacher.architecture()?;
                 check_vocab(teacher.text.vocab_size, tokenizer_vocab, "teacher.model")?;
-                let weights = config.teacher.weights.as_ref().expect("validated");
-                check_file(weights, "teacher.weights")?;
+                let weights = config.teacher.weights_file()?.expect("validated");
+                check_file(&weights.path, weights.field)?;
+                teacher_weights = Some(weights);
+                early_warnings.extend(config.teacher.normalization_warning(&config)?);
                 check_teacher_fits(
                     &teacher.encoder_shape(),
                     &student.encoder_shape(),
@@ -241,13 +244,17 @@ impl PreparedRun {
         let plan = ModelPlan::OpenClip {
             student: Box::new(student.clone()),
             teacher: teacher.clone().map(Box::new),
+            student_init,
+            teacher_weights,
         };
         let student = student.encoder_shape();
         let teacher = match &cache {
             Some(cache) => Some(cache.teacher_shape()),
             None => teacher.map(|t| t.encoder_shape()),
         };
-        Self::prepare_shapes(config, mode, resume, plan, student, teacher, cache)
+        let mut run = Self::prepare_shapes(config, mode, resume, plan, student, teacher, cache)?;
+        run.warnings.splice(0..0, early_warnings);
+        Ok(run)
     }
 
     /// Checks `config` for a run of models of the caller's own, of the given shapes (from
@@ -271,6 +278,7 @@ impl PreparedRun {
         let mut checked = config.clone();
         if mode == TrainMode::Distill && checked.teacher.weights.is_none() {
             checked.teacher.weights = Some(PathBuf::from("<the caller's teacher>"));
+            checked.teacher.pretrained = None;
         }
         checked.validate(mode)?;
         let tokenizer_vocab = Tokenizer::new().vocab_size();
@@ -620,22 +628,24 @@ struct OpenClipModels {
     config: RunConfig,
     student: ClipConfig,
     teacher: Option<ClipConfig>,
+    student_init: Option<WeightsFile>,
+    teacher_weights: Option<WeightsFile>,
     loss: LossSetConfig,
 }
 
 impl OpenClipModels {
-    /// The teacher loaded from its weights; the student from `student.init` or initialised
-    /// from the run's seed; the losses' projections likewise.
+    /// The teacher loaded from its weights; the student from its starting weights or
+    /// initialised from the run's seed; the losses' projections likewise.
     fn build<B: AutodiffBackend>(
         &self,
         device: &B::Device,
     ) -> Result<OpenClipModelSet<B>, TrainError> {
         let config = &self.config;
         B::seed(device, config.run.seed);
-        let teacher = match (&self.teacher, &config.teacher.weights) {
+        let teacher = match (&self.teacher, &self.teacher_weights) {
             (Some(tc), Some(weights)) => Some(
-                load_open_clip::<B::InnerBackend>(weights, tc, device)
-                    .map_err(|e| TrainError::field("teacher.weights", e))?,
+                load_open_clip::<B::InnerBackend>(&weights.path, tc, device)
+                    .map_err(|e| TrainError::field(weights.field, e))?,
             ),
             _ => None,
         };
@@ -643,15 +653,15 @@ impl OpenClipModels {
         // from the run's seed, student first, and copied to the device: the same on every
         // backend.
         let (host_student, host_losses) = build_on_host(config.run.seed, |cpu| {
-            let host_student = match &config.student.init {
+            let host_student = match &self.student_init {
                 Some(_) => None,
                 None => Some(self.student.init::<Flex>(cpu)?),
             };
             Ok::<_, TrainError>((host_student, self.loss.init::<Flex>(cpu)?))
         })?;
-        let student = match (&config.student.init, host_student) {
-            (Some(path), _) => load_open_clip::<B>(path, &self.student, device)
-                .map_err(|e| TrainError::field("student.init", e))?,
+        let student = match (&self.student_init, host_student) {
+            (Some(init), _) => load_open_clip::<B>(&init.path, &self.student, device)
+                .map_err(|e| TrainError::field(init.field, e))?,
             (None, Some(host)) => copy_parameters(&host, self.student.init::<B>(device)?)?,
             (None, None) => unreachable!("built on the host above"),
         };

@@ -111,12 +111,20 @@ impl Default for DataConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TeacherConfig {
     /// The architecture: an open_clip model-config name (`ViT-B-16`, `ViT-L-14`, `RN50`, ...),
-    /// a JSON file, or an inline config (see [`ModelSource`]).
+    /// a JSON file, an inline config, or a Hugging Face Hub repository `hf-hub:org/name`
+    /// (config and weights from it; see [`ModelSource`]).
     pub model: ModelSource,
-    /// The teacher's open_clip checkpoint (.safetensors, .pt, .pth, .bin). Required, unless
-    /// the teacher's outputs come from `cache`.
+    /// The teacher's open_clip checkpoint (.safetensors, .pt, .pth, .bin). One of `weights`,
+    /// `pretrained` or an `hf-hub:` model is required, unless the teacher's outputs come from
+    /// `cache`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<PathBuf>,
+    /// An open_clip pretrained tag of `model` (`laion400m_e32`, `openai`; `clipkd models
+    /// --pretrained` lists them): its weights, found in the Hugging Face cache or downloaded
+    /// into it, and the activation they were trained with (QuickGELU for OpenAI's). Instead of
+    /// `weights`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
     /// Distill from this teacher cache (`clipkd teacher-cache`) instead of running the teacher:
     /// no teacher is loaded, the crops come from the cache's pool. `model` and `weights`, when
     /// given, must be the cache's teacher.
@@ -129,6 +137,7 @@ impl Default for TeacherConfig {
         TeacherConfig {
             model: ModelSource::Preset("ViT-B-16".into()),
             weights: None,
+            pretrained: None,
             cache: None,
         }
     }
@@ -138,12 +147,17 @@ impl Default for TeacherConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StudentConfig {
-    /// The architecture: an open_clip model-config name, a JSON file, or an inline config
-    /// (see [`ModelSource`]).
+    /// The architecture: an open_clip model-config name, a JSON file, an inline config, or a
+    /// Hugging Face Hub repository `hf-hub:org/name` (whose weights are then the start, as in
+    /// open_clip; see [`ModelSource`]).
     pub model: ModelSource,
     /// Start from this open_clip checkpoint instead of a random initialisation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Start from the weights of this open_clip pretrained tag of `model` (downloaded like
+    /// `teacher.pretrained`) instead of a random initialisation. Instead of `init`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
 }
 
 impl Default for StudentConfig {
@@ -151,6 +165,7 @@ impl Default for StudentConfig {
         StudentConfig {
             model: ModelSource::Preset("ViT-T-16".into()),
             init: None,
+            pretrained: None,
         }
     }
 }

@@ -399,3 +399,109 @@ device = "cuda:1"
         assert!(e.contains(field) && e.contains(says), "{text}: {e}");
     }
 }
+
+/// `teacher.pretrained` / `student.pretrained`: open_clip tags, checked without the network
+/// when the config is validated; a tag replaces the weights file, never sits beside it; the
+/// tag is what the config keeps (and writes back).
+#[test]
+fn pretrained_tags_are_checked_when_the_config_is() {
+    let mut c = RunConfig::default();
+    c.data.train_data = Some("x.csv".into());
+    c.teacher.model = ModelSource::named("ViT-B-16");
+    c.teacher.pretrained = Some("laion400m_e32".into());
+    c.validate(TrainMode::Distill).unwrap();
+
+    c.teacher.pretrained = Some("laion400m_e33".into());
+    let e = c.validate(TrainMode::Distill).unwrap_err().to_string();
+    assert!(e.contains("teacher.pretrained"), "{e}");
+    assert!(e.contains("laion400m_e32, metaclip_400m"), "{e}");
+
+    c.teacher.pretrained = Some("openai".into());
+    c.teacher.weights = Some("t.safetensors".into());
+    let e = c.validate(TrainMode::Distill).unwrap_err().to_string();
+    assert!(
+        e.contains("teacher.pretrained") && e.contains("not both"),
+        "{e}"
+    );
+    c.teacher.weights = None;
+
+    // QuickGELU for OpenAI's weights, in the architecture the run builds.
+    assert_eq!(
+        c.teacher.architecture().unwrap().activation,
+        clipkd_models::config::Activation::QuickGelu
+    );
+
+    c.student.model = ModelSource::named("my/student.json");
+    c.student.pretrained = Some("openai".into());
+    let e = c.validate(TrainMode::Distill).unwrap_err().to_string();
+    assert!(e.contains("student.pretrained"), "{e}");
+    assert!(e.contains("bundled model names"), "{e}");
+    c.student.model = ModelSource::named("ViT-B-32");
+    c.validate(TrainMode::Distill).unwrap();
+
+    // An hf-hub: teacher names its weights: none required.
+    c.teacher.pretrained = None;
+    c.teacher.model = ModelSource::named("hf-hub:org/teacher");
+    c.validate(TrainMode::Distill).unwrap();
+    c.teacher.pretrained = Some("openai".into());
+    let e = c.validate(TrainMode::Distill).unwrap_err().to_string();
+    assert!(e.contains("teacher.pretrained"), "{e}");
+
+    // What is written reads back as the same names.
+    c.teacher.pretrained = None;
+    let back = RunConfig::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+    assert_eq!(back.teacher.model, ModelSource::Hub("org/teacher".into()));
+    assert_eq!(back.student.pretrained.as_deref(), Some("openai"));
+    let toml = toml::to_string(&c).unwrap();
+    assert!(toml.contains("model = \"hf-hub:org/teacher\""), "{toml}");
+}
+
+/// `--teacher-pretrained` over a config that names a file (and the reverse): the command line's
+/// choice replaces the config's, by overriding the other field with nothing.
+#[test]
+fn a_null_override_clears_an_optional_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "run.toml",
+        "[data]\ntrain_data = \"x.csv\"\n[teacher]\nweights = \"t.safetensors\"\n",
+    );
+    let c = RunConfig::load(
+        Some(&path),
+        None,
+        &[
+            Override::new("teacher.pretrained", "laion400m_e32"),
+            Override::new("teacher.weights", Value::Null),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.teacher.weights, None);
+    assert_eq!(c.teacher.pretrained.as_deref(), Some("laion400m_e32"));
+    c.validate(TrainMode::Distill).unwrap();
+}
+
+/// A teacher trained with another mean/std than the data's gets a warning naming both; one
+/// trained with them (or without a known normalization) none.
+#[test]
+fn a_teacher_normalized_otherwise_than_the_data_is_warned_about() {
+    let mut c = RunConfig::default();
+    c.teacher.model = ModelSource::named("ViT-L-14");
+    c.teacher.pretrained = Some("laion2b_s32b_b82k".into());
+    let warning = c.teacher.normalization_warning(&c).unwrap().unwrap();
+    assert!(
+        warning.contains("ViT-L-14 (laion2b_s32b_b82k)"),
+        "{warning}"
+    );
+    assert!(warning.contains("[0.5, 0.5, 0.5]"), "{warning}");
+    assert!(warning.contains("data.mean"), "{warning}");
+    c.data.mean = [0.5; 3];
+    c.data.std = [0.5; 3];
+    assert_eq!(c.teacher.normalization_warning(&c).unwrap(), None);
+
+    c.teacher.pretrained = Some("openai".into());
+    assert!(c.teacher.normalization_warning(&c).unwrap().is_some());
+    c.data = DataConfig::default();
+    assert_eq!(c.teacher.normalization_warning(&c).unwrap(), None);
+    c.teacher.pretrained = None;
+    assert_eq!(c.teacher.normalization_warning(&c).unwrap(), None);
+}

@@ -54,14 +54,17 @@ impl RunConfig {
         if let Some(n) = d.train_num_samples {
             positive("data.train_num_samples", n)?;
         }
+        self.check_pretrained()?;
         if mode == TrainMode::Distill
+            && !self.teacher.pretrained_model().has_weights()
             && self.teacher.weights.is_none()
             && self.teacher.cache.is_none()
         {
             return Err(TrainError::config(
                 "teacher.weights",
-                "required for distillation: the teacher's open_clip checkpoint, or a teacher \
-                 cache in teacher.cache (or run `clipkd train` for the no-teacher baseline)",
+                "required for distillation: the teacher's open_clip checkpoint, a pretrained \
+                 tag in teacher.pretrained (`clipkd models --pretrained`), or a teacher cache in \
+                 teacher.cache (or run `clipkd train` for the no-teacher baseline)",
             ));
         }
         if mode == TrainMode::Baseline && self.teacher.cache.is_some() {

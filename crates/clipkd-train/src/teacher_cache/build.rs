@@ -198,19 +198,17 @@ pub fn build_teacher_cache_of<B: Backend>(
             "augmentations, rows per shard and batch size must be at least 1",
         ));
     }
-    let teacher_config = config
-        .teacher
-        .model
-        .resolve()
-        .map_err(|e| TrainError::field("teacher.model", e))?;
-    let weights = config.teacher.weights.clone().ok_or_else(|| {
+    let teacher_config = config.teacher.architecture()?;
+    let weights = config.teacher.weights_file()?.ok_or_else(|| {
         TrainError::config(
             "teacher.weights",
-            "the teacher's weights are needed to build a cache",
+            "the teacher's weights are needed to build a cache: a file, or a pretrained tag in \
+             teacher.pretrained",
         )
     })?;
-    let teacher = load_open_clip::<B>(&weights, &teacher_config, device)
-        .map_err(|e| TrainError::field("teacher.weights", e))?;
+    let teacher = load_open_clip::<B>(&weights.path, &teacher_config, device)
+        .map_err(|e| TrainError::field(weights.field, e))?;
+    let weights = weights.path;
     let shape = teacher.shape();
     let source = match data {
         Some(data) => data,

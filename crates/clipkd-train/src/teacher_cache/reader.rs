@@ -148,21 +148,19 @@ impl TeacherCache {
                 differ.join("; ")
             )));
         }
-        if let Some(weights) = &config.teacher.weights {
-            let hash = file_hash(weights)?;
+        // Named weights (a file, a tag, an `hf-hub:` model) must be the cache's teacher's.
+        if let Some(weights) = config.teacher.weights_file()? {
+            let hash = file_hash(&weights.path)?;
             if hash != m.teacher.weights_hash {
                 return Err(bad(format!(
-                    "built with the teacher weights {} ({}), but teacher.weights is {} ({hash})",
+                    "built with the teacher weights {} ({}), but {} names {} ({hash})",
                     m.teacher.weights.display(),
                     m.teacher.weights_hash,
-                    weights.display()
+                    weights.field,
+                    weights.path.display()
                 )));
             }
-            let model = config
-                .teacher
-                .model
-                .resolve()
-                .map_err(|e| TrainError::field("teacher.model", e))?;
+            let model = config.teacher.architecture()?;
             if model != m.teacher.config {
                 return Err(bad(format!(
                     "built with the teacher architecture `{}`, but teacher.model is `{}`",

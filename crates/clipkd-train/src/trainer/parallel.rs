@@ -283,7 +283,13 @@ impl PreparedRun {
 
     /// The builder of the open_clip models the run was prepared for.
     pub(super) fn open_clip_models(&self) -> Result<OpenClipModels, TrainError> {
-        let super::ModelPlan::OpenClip { student, teacher } = &self.plan else {
+        let super::ModelPlan::OpenClip {
+            student,
+            teacher,
+            student_init,
+            teacher_weights,
+        } = &self.plan
+        else {
             return Err(TrainError::config(
                 "student.model",
                 "this run was prepared for models of the caller's own (prepare_for): train it \
@@ -294,6 +300,8 @@ impl PreparedRun {
             config: self.config.clone(),
             student: (**student).clone(),
             teacher: teacher.as_deref().cloned(),
+            student_init: student_init.clone(),
+            teacher_weights: teacher_weights.clone(),
             loss: self.loss.clone(),
         })
     }
