@@ -8,24 +8,21 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use clipkd_data::image::ImageTransform;
 use clipkd_data::tokenizer::Tokenizer;
-use clipkd_models::{ClipConfig, ModelError, ModelSource, load_open_clip};
+use clipkd_models::{ModelError, load_open_clip};
 use clipkd_train::embed::{HostEmbeddings, embed_image_files, embed_texts, eval_transform_config};
 use clipkd_train::error::TrainError;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
+use super::model_args::{ModelArgs, ResolvedModel};
 use super::output::check_output;
 
 /// Options of `clipkd embed`.
 #[derive(Debug, Clone, Args)]
 pub struct EmbedArgs {
-    /// The model: an open_clip config name (e.g. ViT-B-32, RN50; see `clipkd models`) or an
-    /// open_clip model-config JSON file.
-    #[arg(long, value_name = "CONFIG_JSON_OR_PRESET")]
-    pub model: ModelSource,
-    /// The weights: an open_clip / CLIP-KD checkpoint (.safetensors, .pt, .pth, .bin).
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
+    /// The model and its weights.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// An image to embed (JPEG, PNG, WebP...); repeat for several. Rows follow argument order.
     #[arg(long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,
@@ -60,35 +57,28 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     for path in &args.images {
         anyhow::ensure!(path.is_file(), "image file not found: {}", path.display());
     }
-    anyhow::ensure!(
-        args.weights.is_file(),
-        "weights file not found: {}",
-        args.weights.display()
-    );
+    args.model.check()?;
     check_output(&args.output)?;
     let texts = match &args.text_file {
         Some(path) => read_lines(path)?,
         None => Vec::new(),
     };
-    let config = args
-        .model
-        .resolve()
-        .with_context(|| format!("model `{}`", args.model))?;
-    let preprocess_cfg = preprocess_cfg_of(&args.model)?;
+    let model = args.model.resolve()?;
     let transform = ImageTransform::new(eval_transform_config(
-        config.image_size(),
-        preprocess_cfg.as_ref(),
+        model.config.image_size(),
+        model.preprocess_cfg.as_ref(),
     )?)
     .context("image preprocessing settings")?;
+    let metadata = metadata(&args, &model);
     let task = EmbedTask {
         args: args.clone(),
-        config,
+        model,
         transform,
         texts,
     };
     // Fails on a NaN or infinite embedding, naming the input, before anything is written.
     let (images, texts) = dispatch(args.device, args.precision, task)?;
-    write_embeddings(&args.output, &images, &texts, metadata(&args))?;
+    write_embeddings(&args.output, &images, &texts, metadata)?;
     eprintln!(
         "wrote {} image and {} text embeddings (dim {}) to {}",
         images.rows,
@@ -101,7 +91,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
 
 struct EmbedTask {
     args: EmbedArgs,
-    config: ClipConfig,
+    model: ResolvedModel,
     transform: ImageTransform,
     texts: Vec<String>,
 }
@@ -111,8 +101,9 @@ impl BackendTask for EmbedTask {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
         // Inference only: the inner backend builds no autodiff graph.
-        let model = load_open_clip::<B::InnerBackend>(&self.args.weights, &self.config, &device)
-            .with_context(|| format!("loading weights {}", self.args.weights.display()))?;
+        let weights = &self.model.weights;
+        let model = load_open_clip::<B::InnerBackend>(weights, &self.model.config, &device)
+            .with_context(|| format!("loading weights {}", weights.display()))?;
         let images = embed_image_files(
             &model,
             &self.transform,
@@ -150,22 +141,9 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(text.lines().map(str::to_owned).collect())
 }
 
-/// The `preprocess_cfg` object of a model-config JSON file, when `--model` is one.
-pub(crate) fn preprocess_cfg_of(model: &ModelSource) -> anyhow::Result<Option<serde_json::Value>> {
-    // A missing file is reported by `ModelSource::resolve`, with the preset names.
-    let Some(path) = model.file().filter(|p| p.is_file()) else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading model config {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("parsing model config {}", path.display()))?;
-    Ok(value.get("preprocess_cfg").cloned())
-}
-
-/// What the output's `__metadata__` records: the model, the weights, the clipkd version and the
-/// inputs (image paths as a JSON list, the text file).
-fn metadata(args: &EmbedArgs) -> HashMap<String, String> {
+/// What the output's `__metadata__` records: the model, the weights (and the pretrained tag),
+/// the clipkd version and the inputs (image paths as a JSON list, the text file).
+fn metadata(args: &EmbedArgs, model: &ResolvedModel) -> HashMap<String, String> {
     let images: Vec<String> = args
         .images
         .iter()
@@ -173,8 +151,8 @@ fn metadata(args: &EmbedArgs) -> HashMap<String, String> {
         .collect();
     let mut m = HashMap::from([
         ("format".to_string(), "clipkd-embeddings".to_string()),
-        ("model".to_string(), args.model.to_string()),
-        ("weights".to_string(), args.weights.display().to_string()),
+        ("model".to_string(), args.model.model.to_string()),
+        ("weights".to_string(), model.weights.display().to_string()),
         (
             "clipkd_version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
@@ -187,6 +165,9 @@ fn metadata(args: &EmbedArgs) -> HashMap<String, String> {
     ]);
     if let Some(t) = &args.text_file {
         m.insert("text_file".to_string(), t.display().to_string());
+    }
+    if let Some(tag) = &args.model.pretrained {
+        m.insert("pretrained".to_string(), tag.clone());
     }
     m
 }

@@ -1,14 +1,14 @@
 //! `clipkd eval`: zero-shot classification and image-text retrieval of a CLIP checkpoint,
 //! written as JSON (and printed as a short table).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use clipkd_data::dataset::IndexedDataset;
-use clipkd_models::{ClipConfig, ModelSource, load_open_clip};
+use clipkd_models::{ClipConfig, load_open_clip};
 use clipkd_train::config::CsvSeparator;
 use clipkd_train::eval::{
     AnnotationFormat, CaptionMode, ClassNames, EvalConfig, EvalProgress, EvalReport, EvalSuite,
@@ -16,7 +16,7 @@ use clipkd_train::eval::{
 };
 
 use super::backend::{BackendTask, DeviceSpec, Precision, dispatch};
-use super::embed::preprocess_cfg_of;
+use super::model_args::ModelArgs;
 
 /// The annotation format named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -43,13 +43,9 @@ impl From<FormatArg> for AnnotationFormat {
 /// Options of `clipkd eval`.
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
-    /// The model: an open_clip config name (e.g. ViT-B-32, RN50) or an open_clip model-config
-    /// JSON file (its `preprocess_cfg`, if any, sets the eval transform).
-    #[arg(long, value_name = "CONFIG_JSON_OR_PRESET")]
-    pub model: ModelSource,
-    /// The weights: an open_clip / CLIP-KD checkpoint (.safetensors, .pt, .pth, .bin).
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
+    /// The model and its weights.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Zero-shot classification on this image folder (one sub-folder per class, ImageNet
     /// layout, classes in sorted folder order).
     #[arg(long, value_name = "DIR")]
@@ -111,8 +107,11 @@ pub struct EvalArgs {
 }
 
 impl EvalArgs {
-    /// The evaluation settings these flags describe.
-    pub fn eval_config(&self) -> anyhow::Result<EvalConfig> {
+    /// The evaluation settings these flags describe, with the model's preprocessing.
+    pub fn eval_config(
+        &self,
+        preprocess_cfg: Option<serde_json::Value>,
+    ) -> anyhow::Result<EvalConfig> {
         let zero_shot = self.imagenet.as_ref().map(|root| ZeroShotConfig {
             root: root.clone(),
             classnames: match (&self.classnames, self.folder_names) {
@@ -142,7 +141,7 @@ impl EvalArgs {
             retrieval,
             batch_size: self.batch_size,
             workers: self.workers,
-            preprocess_cfg: preprocess_cfg_of(&self.model)?,
+            preprocess_cfg,
             ..EvalConfig::default()
         })
     }
@@ -157,17 +156,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     // Every input is checked before the model is loaded: files exist, lists parse, the
     // output folder exists.
-    anyhow::ensure!(
-        args.weights.is_file(),
-        "weights file not found: {}",
-        args.weights.display()
-    );
+    args.model.check()?;
     super::output::check_output(&args.output)?;
-    let config = args
-        .model
-        .resolve()
-        .with_context(|| format!("model `{}`", args.model))?;
-    let eval_config = args.eval_config()?;
+    let model = args.model.resolve()?;
+    let eval_config = args.eval_config(model.preprocess_cfg.clone())?;
     let suite = eval_config.build().context("preparing the evaluation")?;
     if let Some(z) = &suite.zero_shot {
         eprintln!(
@@ -190,13 +182,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let task = EvalTask {
-        weights: args.weights.clone(),
-        config,
+        weights: model.weights.clone(),
+        config: model.config,
         suite,
     };
     let report = dispatch(args.device, args.precision, task)?;
     print!("{report}");
-    write_results(&args, &report)?;
+    write_results(&args, &model.weights, &report)?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
 }
@@ -256,13 +248,16 @@ impl ProgressPrinter {
 }
 
 /// Writes `{"model", "weights", "zero_shot", "retrieval", "metrics": {name: value}}`.
-fn write_results(args: &EvalArgs, report: &EvalReport) -> anyhow::Result<()> {
+fn write_results(args: &EvalArgs, weights: &Path, report: &EvalReport) -> anyhow::Result<()> {
     let mut value = serde_json::to_value(report).context("serializing the results")?;
     let object = value
         .as_object_mut()
         .expect("a struct serializes to an object");
-    object.insert("model".into(), args.model.to_string().into());
-    object.insert("weights".into(), args.weights.display().to_string().into());
+    object.insert("model".into(), args.model.model.to_string().into());
+    object.insert("weights".into(), weights.display().to_string().into());
+    if let Some(tag) = &args.model.pretrained {
+        object.insert("pretrained".into(), tag.clone().into());
+    }
     let metrics: serde_json::Map<String, serde_json::Value> = report
         .metrics()
         .into_iter()
@@ -315,7 +310,7 @@ mod tests {
             "8",
         ])
         .unwrap();
-        let c = args.eval_config().unwrap();
+        let c = args.eval_config(None).unwrap();
         let z = c.zero_shot.unwrap();
         assert_eq!(z.classnames, ClassNames::Imagenet);
         assert_eq!(z.templates, Templates::File("t.txt".into()));
@@ -327,12 +322,16 @@ mod tests {
 
         let args = parse(&["--imagenet", "val", "--folder-names"]).unwrap();
         assert_eq!(
-            args.eval_config().unwrap().zero_shot.unwrap().classnames,
+            args.eval_config(None)
+                .unwrap()
+                .zero_shot
+                .unwrap()
+                .classnames,
             ClassNames::Folders
         );
         let args = parse(&["--retrieval", "a.csv", "--csv-separator", ","]).unwrap();
         assert_eq!(
-            args.eval_config()
+            args.eval_config(None)
                 .unwrap()
                 .retrieval
                 .unwrap()

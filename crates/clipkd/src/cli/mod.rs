@@ -11,6 +11,7 @@ pub mod eval;
 pub mod export;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache;
+pub mod model_args;
 pub mod models;
 pub mod orchestrator;
 pub mod output;

@@ -30,13 +30,18 @@ pub struct RunOptions {
     /// is not valid TOML is taken as a string.
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     pub set: Vec<String>,
-    /// The student: an open_clip config name (ViT-T-16, RN50, ...; see `clipkd models`) or JSON
-    /// file (`student.model`; default ViT-T-16).
+    /// The student: an open_clip config name (ViT-T-16, RN50, ...; see `clipkd models`), a JSON
+    /// file, or a Hugging Face Hub repository `hf-hub:org/name`, which starts from the
+    /// repository's weights (`student.model`; default ViT-T-16).
     #[arg(long, value_name = "CONFIG")]
     pub student: Option<String>,
     /// Initialise the student from this open_clip checkpoint (`student.init`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "student_pretrained")]
     pub student_init: Option<PathBuf>,
+    /// Initialise the student from this open_clip pretrained tag's weights, downloaded like
+    /// the teacher's (`student.pretrained`; `clipkd models --pretrained`).
+    #[arg(long, value_name = "TAG")]
+    pub student_pretrained: Option<String>,
     /// Training data: CSV files `a.csv,b.csv` or webdataset shards `dir/{0000..0099}.tar`
     /// (`data.train_data`).
     #[arg(long, value_name = "DATA")]
@@ -149,8 +154,12 @@ impl RunOptions {
         if let Some(v) = &self.student {
             push("student.model", v.clone().into());
         }
-        if let Some(v) = &self.student_init {
-            push("student.init", path_value(v));
+        for o in weights_overrides(
+            "student",
+            ("init", self.student_init.as_deref()),
+            self.student_pretrained.as_deref(),
+        ) {
+            push(&o.path, o.value);
         }
         if let Some(v) = &self.train_data {
             push("data.train_data", v.clone().into());
@@ -441,4 +450,25 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
         println!("{}", f.display());
     }
     Ok(())
+}
+
+/// The overrides of a weights file flag and a pretrained-tag flag of `section`: the one given
+/// replaces the other (a tag on the command line wins over a file in the config, and the
+/// reverse), so they never meet.
+pub(crate) fn weights_overrides(
+    section: &str,
+    (file_field, file): (&str, Option<&std::path::Path>),
+    tag: Option<&str>,
+) -> Vec<Override> {
+    match (file, tag) {
+        (Some(file), _) => vec![
+            Override::new(format!("{section}.{file_field}"), path_value(file)),
+            Override::new(format!("{section}.pretrained"), serde_json::Value::Null),
+        ],
+        (None, Some(tag)) => vec![
+            Override::new(format!("{section}.pretrained"), tag),
+            Override::new(format!("{section}.{file_field}"), serde_json::Value::Null),
+        ],
+        (None, None) => Vec::new(),
+    }
 }

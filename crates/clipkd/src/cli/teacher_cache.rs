@@ -11,7 +11,7 @@ use clipkd_train::config::Override;
 use clipkd_train::teacher_cache::{CacheDtype, CacheOptions, build_teacher_cache};
 
 use super::backend::{BackendTask, DeviceSpec, dispatch};
-use super::run_options::path_value;
+use super::run_options::weights_overrides;
 
 /// Options of `clipkd teacher-cache`.
 #[derive(Debug, Clone, Args)]
@@ -29,12 +29,17 @@ pub struct TeacherCacheArgs {
     /// Override a config field (`--set data.workers=8`; repeatable).
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     pub set: Vec<String>,
-    /// The teacher: an open_clip config name or JSON file (`teacher.model`).
+    /// The teacher: an open_clip config name, JSON file or `hf-hub:org/name` repository
+    /// (`teacher.model`).
     #[arg(long, value_name = "CONFIG")]
     pub teacher: Option<String>,
     /// The teacher's open_clip checkpoint (`teacher.weights`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "teacher_pretrained")]
     pub teacher_weights: Option<PathBuf>,
+    /// The teacher's open_clip pretrained tag, downloaded into the Hugging Face cache once
+    /// (`teacher.pretrained`; `clipkd models --pretrained`).
+    #[arg(long, value_name = "TAG")]
+    pub teacher_pretrained: Option<String>,
     /// Training data: CSV files `a.csv,b.csv` or webdataset shards `dir/{0000..0099}.tar`
     /// (`data.train_data`).
     #[arg(long, value_name = "DATA")]
@@ -112,9 +117,11 @@ pub fn run(args: TeacherCacheArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.teacher {
         overrides.push(Override::new("teacher.model", t.clone()));
     }
-    if let Some(w) = &args.teacher_weights {
-        overrides.push(Override::new("teacher.weights", path_value(w)));
-    }
+    overrides.extend(weights_overrides(
+        "teacher",
+        ("weights", args.teacher_weights.as_deref()),
+        args.teacher_pretrained.as_deref(),
+    ));
     if let Some(d) = &args.train_data {
         overrides.push(Override::new("data.train_data", d.clone()));
     }
