@@ -308,7 +308,9 @@ fn a_pretrained_tag_is_fetched_from_its_repository_and_checked() {
     // Offline with an empty cache: names the repository and the cache.
     let error = fails(&distill("laion400m_e32", true));
     assert!(
-        error.contains("timm/vit_base_patch16_clip_224.laion400m_e32") && error.contains("offline"),
+        error.contains("teacher.pretrained")
+            && error.contains("timm/vit_base_patch16_clip_224.laion400m_e32")
+            && error.contains("offline"),
         "{error}"
     );
     assert_eq!(server.requests(), 0);

@@ -49,9 +49,11 @@ fn weights_of(
         (_, true) => "student.pretrained",
         (_, false) => "student.model",
     };
+    // The tag is checked first, so that its errors keep their own field.
+    model.tag().map_err(|e| model_error(section, e))?;
     Ok(model
         .weights()
-        .map_err(|e| model_error(section, e))?
+        .map_err(|e| TrainError::field(field, e))?
         .map(|path| WeightsFile { path, field }))
 }
 
