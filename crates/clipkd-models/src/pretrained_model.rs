@@ -7,13 +7,14 @@
 //!   interpolation and resize mode.
 //! - `hf-hub:org/name`: the repository's `open_clip_config.json` and its weights (open_clip's
 //!   file order); a tag is refused (open_clip ignores it with a warning: the repository's
-//!   weights are the model's).
+//!   weights are the model's). `local-dir:path`: the same from a folder, the checkpoint chosen
+//!   as open_clip chooses it.
 //! - A preset, file or inline config without a tag: the architecture only; the weights are a
 //!   file the caller names, or none (a random initialisation).
 //!
 //! Files come from the Hugging Face cache or are downloaded into it ([`HubClient`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -21,7 +22,7 @@ use crate::config::ClipConfig;
 use crate::error::ModelError;
 use crate::hub_download::HubClient;
 use crate::pretrained::{Pretrained, WEIGHT_FILES, pretrained};
-use crate::source::{HUB_CONFIG_FILE, ModelSource, read_hub_config};
+use crate::source::ModelSource;
 
 /// A model as open_clip names it: see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -71,8 +72,8 @@ impl PretrainedModel {
         };
         match &self.model {
             ModelSource::Preset(name) => pretrained(name, tag).map(Some),
-            ModelSource::Hub(_) => Err(not_applicable(
-                "a Hub repository's weights are its own; give no tag",
+            ModelSource::Hub(_) | ModelSource::LocalDir(_) => Err(not_applicable(
+                "an open_clip repository's weights are its own; give no tag",
             )),
             ModelSource::File(_) | ModelSource::Inline(_) => Err(not_applicable(
                 "tags belong to bundled model names (`clipkd models --pretrained`); give this \
@@ -81,9 +82,10 @@ impl PretrainedModel {
         }
     }
 
-    /// Whether this names weights of its own (a tag, or a Hub repository).
+    /// Whether this names weights of its own (a tag, a Hub repository or a `local-dir:`
+    /// folder).
     pub fn has_weights(&self) -> bool {
-        self.tag.is_some() || matches!(self.model, ModelSource::Hub(_))
+        self.tag.is_some() || matches!(self.model, ModelSource::Hub(_) | ModelSource::LocalDir(_))
     }
 
     /// The architecture, with the activation the tag's weights were trained with.
@@ -113,6 +115,7 @@ impl PretrainedModel {
         }
         match &self.model {
             ModelSource::Hub(repo) => self.client()?.first_file(repo, &WEIGHT_FILES).map(Some),
+            ModelSource::LocalDir(dir) => find_checkpoint_in_dir(dir).map(Some),
             _ => Ok(None),
         }
     }
@@ -133,9 +136,9 @@ impl PretrainedModel {
             })));
         }
         match &self.model {
-            ModelSource::Hub(repo) => {
-                let path = self.client()?.download(repo, "main", HUB_CONFIG_FILE)?;
-                Ok(read_hub_config(repo, &path)?.1)
+            ModelSource::Hub(_) | ModelSource::LocalDir(_) => {
+                let path = self.model.open_clip_config_file(|| self.client())?;
+                Ok(self.model.read_open_clip_config(&path)?.1)
             }
             // A missing file is reported by `resolve`, with the preset names.
             ModelSource::File(path) if path.is_file() => {
@@ -161,4 +164,57 @@ impl PretrainedModel {
             None => HubClient::from_env(),
         }
     }
+}
+
+/// The checkpoint of a `local-dir:` folder, as open_clip's `_find_checkpoint_in_dir` picks it:
+/// among its `.safetensors`, `.bin` and `.pth` files, the first of open_clip's preferred names,
+/// else the first `.safetensors` by name, else the first by name.
+pub fn find_checkpoint_in_dir(dir: &Path) -> Result<PathBuf, ModelError> {
+    const PREFERRED: [&str; 8] = [
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "open_clip_pytorch_model.pth",
+        "model.safetensors",
+        "pytorch_model.bin",
+        "pytorch_model.pth",
+        "model.pth",
+    ];
+    let io = |source| ModelError::Io {
+        action: "listing",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let checkpoint = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "safetensors" | "bin" | "pth"));
+        if checkpoint && path.is_file() {
+            found.push(path);
+        }
+    }
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    if let Some(best) = PREFERRED
+        .iter()
+        .find_map(|wanted| found.iter().find(|p| name(p) == *wanted))
+    {
+        return Ok(best.clone());
+    }
+    found.sort_by_key(|p| (p.extension().is_none_or(|e| e != "safetensors"), name(p)));
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| ModelError::InvalidConfig {
+            field: "model".into(),
+            value: format!("local-dir:{}", dir.display()),
+            reason: "the folder has no checkpoint (.safetensors, .bin or .pth)".into(),
+        })
 }

@@ -1,12 +1,13 @@
 //! Where a model's architecture comes from: a bundled open_clip preset, an open_clip
-//! model-config JSON file, a Hugging Face Hub repository in open_clip's layout, or a config
-//! written inline.
+//! model-config JSON file, a Hugging Face Hub repository in open_clip's layout (or a folder
+//! holding one), or a config written inline.
 //!
 //! In a run config (`[student] model = ...`) they are written:
 //!
 //! ```toml
 //! model = "ViT-B-16"                      # a preset (any name of ClipConfig::preset_names)
 //! model = "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # a Hub repository, as open_clip
+//! model = "local-dir:models/my-clip"      # a folder laid out as one, as open_clip
 //! model = "configs/my-vit.json"           # not a preset name: a file
 //! model = { preset = "RN50" }             # explicit forms, for when a file is named like a preset
 //! model = { file = "RN50" }
@@ -19,7 +20,8 @@
 //! and checked when the config is read. A Hub repository (`hf-hub:org/name`, open_clip's
 //! prefix) holds `open_clip_config.json` (the model config under `model_cfg`, the preprocessing
 //! under `preprocess_cfg`) and the weights; both are downloaded into the Hugging Face cache when
-//! the source is resolved ([`HubClient`]).
+//! the source is resolved ([`HubClient`]). A folder (`local-dir:path`, open_clip's prefix) holds
+//! the same `open_clip_config.json` and a checkpoint, found as open_clip finds it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,9 @@ use crate::presets::unknown_preset;
 /// open_clip's prefix of a model name that is a Hugging Face Hub repository.
 pub const HF_HUB_PREFIX: &str = "hf-hub:";
 
+/// open_clip's prefix of a model name that is a folder laid out as a Hub repository.
+pub const LOCAL_DIR_PREFIX: &str = "local-dir:";
+
 /// The file of a Hub repository that holds its open_clip model config and preprocessing.
 pub const HUB_CONFIG_FILE: &str = "open_clip_config.json";
 
@@ -52,14 +57,19 @@ pub enum ModelSource {
     /// A Hugging Face Hub repository in open_clip's layout (`org/name`, written
     /// `hf-hub:org/name`): its `open_clip_config.json` and its weights.
     Hub(String),
+    /// A folder laid out as such a repository (written `local-dir:path`): its
+    /// `open_clip_config.json` and a checkpoint.
+    LocalDir(PathBuf),
 }
 
 impl ModelSource {
-    /// The source a string names: a Hub repository if it starts with `hf-hub:`, a preset if it
-    /// is a bundled preset's name, else a file.
+    /// The source a string names: a Hub repository if it starts with `hf-hub:`, a folder if
+    /// with `local-dir:`, a preset if it is a bundled preset's name, else a file.
     pub fn named(name_or_path: &str) -> Self {
         if let Some(repo) = name_or_path.strip_prefix(HF_HUB_PREFIX) {
             ModelSource::Hub(repo.to_string())
+        } else if let Some(dir) = name_or_path.strip_prefix(LOCAL_DIR_PREFIX) {
+            ModelSource::LocalDir(PathBuf::from(dir))
         } else if ClipConfig::preset_names().contains(&name_or_path) {
             ModelSource::Preset(name_or_path.to_string())
         } else {
@@ -86,9 +96,9 @@ impl ModelSource {
         client: impl FnOnce() -> Result<HubClient, ModelError>,
     ) -> Result<ClipConfig, ModelError> {
         match self {
-            ModelSource::Hub(repo) => {
-                let path = client()?.download(repo, "main", HUB_CONFIG_FILE)?;
-                let (model_cfg, _) = read_hub_config(repo, &path)?;
+            ModelSource::Hub(_) | ModelSource::LocalDir(_) => {
+                let path = self.open_clip_config_file(client)?;
+                let (model_cfg, _) = self.read_open_clip_config(&path)?;
                 ClipConfig::from_open_clip_value(model_cfg)
             }
             ModelSource::Preset(name) => ClipConfig::preset(name),
@@ -120,10 +130,86 @@ impl ModelSource {
     }
 }
 
+impl ModelSource {
+    /// The `open_clip_config.json` of a Hub repository (from the cache or downloaded by the
+    /// client) or of a folder.
+    ///
+    /// # Panics
+    /// For the other sources (callers match first).
+    pub(crate) fn open_clip_config_file(
+        &self,
+        client: impl FnOnce() -> Result<HubClient, ModelError>,
+    ) -> Result<PathBuf, ModelError> {
+        match self {
+            ModelSource::Hub(repo) => {
+                check_repo_id(repo)?;
+                client()?.download(repo, "main", HUB_CONFIG_FILE)
+            }
+            ModelSource::LocalDir(dir) => {
+                let path = dir.join(HUB_CONFIG_FILE);
+                if !path.is_file() {
+                    return Err(ModelError::InvalidConfig {
+                        field: "model".into(),
+                        value: self.to_string(),
+                        reason: format!(
+                            "{} not found: a `local-dir:` folder holds open_clip_config.json \
+                             and a checkpoint",
+                            path.display()
+                        ),
+                    });
+                }
+                Ok(path)
+            }
+            _ => unreachable!("only Hub and LocalDir sources have an open_clip_config.json"),
+        }
+    }
+
+    /// The `model_cfg` and `preprocess_cfg` of this source's `open_clip_config.json` at `path`.
+    pub(crate) fn read_open_clip_config(
+        &self,
+        path: &Path,
+    ) -> Result<(Value, Option<Value>), ModelError> {
+        let missing = format!(
+            "{} has no `model_cfg` (not an open_clip model repository)",
+            path.display()
+        );
+        match self {
+            ModelSource::Hub(repo) => read_open_clip_config(path, || ModelError::Hub {
+                repo: repo.clone(),
+                file: HUB_CONFIG_FILE.to_string(),
+                message: missing,
+            }),
+            _ => read_open_clip_config(path, || ModelError::InvalidConfig {
+                field: "model_cfg".into(),
+                value: self.to_string(),
+                reason: missing,
+            }),
+        }
+    }
+}
+
+/// open_clip's check of a Hub repository id: not empty; `org/name` or `name`, no path tricks.
+fn check_repo_id(repo: &str) -> Result<(), ModelError> {
+    let parts: Vec<&str> = repo.split('/').collect();
+    let ok = parts.len() <= 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && *p != "." && *p != ".." && !p.contains('\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::InvalidConfig {
+            field: "model".into(),
+            value: format!("{HF_HUB_PREFIX}{repo}"),
+            reason: "a Hub repository is written `hf-hub:org/name`".into(),
+        })
+    }
+}
+
 /// An `open_clip_config.json`'s `model_cfg` and `preprocess_cfg` (open_clip requires the first).
-pub(crate) fn read_hub_config(
-    repo: &str,
+fn read_open_clip_config(
     path: &Path,
+    missing: impl FnOnce() -> ModelError,
 ) -> Result<(Value, Option<Value>), ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         action: "reading",
@@ -137,14 +223,7 @@ pub(crate) fn read_hub_config(
     let model_cfg = value
         .get_mut("model_cfg")
         .map(Value::take)
-        .ok_or_else(|| ModelError::Hub {
-            repo: repo.to_string(),
-            file: HUB_CONFIG_FILE.to_string(),
-            message: format!(
-                "{} has no `model_cfg` (not an open_clip model repository)",
-                path.display()
-            ),
-        })?;
+        .ok_or_else(missing)?;
     Ok((model_cfg, value.get("preprocess_cfg").cloned()))
 }
 
@@ -190,6 +269,7 @@ impl fmt::Display for ModelSource {
             ModelSource::File(path) => write!(f, "{}", path.display()),
             ModelSource::Inline(_) => f.write_str("an inline model config"),
             ModelSource::Hub(repo) => write!(f, "{HF_HUB_PREFIX}{repo}"),
+            ModelSource::LocalDir(dir) => write!(f, "{LOCAL_DIR_PREFIX}{}", dir.display()),
         }
     }
 }
@@ -225,6 +305,12 @@ impl Serialize for ModelSource {
                 Value::Object(map).serialize(serializer)
             }
             ModelSource::Hub(_) => serializer.serialize_str(&self.to_string()),
+            ModelSource::LocalDir(dir) => {
+                let text = dir
+                    .to_str()
+                    .ok_or_else(|| serde::ser::Error::custom("a model folder path is not UTF-8"))?;
+                serializer.serialize_str(&format!("{LOCAL_DIR_PREFIX}{text}"))
+            }
         }
     }
 }
@@ -243,9 +329,10 @@ impl<'de> Deserialize<'de> for ModelSource {
                 match (key.as_str(), value) {
                     ("preset", Value::String(name)) => match ModelSource::named(&name) {
                         preset @ ModelSource::Preset(_) => Ok(preset),
-                        ModelSource::File(_) | ModelSource::Inline(_) | ModelSource::Hub(_) => {
-                            Err(D::Error::custom(unknown_preset(&name)))
-                        }
+                        ModelSource::File(_)
+                        | ModelSource::Inline(_)
+                        | ModelSource::Hub(_)
+                        | ModelSource::LocalDir(_) => Err(D::Error::custom(unknown_preset(&name))),
                     },
                     ("file", Value::String(path)) => Ok(ModelSource::File(path.into())),
                     ("config", value @ Value::Object(_)) => ClipConfig::from_open_clip_value(value)

@@ -219,6 +219,12 @@ fn an_hf_hub_teacher_is_downloaded_once_and_distils_like_the_same_file() {
         "file.safetensors",
     );
     assert_eq!(from_hub, from_file);
+    // The cache's snapshot is a folder laid out as the repository: `local-dir:` reads it.
+    let local_dir = format!("local-dir:{}", snapshot.display());
+    assert_eq!(
+        embed(&["--model", &local_dir], "dir.safetensors"),
+        from_file
+    );
 
     // `eval` likewise (retrieval on the training images): the same metrics, and the results
     // name the weights file the cache holds.

@@ -447,6 +447,12 @@ fn pretrained_tags_are_checked_when_the_config_is() {
     let e = c.validate(TrainMode::Distill).unwrap_err().to_string();
     assert!(e.contains("teacher.pretrained"), "{e}");
 
+    // So does a local-dir: folder (checked when the run is prepared).
+    c.teacher.pretrained = None;
+    c.teacher.model = ModelSource::named("local-dir:models/teacher");
+    c.validate(TrainMode::Distill).unwrap();
+    c.teacher.model = ModelSource::named("hf-hub:org/teacher");
+
     // What is written reads back as the same names.
     c.teacher.pretrained = None;
     let back = RunConfig::from_value(serde_json::to_value(&c).unwrap()).unwrap();

@@ -19,8 +19,8 @@ use super::run_options::{RunOptions, execute, weights_overrides};
   clipkd distill --config run.toml --resume            # continue from the latest checkpoint")]
 pub struct DistillArgs {
     /// The teacher: an open_clip config name (ViT-B-16, ViT-L-14, ...; see `clipkd models`), a
-    /// JSON file, or a Hugging Face Hub repository `hf-hub:org/name` with its weights
-    /// (`teacher.model`; default ViT-B-16).
+    /// JSON file, or a Hugging Face Hub repository `hf-hub:org/name` (or a folder laid out as
+    /// one, `local-dir:PATH`) with its weights (`teacher.model`; default ViT-B-16).
     #[arg(long, value_name = "CONFIG")]
     pub teacher: Option<String>,
     /// The teacher's open_clip checkpoint (`teacher.weights`).

@@ -14,8 +14,8 @@ use clipkd_models::{ClipConfig, ModelSource, PretrainedModel};
 pub struct ModelArgs {
     /// The model: an open_clip config name (e.g. ViT-B-32, RN50; see `clipkd models`), an
     /// open_clip model-config JSON file (its `preprocess_cfg`, if any, sets the image
-    /// preprocessing), or a Hugging Face Hub repository `hf-hub:org/name` (config, weights and
-    /// preprocessing from it, as in open_clip).
+    /// preprocessing), a Hugging Face Hub repository `hf-hub:org/name` (config, weights and
+    /// preprocessing from it, as in open_clip) or a folder laid out as one, `local-dir:PATH`.
     #[arg(long, value_name = "CONFIG_JSON_OR_PRESET")]
     pub model: ModelSource,
     /// The weights: an open_clip / CLIP-KD checkpoint (.safetensors, .pt, .pth, .bin).
@@ -61,7 +61,7 @@ impl ModelArgs {
             anyhow::ensure!(
                 model.has_weights(),
                 "no weights: give --weights FILE, --pretrained TAG (`clipkd models --pretrained` \
-                 lists them) or an hf-hub: model"
+                 lists them), or an hf-hub: or local-dir: model"
             );
         }
         Ok(())

@@ -31,8 +31,8 @@ pub struct RunOptions {
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     pub set: Vec<String>,
     /// The student: an open_clip config name (ViT-T-16, RN50, ...; see `clipkd models`), a JSON
-    /// file, or a Hugging Face Hub repository `hf-hub:org/name`, which starts from the
-    /// repository's weights (`student.model`; default ViT-T-16).
+    /// file, or a Hugging Face Hub repository `hf-hub:org/name` (or a `local-dir:PATH` folder
+    /// laid out as one), which starts from its weights (`student.model`; default ViT-T-16).
     #[arg(long, value_name = "CONFIG")]
     pub student: Option<String>,
     /// Initialise the student from this open_clip checkpoint (`student.init`).

@@ -29,8 +29,8 @@ pub struct TeacherCacheArgs {
     /// Override a config field (`--set data.workers=8`; repeatable).
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     pub set: Vec<String>,
-    /// The teacher: an open_clip config name, JSON file or `hf-hub:org/name` repository
-    /// (`teacher.model`).
+    /// The teacher: an open_clip config name, JSON file, `hf-hub:org/name` repository or
+    /// `local-dir:PATH` folder (`teacher.model`).
     #[arg(long, value_name = "CONFIG")]
     pub teacher: Option<String>,
     /// The teacher's open_clip checkpoint (`teacher.weights`).
