@@ -1,8 +1,9 @@
 //! Pretrained weights by name through the `clipkd` binary, against a Hugging Face Hub on the
 //! loopback address (`HF_ENDPOINT`; the server of the models crate's download tests): an
-//! `hf-hub:` teacher is downloaded into `HF_HUB_CACHE`, distils exactly as the same weights
-//! from a local file do, and a resumed run reads it offline (`HF_HUB_OFFLINE=1`) without a
-//! request; `embed` of the `hf-hub:` model equals `embed` of the file; a pretrained tag asks
+//! `hf-hub:` teacher is fetched into `HF_HUB_CACHE` by `clipkd download`, distils exactly as the
+//! same weights from a local file do without asking the Hub again, and a resumed run reads it
+//! offline (`HF_HUB_OFFLINE=1`); `embed` and `eval` of the `hf-hub:` model (and of the cache's
+//! snapshot folder as `local-dir:`) equal those of the file; a pretrained tag asks
 //! the tag's Hub repository (open_clip's file order) and names `teacher.pretrained` when its
 //! file does not fit; an unknown tag lists the model's tags; offline with an empty cache names
 //! what is missing; a repository that is not open_clip's is named.
@@ -106,7 +107,29 @@ fn an_hf_hub_teacher_is_downloaded_once_and_distils_like_the_same_file() {
     let hub_teacher = format!("hf-hub:{REPO}");
     let run = d.join("run-hub");
 
-    // 2 of 8 steps from the Hub...
+    // Fetched ahead of time (as on a login node), the path printed.
+    let out = clipkd_hub(
+        &["download", "--model", &hub_teacher],
+        &server,
+        &cache,
+        false,
+    );
+    succeeds(&out);
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        printed.ends_with(&format!("{COMMIT}/open_clip_model.safetensors")),
+        "{printed}"
+    );
+    let error = fails(&clipkd_hub(
+        &["download", "--model", "ViT-B-16"],
+        &server,
+        &cache,
+        true,
+    ));
+    assert!(error.contains("--pretrained TAG"), "{error}");
+    let after_download = server.requests();
+
+    // 2 of 8 steps with the Hub teacher (online, but the cache has it: nothing asked)...
     succeeds(&clipkd_hub(
         &[
             "distill",
@@ -124,6 +147,7 @@ fn an_hf_hub_teacher_is_downloaded_once_and_distils_like_the_same_file() {
         &cache,
         false,
     ));
+    assert_eq!(server.requests(), after_download);
     let snapshot = cache
         .join("models--test-org--tiny-teacher/snapshots")
         .join(COMMIT);

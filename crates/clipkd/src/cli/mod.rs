@@ -6,6 +6,7 @@ pub mod completions;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod distill;
+pub mod download;
 pub mod embed;
 pub mod eval;
 pub mod export;
@@ -52,6 +53,8 @@ pub enum Command {
     Models(models::ModelsArgs),
     /// Embed images and captions with a CLIP model into a safetensors file.
     Embed(embed::EmbedArgs),
+    /// Fetch pretrained weights into the Hugging Face cache (for runs offline).
+    Download(download::DownloadArgs),
     /// Measure the speed of the CLIP-KD step on a device.
     Bench(bench::BenchArgs),
     /// Evaluate a CLIP checkpoint: zero-shot classification and retrieval, to JSON.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Models(args) => models::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Download(args) => download::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Distill(args) => distill::run(args),
