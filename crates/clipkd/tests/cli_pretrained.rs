@@ -209,40 +209,54 @@ fn an_hf_hub_teacher_is_downloaded_once_and_distils_like_the_same_file() {
     assert_eq!(hub.len(), 4);
     assert_eq!(hub, file, "the downloaded teacher distils as the file does");
 
-    // `embed` of the Hub model equals `embed` of the file.
+    // `embed` and `eval` (retrieval on the training images) of the Hub model equal those of
+    // the file: one offline run of `command` per model, with `inputs`, writing `out`.
     std::fs::write(d.join("captions.txt"), "a photo of a red square\n").unwrap();
-    let image = d.join("images/00.bmp");
-    let captions = d.join("captions.txt");
-    let embed = |model: &[&str], out: &str| {
+    let (image, captions, csv) = (
+        d.join("images/00.bmp"),
+        d.join("captions.txt"),
+        d.join("train.csv"),
+    );
+    let run_with = |command: &str, model: &[&str], inputs: &[&str], out: &str| {
         let out_path = d.join(out);
-        let mut args = vec!["embed"];
+        let mut args = vec![command];
         args.extend_from_slice(model);
-        args.extend_from_slice(&[
-            "--image",
-            image.to_str().unwrap(),
-            "--text-file",
-            captions.to_str().unwrap(),
-            "-o",
-            out_path.to_str().unwrap(),
-        ]);
+        args.extend_from_slice(inputs);
+        args.extend_from_slice(&["-o", out_path.to_str().unwrap()]);
         succeeds(&clipkd_hub(&args, &server, &cache, true));
-        let bytes = std::fs::read(&out_path).unwrap();
+        std::fs::read(&out_path).unwrap()
+    };
+    let embed_inputs = [
+        "--image",
+        image.to_str().unwrap(),
+        "--text-file",
+        captions.to_str().unwrap(),
+    ];
+    let embed = |model: &[&str], out: &str| {
+        let bytes = run_with("embed", model, &embed_inputs, out);
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         ["image_embeds", "text_embeds"].map(|n| file.tensor(n).unwrap().data().to_vec())
     };
-    let from_hub = embed(&["--model", &hub_teacher], "hub.safetensors");
-    let teacher_json = d.join("teacher.json");
-    let teacher_weights = d.join("teacher.safetensors");
-    let from_file = embed(
-        &[
-            "--model",
-            teacher_json.to_str().unwrap(),
-            "--weights",
-            teacher_weights.to_str().unwrap(),
-        ],
-        "file.safetensors",
-    );
-    assert_eq!(from_hub, from_file);
+    let eval_inputs = [
+        "--retrieval",
+        csv.to_str().unwrap(),
+        "--retrieval-root",
+        d.to_str().unwrap(),
+    ];
+    let eval = |model: &[&str], out: &str| -> serde_json::Value {
+        serde_json::from_slice(&run_with("eval", model, &eval_inputs, out)).unwrap()
+    };
+    let (teacher_json, teacher_weights) = (d.join("teacher.json"), d.join("teacher.safetensors"));
+    let file_model = [
+        "--model",
+        teacher_json.to_str().unwrap(),
+        "--weights",
+        teacher_weights.to_str().unwrap(),
+    ];
+    let hub_model = ["--model", hub_teacher.as_str()];
+
+    let from_file = embed(&file_model, "file.safetensors");
+    assert_eq!(embed(&hub_model, "hub.safetensors"), from_file);
     // The cache's snapshot is a folder laid out as the repository: `local-dir:` reads it.
     let local_dir = format!("local-dir:{}", snapshot.display());
     assert_eq!(
@@ -250,34 +264,9 @@ fn an_hf_hub_teacher_is_downloaded_once_and_distils_like_the_same_file() {
         from_file
     );
 
-    // `eval` likewise (retrieval on the training images): the same metrics, and the results
-    // name the weights file the cache holds.
-    let eval = |model: &[&str], out: &str| -> serde_json::Value {
-        let out_path = d.join(out);
-        let csv = d.join("train.csv");
-        let mut args = vec!["eval"];
-        args.extend_from_slice(model);
-        args.extend_from_slice(&[
-            "--retrieval",
-            csv.to_str().unwrap(),
-            "--retrieval-root",
-            d.to_str().unwrap(),
-            "-o",
-            out_path.to_str().unwrap(),
-        ]);
-        succeeds(&clipkd_hub(&args, &server, &cache, true));
-        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap()
-    };
-    let hub_results = eval(&["--model", &hub_teacher], "hub.json");
-    let file_results = eval(
-        &[
-            "--model",
-            teacher_json.to_str().unwrap(),
-            "--weights",
-            teacher_weights.to_str().unwrap(),
-        ],
-        "file.json",
-    );
+    // The results name the weights file the cache holds.
+    let hub_results = eval(&hub_model, "hub.json");
+    let file_results = eval(&file_model, "file.json");
     assert_eq!(hub_results["metrics"], file_results["metrics"]);
     assert!(
         hub_results["metrics"].as_object().unwrap().len() >= 4,
