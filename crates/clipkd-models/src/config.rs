@@ -17,6 +17,7 @@
 //! [`ModifiedResNetConfig::init`], [`VisionConfig::init`] or [`TextConfig::init`].
 
 mod open_clip;
+pub(crate) use open_clip::read_json_file;
 mod timm;
 mod types;
 mod validate;

@@ -109,10 +109,19 @@ impl HubCache {
 
     /// The first of `pretrained`'s weight files the cache holds at `revision`.
     pub fn pretrained_file(&self, pretrained: &Pretrained, revision: &str) -> Option<PathBuf> {
-        pretrained
-            .files
+        self.first_cached_file(&pretrained.repo, revision, &pretrained.files)
+    }
+
+    /// The first of `files` (in order of preference) the cache holds for `repo` at `revision`.
+    pub fn first_cached_file<S: AsRef<str>>(
+        &self,
+        repo: &str,
+        revision: &str,
+        files: &[S],
+    ) -> Option<PathBuf> {
+        files
             .iter()
-            .find_map(|file| self.cached_file(&pretrained.repo, revision, file))
+            .find_map(|file| self.cached_file(repo, revision, file.as_ref()))
     }
 }
 

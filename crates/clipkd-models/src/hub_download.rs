@@ -123,10 +123,7 @@ impl HubClient {
         repo: &str,
         files: &[S],
     ) -> Result<PathBuf, ModelError> {
-        if let Some(path) = files
-            .iter()
-            .find_map(|file| self.cache.cached_file(repo, "main", file.as_ref()))
-        {
+        if let Some(path) = self.cache.first_cached_file(repo, "main", files) {
             return Ok(path);
         }
         for file in files {

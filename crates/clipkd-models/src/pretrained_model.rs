@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::config::ClipConfig;
+use crate::config::{ClipConfig, read_json_file};
 use crate::error::ModelError;
 use crate::hub_download::HubClient;
 use crate::pretrained::{Pretrained, WEIGHT_FILES, pretrained};
@@ -94,10 +94,7 @@ impl PretrainedModel {
     /// As [`PretrainedModel::tag`] and [`ModelSource::resolve`].
     pub fn config(&self) -> Result<ClipConfig, ModelError> {
         let tag = self.tag()?;
-        let config = match &self.model {
-            ModelSource::Hub(_) => self.model.resolve_with(&self.client()?)?,
-            other => other.resolve()?,
-        };
+        let config = self.model.resolve_lazily(|| self.client())?;
         Ok(match tag {
             Some(tag) => tag.adapt_config(config),
             None => config,
@@ -142,17 +139,7 @@ impl PretrainedModel {
             }
             // A missing file is reported by `resolve`, with the preset names.
             ModelSource::File(path) if path.is_file() => {
-                let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-                    action: "reading",
-                    path: path.clone(),
-                    source,
-                })?;
-                let value: Value =
-                    serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                        origin: Some(path.clone()),
-                        source,
-                    })?;
-                Ok(value.get("preprocess_cfg").cloned())
+                Ok(read_json_file(path)?.get("preprocess_cfg").cloned())
             }
             _ => Ok(None),
         }

@@ -31,7 +31,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::config::ClipConfig;
+use crate::config::{ClipConfig, read_json_file};
 use crate::error::ModelError;
 use crate::hub_download::HubClient;
 use crate::presets::unknown_preset;
@@ -91,7 +91,7 @@ impl ModelSource {
     }
 
     /// The client is made only for a Hub repository (the environment may name no cache).
-    fn resolve_lazily(
+    pub(crate) fn resolve_lazily(
         &self,
         client: impl FnOnce() -> Result<HubClient, ModelError>,
     ) -> Result<ClipConfig, ModelError> {
@@ -117,14 +117,6 @@ impl ModelSource {
     pub fn file(&self) -> Option<&Path> {
         match self {
             ModelSource::File(path) => Some(path),
-            _ => None,
-        }
-    }
-
-    /// The Hub repository (`org/name`), if the source is one.
-    pub fn hub_repo(&self) -> Option<&str> {
-        match self {
-            ModelSource::Hub(repo) => Some(repo),
             _ => None,
         }
     }
@@ -211,15 +203,7 @@ fn read_open_clip_config(
     path: &Path,
     missing: impl FnOnce() -> ModelError,
 ) -> Result<(Value, Option<Value>), ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        action: "reading",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        origin: Some(path.to_path_buf()),
-        source,
-    })?;
+    let mut value = read_json_file(path)?;
     let model_cfg = value
         .get_mut("model_cfg")
         .map(Value::take)

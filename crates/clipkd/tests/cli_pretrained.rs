@@ -381,35 +381,26 @@ fn a_pretrained_tag_is_fetched_from_its_repository_and_checked() {
         "/someone/hf-transformers-clip/resolve/main/open_clip_config.json",
         br#"{"architectures": ["CLIPModel"]}"#.to_vec(),
     );
-    let error = fails(&clipkd_hub(
-        &[
-            "embed",
-            "--model",
-            "hf-hub:someone/hf-transformers-clip",
-            "--text-file",
-            config.as_str(),
-            "-o",
-            d.join("e.safetensors").to_str().unwrap(),
-        ],
-        &server,
-        &cache,
-        false,
-    ));
+    let out = d.join("e.safetensors");
+    let embed_fails = |model: &str, offline: bool| {
+        fails(&clipkd_hub(
+            &[
+                "embed",
+                "--model",
+                model,
+                "--text-file",
+                config.as_str(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &server,
+            &cache,
+            offline,
+        ))
+    };
+    let error = embed_fails("hf-hub:someone/hf-transformers-clip", false);
     assert!(error.contains("no `model_cfg`"), "{error}");
     // `embed` without any weights says what to give.
-    let error = fails(&clipkd_hub(
-        &[
-            "embed",
-            "--model",
-            "ViT-B-16",
-            "--text-file",
-            config.as_str(),
-            "-o",
-            d.join("e.safetensors").to_str().unwrap(),
-        ],
-        &server,
-        &cache,
-        true,
-    ));
+    let error = embed_fails("ViT-B-16", true);
     assert!(error.contains("--pretrained TAG"), "{error}");
 }

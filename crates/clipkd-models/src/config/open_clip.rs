@@ -31,17 +31,7 @@ impl ClipConfig {
     /// Reads an open_clip model-config JSON file (e.g. `ViT-B-16.json`, or a Hugging Face hub
     /// `open_clip_config.json` whose model config sits under `model_cfg`).
     pub fn from_open_clip_json(path: impl AsRef<Path>) -> Result<Self, ModelError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            action: "reading",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            origin: Some(path.to_path_buf()),
-            source,
-        })?;
-        Self::from_open_clip_value(value)
+        Self::from_open_clip_value(read_json_file(path.as_ref())?)
     }
 
     /// Parses open_clip model-config JSON text.
@@ -68,6 +58,19 @@ impl ClipConfig {
     pub fn to_open_clip_value(&self) -> Value {
         write::clip_to_value(self)
     }
+}
+
+/// A JSON file's value; errors name the file (and the parser's line and column).
+pub(crate) fn read_json_file(path: &Path) -> Result<Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        origin: Some(path.to_path_buf()),
+        source,
+    })
 }
 
 impl Serialize for ClipConfig {

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use clipkd_data::image::TransformConfig;
 use clipkd_models::{ClipConfig, ModelError, PretrainedModel};
 
 use super::{RunConfig, StudentConfig, TeacherConfig};
@@ -155,25 +156,15 @@ impl RunConfig {
     }
 }
 
-/// The mean and std of an open_clip `preprocess_cfg`, where it gives both as triples.
+/// The mean and std of an open_clip `preprocess_cfg`, where it gives both (read as the image
+/// transform reads them).
 fn mean_std(cfg: &serde_json::Value) -> Option<([f64; 3], [f64; 3])> {
-    let triple = |key: &str| -> Option<[f64; 3]> {
-        let v = cfg.get(key)?;
-        if let Some(x) = v.as_f64() {
-            return Some([x; 3]);
-        }
-        let a: Vec<f64> = v
-            .as_array()?
-            .iter()
-            .map(|x| x.as_f64())
-            .collect::<Option<_>>()?;
-        match a.len() {
-            1 => Some([a[0]; 3]),
-            3 => Some([a[0], a[1], a[2]]),
-            _ => None,
-        }
-    };
-    Some((triple("mean")?, triple("std")?))
+    let given = |key| cfg.get(key).filter(|v| !v.is_null());
+    let both = serde_json::json!({"mean": given("mean")?, "std": given("std")?});
+    let t = TransformConfig::default()
+        .merge_preprocess_cfg(&both)
+        .ok()?;
+    Some((t.mean, t.std))
 }
 
 impl TeacherConfig {
