@@ -10,17 +10,25 @@
 //!
 //! Burn's optimizers take one weight decay, so [`GroupedAdamW`] keeps one AdamW per group and
 //! hands each the gradients of its own parameters only.
+//!
+//! The update itself is Burn's AdamW (`SimpleOptimizer::step`, the values and the saved state
+//! of Burn's `OptimizerAdaptor`), issued in an order of our own: parameters of one shape
+//! kept apart (see [`update_order`]), so that on the fusing GPU backends every parameter's
+//! update is one kernel of the same code whatever its neighbours, instead of runs of 1 to 6
+//! same-shape parameters each compiling its own kernel (docs/performance.md).
 
+use std::any::Any;
 use std::collections::HashMap;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::record::AdaptorRecord;
 use burn::optim::{
-    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer,
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate,
+    Optimizer, SimpleOptimizer,
 };
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 
 /// Which parameters a group takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +162,9 @@ pub struct GroupedAdamW<B: AutodiffBackend, M: AutodiffModule<B>> {
 struct Group<B: AutodiffBackend, M: AutodiffModule<B>> {
     kind: GroupKind,
     ids: Vec<ParamId>,
-    optim: OptimizerAdaptor<AdamW, M, B>,
+    adamw: AdamW,
+    /// Each parameter's AdamW state, as Burn's `OptimizerAdaptor` keeps and saves it.
+    records: GroupRecord<B, M>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
@@ -190,10 +200,14 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
                     GroupKind::NoDecay => 0.0,
                     GroupKind::Loss => params.loss_weight_decay,
                 };
-                (!ids.is_empty()).then(|| Group {
-                    kind,
-                    ids,
-                    optim: params.config(weight_decay).init(),
+                (!ids.is_empty()).then(|| {
+                    let adaptor: OptimizerAdaptor<AdamW, M, B> = params.config(weight_decay).init();
+                    Group {
+                        kind,
+                        ids,
+                        adamw: adaptor.optim().clone(),
+                        records: adaptor.to_record(),
+                    }
                 })
             })
             .collect();
@@ -211,10 +225,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
         for group in &mut self.groups {
             let mut zeros = ZeroMoments::<B, M> {
                 ids: group.ids.iter().copied().collect(),
-                records: group.optim.to_record(),
+                records: std::mem::take(&mut group.records),
             };
             module.visit(&mut zeros);
-            group.optim = group.optim.clone().load_record(zeros.records);
+            group.records = zeros.records;
         }
         self
     }
@@ -233,29 +247,57 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
     }
 
     /// One AdamW step of every group at learning rate `lr`, with the gradients in `grads`
-    /// (consumed: each group takes its own).
+    /// (consumed: each parameter's update uses its own gradient and its group's settings).
     pub fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
-        let mut split = GradSplitter {
-            from: grads,
+        self.step_scaled(lr, module, grads, None)
+    }
+
+    /// [`GroupedAdamW::step`] with every gradient first multiplied by `factor` (shape `[1]`,
+    /// on the device: a clipping coefficient, a loss scale's inverse), inside each
+    /// parameter's update rather than as a pass of its own (one kernel per parameter on
+    /// the fusing backends, not two).
+    pub fn step_scaled(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        factor: Option<Tensor<B::InnerBackend, 1>>,
+    ) -> M {
+        // 1. Take out every parameter that has a gradient, with its gradient.
+        let mut take = TakeUpdates {
+            grads,
             group_of: self
                 .groups
                 .iter()
                 .enumerate()
                 .flat_map(|(i, g)| g.ids.iter().map(move |id| (*id, i)))
                 .collect(),
-            to: self.groups.iter().map(|_| GradientsParams::new()).collect(),
+            pending: Vec::new(),
         };
-        module.visit(&mut split);
-        let mut module = module;
-        for (group, grads) in self.groups.iter_mut().zip(split.to) {
-            module = group.optim.step(lr, module, grads);
+        let module = module.map(&mut take);
+        // 2. Update them, keeping parameters of one shape apart.
+        let shapes: Vec<&[usize]> = take.pending.iter().map(|p| p.shape.as_slice()).collect();
+        let order = update_order(&shapes);
+        let mut pending: Vec<Option<PendingUpdate<B>>> =
+            take.pending.into_iter().map(Some).collect();
+        let mut updated = HashMap::with_capacity(pending.len());
+        for i in order {
+            let p = pending[i].take().expect("update_order is a permutation");
+            let group = &mut self.groups[p.group];
+            let state = group.records.remove(&p.id);
+            let (param, state) = (p.update)(&group.adamw, lr, factor.as_ref(), state);
+            if let Some(state) = state {
+                group.records.insert(p.id, state);
+            }
+            updated.insert(p.id, param);
         }
-        module
+        // 3. Put the updated parameters back.
+        module.map(&mut PutUpdates { updated })
     }
 
     /// The state of every group, in group order (for checkpoints).
     pub fn to_records(&self) -> Vec<GroupRecord<B, M>> {
-        self.groups.iter().map(|g| g.optim.to_record()).collect()
+        self.groups.iter().map(|g| g.records.clone()).collect()
     }
 
     /// Restores the state saved by [`GroupedAdamW::to_records`].
@@ -274,7 +316,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
             .into_iter()
             .zip(records)
             .map(|(mut g, r)| {
-                g.optim = g.optim.load_record(r);
+                g.records = r;
                 g
             })
             .collect();
@@ -299,10 +341,19 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for ZeroMoments<
             return;
         }
         let value = value.inner();
+        // Zeros from the host, not `zeros_like`: on the fusing backends a fill is a kernel to
+        // compile, one per run of same-shape fills the fuser happens to join (11 on the wgpu
+        // ViT test); an upload is none, and happens once per run.
+        let zeros = || {
+            Tensor::<B::InnerBackend, D>::from_data(
+                TensorData::zeros::<f32, _>(value.shape()).convert_dtype(value.dtype()),
+                &value.device(),
+            )
+        };
         let momentum = AdaptiveMomentumState {
             time: 0,
-            moment_1: value.zeros_like(),
-            moment_2: value.zeros_like(),
+            moment_1: zeros(),
+            moment_2: zeros(),
             max_moment_2: None,
         };
         self.records.insert(
@@ -312,19 +363,138 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for ZeroMoments<
     }
 }
 
-/// Moves each parameter's gradient into the gradients of its group, in one pass.
-struct GradSplitter {
-    from: GradientsParams,
-    group_of: HashMap<ParamId, usize>,
-    to: Vec<GradientsParams>,
+/// An order in which to update parameters of these shapes (indices into `shapes`) that puts
+/// no two parameters of one shape next to each other where that can be done (greedy: each
+/// time the shape with the most parameters left, other than the last one's; ties and
+/// parameters of one shape in their given order).
+///
+/// Why: the fusing backends join consecutive element-wise operations on tensors of one
+/// shape into one kernel, up to 64 operations. Parameters updated in module order make runs
+/// of one shape (a block's LayerNorm gammas and betas, its biases) that the fuser cuts at
+/// varying points, each run a kernel of its own to compile. A shape change ends a fused
+/// kernel, so parameters updated between others of another shape each get one kernel, the
+/// same code for every parameter of a group (its vectorization and workgroup size aside).
+pub fn update_order(shapes: &[&[usize]]) -> Vec<usize> {
+    // Shapes in order of first appearance, each with its parameters in order.
+    let mut buckets: Vec<(&[usize], std::collections::VecDeque<usize>)> = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        match buckets.iter_mut().find(|(s, _)| s == shape) {
+            Some((_, members)) => members.push_back(i),
+            None => buckets.push((shape, [i].into())),
+        }
+    }
+    let mut order = Vec::with_capacity(shapes.len());
+    let mut last: Option<usize> = None;
+    while order.len() < shapes.len() {
+        let pick = |skip: Option<usize>| {
+            buckets
+                .iter()
+                .enumerate()
+                .filter(|(b, (_, members))| Some(*b) != skip && !members.is_empty())
+                // The largest bucket; `max_by_key` returns the last of equals, so compare
+                // on (size, reversed index) to take the first.
+                .max_by_key(|(b, (_, members))| (members.len(), std::cmp::Reverse(*b)))
+                .map(|(b, _)| b)
+        };
+        // Only one shape left: its parameters follow each other.
+        let b = pick(last).or_else(|| pick(None)).expect("parameters left");
+        order.push(buckets[b].1.pop_front().expect("non-empty bucket"));
+        last = Some(b);
+    }
+    order
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradSplitter {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(&group) = self.group_of.get(&param.id)
-            && let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id)
-        {
-            self.to[group].register::<B::InnerBackend, D>(param.id, grad);
+/// The update of one parameter, waiting for its turn: given the group's AdamW, the learning
+/// rate, the gradient factor and the parameter's state, it returns the updated
+/// `Param<Tensor<B, D>>` (as `Any`: the rank is erased) and the new state.
+type UpdateFn<B> = Box<
+    dyn FnOnce(
+        &AdamW,
+        LearningRate,
+        Option<&Tensor<<B as AutodiffBackend>::InnerBackend, 1>>,
+        Option<AdaptorRecord<AdamW, B>>,
+    ) -> (Box<dyn Any>, Option<AdaptorRecord<AdamW, B>>),
+>;
+
+struct PendingUpdate<B: AutodiffBackend> {
+    id: ParamId,
+    group: usize,
+    shape: Vec<usize>,
+    update: UpdateFn<B>,
+}
+
+/// Takes every parameter of a group that has a gradient out of the module (leaving a
+/// placeholder that [`PutUpdates`] replaces), with the code of its update.
+struct TakeUpdates<B: AutodiffBackend> {
+    grads: GradientsParams,
+    group_of: HashMap<ParamId, usize>,
+    pending: Vec<PendingUpdate<B>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(&group) = self.group_of.get(&param.id) else {
+            return param;
+        };
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let device = grad.device();
+        let shape = tensor.shape();
+        let placeholder_device = device.clone();
+        let update: UpdateFn<B> = Box::new(move |adamw, lr, factor, state| {
+            // As Burn's OptimizerAdaptor: the parameter and its state go to the gradient's
+            // device.
+            let tensor = if tensor.device() != device {
+                tensor.to_device(&device)
+            } else {
+                tensor
+            };
+            let grad = match factor {
+                Some(factor) => grad * factor.clone().reshape([1; D]),
+                None => grad,
+            };
+            let state = state.map(|s| AdamW::to_device(s.into_state::<D>(), &device));
+            let (value, state) = adamw.step(lr, tensor.inner(), grad, state);
+            let mut value = Tensor::from_inner(value);
+            if require_grad {
+                value = value.require_grad();
+            }
+            let param = Param::from_mapped_value(id, value, mapper);
+            (Box::new(param), state.map(AdaptorRecord::from_state))
+        });
+        self.pending.push(PendingUpdate {
+            id,
+            group,
+            shape: shape.to_vec(),
+            update,
+        });
+        // Never read: PutUpdates swaps it for the updated parameter without initializing it.
+        Param::uninitialized(
+            id,
+            |_, _| unreachable!("a parameter taken out for its update is put back before use"),
+            placeholder_device,
+            require_grad,
+            shape,
+        )
+    }
+}
+
+/// Puts the parameters updated by [`GroupedAdamW::step_scaled`] back in place of their
+/// placeholders.
+struct PutUpdates {
+    updated: HashMap<ParamId, Box<dyn Any>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for PutUpdates {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        match self.updated.remove(&param.id) {
+            Some(updated) => *updated
+                .downcast::<Param<Tensor<B, D>>>()
+                .expect("a parameter comes back with its own rank"),
+            None => param,
         }
     }
 }
@@ -516,6 +686,172 @@ mod tests {
         let from_none = train(model.clone(), optim());
         assert_eq!(from_zero, from_none);
         assert_ne!(from_zero[0], weights(&model), "the steps moved the weights");
+    }
+
+    /// A module with parameters of repeated shapes (three 4x4 weights, five [4] vectors).
+    #[derive(Module, Debug)]
+    struct Stack<B: Backend> {
+        first: Linear<B>,
+        hidden: Vec<Linear<B>>,
+        norm: burn::nn::LayerNorm<B>,
+    }
+
+    impl<B: Backend> Stack<B> {
+        fn new(device: &B::Device) -> Self {
+            Self {
+                first: LinearConfig::new(3, 4).init(device),
+                hidden: (0..3)
+                    .map(|_| LinearConfig::new(4, 4).init(device))
+                    .collect(),
+                norm: burn::nn::LayerNormConfig::new(4).init(device),
+            }
+        }
+
+        fn loss(&self, step: usize) -> Tensor<B, 1> {
+            let device = self.first.weight.device();
+            let x = Tensor::<B, 2>::from_data(
+                TensorData::new(
+                    (0..12)
+                        .map(|i| ((i * (step + 3)) % 7) as f32 * 0.3 - 0.8)
+                        .collect(),
+                    [4, 3],
+                ),
+                &device,
+            );
+            let mut h = self.first.forward(x);
+            for layer in &self.hidden {
+                h = layer.forward(h).tanh();
+            }
+            self.norm.forward(h).powi_scalar(3).sum()
+        }
+
+        fn values(&self) -> Vec<Vec<f32>> {
+            let mut out = Vec::new();
+            self.visit(&mut CollectValues(&mut out));
+            out
+        }
+    }
+
+    struct CollectValues<'a>(&'a mut Vec<Vec<f32>>);
+
+    impl<B: Backend> ModuleVisitor<B> for CollectValues<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0
+                .push(param.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+
+    fn rank_groups(_: &str, rank: usize) -> GroupKind {
+        if rank < 2 {
+            GroupKind::NoDecay
+        } else {
+            GroupKind::Decay
+        }
+    }
+
+    /// The grouped step (its own update order, the gradient factor inside the update) moves
+    /// every parameter exactly as Burn's `OptimizerAdaptor` does, one AdamW per group, on
+    /// gradients scaled beforehand, over three steps; and keeps the same state.
+    #[test]
+    fn grouped_steps_equal_burns_adamw_per_group_bit_for_bit() {
+        let device = Default::default();
+        let start = Stack::<B>::new(&device);
+        let params = AdamWParams::vit();
+        let mut grouped = GroupedAdamW::new(&start, params, rank_groups).with_zero_moments(&start);
+        let kinds = grouped.kinds();
+        let mut decay: OptimizerAdaptor<AdamW, Stack<B>, B> =
+            params.config(params.weight_decay).init();
+        let mut no_decay: OptimizerAdaptor<AdamW, Stack<B>, B> = params.config(0.0).init();
+
+        let (mut ours, mut burns) = (start.clone(), start);
+        for step in 0..3 {
+            let factor = Tensor::<Flex, 1>::from_floats([0.5 + step as f32 * 0.25], &device);
+            let grads = GradientsParams::from_grads(ours.loss(step).backward(), &ours);
+            ours = grouped.step_scaled(1e-2, ours, grads, Some(factor.clone()));
+
+            let grads = GradientsParams::from_grads(burns.loss(step).backward(), &burns);
+            let grads = scale_grads::<B, _>(&burns, grads, factor);
+            let (mut d, mut n) = (GradientsParams::new(), GradientsParams::new());
+            let mut split = |id: ParamId, kind: GroupKind, grads: &mut GradientsParams| {
+                let to = if kind == GroupKind::Decay {
+                    &mut d
+                } else {
+                    &mut n
+                };
+                if let Some(g) = grads.remove::<Flex, 2>(id) {
+                    to.register::<Flex, 2>(id, g);
+                } else if let Some(g) = grads.remove::<Flex, 1>(id) {
+                    to.register::<Flex, 1>(id, g);
+                }
+            };
+            let mut grads = grads;
+            for (id, kind) in &kinds {
+                split(*id, *kind, &mut grads);
+            }
+            burns = decay.step(1e-2, burns, d);
+            burns = no_decay.step(1e-2, burns, n);
+
+            assert_eq!(ours.values(), burns.values(), "step {step}");
+        }
+        assert_ne!(ours.values(), Stack::<B>::new(&device).values());
+        let records = grouped.to_records();
+        // The same parameters have a state (its values are checked through the weights).
+        for (ours, burns) in records
+            .iter()
+            .zip([decay.to_record(), no_decay.to_record()])
+        {
+            let mut ids: Vec<_> = ours.keys().map(|id| id.val()).collect();
+            let mut theirs: Vec<_> = burns.keys().map(|id| id.val()).collect();
+            ids.sort();
+            theirs.sort();
+            assert!(!ids.is_empty());
+            assert_eq!(ids, theirs);
+        }
+    }
+
+    /// Parameters of one shape are kept apart wherever the others allow it, each shape's in
+    /// their given order.
+    #[test]
+    fn the_update_order_keeps_parameters_of_one_shape_apart() {
+        // Two transformer blocks: ln_1 (2), in_proj (w, b), out_proj (w, b), ln_2 (2),
+        // c_fc (w, b), c_proj (w, b); d = 8.
+        let block: [&[usize]; 12] = [
+            &[8],
+            &[8],
+            &[24, 8],
+            &[24],
+            &[8, 8],
+            &[8],
+            &[8],
+            &[8],
+            &[32, 8],
+            &[32],
+            &[8, 32],
+            &[8],
+        ];
+        let shapes: Vec<&[usize]> = block.iter().chain(&block).copied().collect();
+        let order = update_order(&shapes);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            (0..shapes.len()).collect::<Vec<_>>(),
+            "a permutation"
+        );
+        for pair in order.windows(2) {
+            assert_ne!(shapes[pair[0]], shapes[pair[1]], "order {order:?}");
+        }
+        let of_d: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| shapes[i] == [8])
+            .collect();
+        assert!(of_d.windows(2).all(|w| w[0] < w[1]), "{of_d:?}");
+
+        // Where one shape outnumbers the others, they go between its first parameters.
+        let crowded: [&[usize]; 5] = [&[4], &[4], &[4], &[4], &[2]];
+        assert_eq!(update_order(&crowded), [0, 4, 1, 2, 3]);
+        assert_eq!(update_order(&[]), Vec::<usize>::new());
     }
 
     #[test]

@@ -17,8 +17,7 @@ use clipkd_models::{Clip, ClipEncoder};
 
 use crate::error::TrainError;
 use crate::optim::{
-    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_coefficient, clip_grad_norm,
-    global_grad_norm, scale_grads,
+    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_coefficient, global_grad_norm,
 };
 use crate::student::Student;
 
@@ -467,8 +466,9 @@ where
     S: Student<B>,
     L: TrainableObjective<B>,
 {
-    let (grads, grad_norm) = match options.loss_scale {
-        Some(scale) => match unscale(&model, grads, scale, options.grad_clip_norm) {
+    // The gradients' factor (clipping, loss scale) is applied inside each parameter's update.
+    let (factor, grad_norm) = match options.loss_scale {
+        Some(scale) => match unscale(&model, &grads, scale, options.grad_clip_norm) {
             Some(unscaled) => unscaled,
             None => {
                 return Ok(StepOutput {
@@ -480,15 +480,15 @@ where
             }
         },
         None => match options.grad_clip_norm {
-            Some(max_norm) => clip_grad_norm::<B, _>(&model, grads, max_norm),
-            None if options.compute_grad_norm => {
-                let norm = global_grad_norm::<B, _>(&model, &grads);
-                (grads, norm)
-            }
-            None => (grads, None),
+            Some(max_norm) => match global_grad_norm::<B, _>(&model, &grads) {
+                Some(norm) => (Some(clip_coefficient(norm.clone(), max_norm)), Some(norm)),
+                None => (None, None),
+            },
+            None if options.compute_grad_norm => (None, global_grad_norm::<B, _>(&model, &grads)),
+            None => (None, None),
         },
     };
-    let mut model = optimizer.step(options.lr, model, grads);
+    let mut model = optimizer.step_scaled(options.lr, model, grads, factor);
     model.student = model.student.after_step();
     Ok(StepOutput {
         model,
@@ -499,21 +499,26 @@ where
 }
 
 /// Loss scaling's half of a step: `None` when the gradients of the loss scaled by `scale` are
-/// not finite (the step is to be skipped); otherwise the gradients divided by `scale` (and
-/// clipped to `max_norm`, in the same multiplication) with their norm before clipping.
+/// not finite (the step is to be skipped); otherwise the factor that divides the gradients
+/// by `scale` (and clips them to `max_norm`, in the same multiplication) with their norm
+/// before clipping.
+#[allow(clippy::type_complexity)]
 fn unscale<B, S, L>(
     model: &DistillModel<B, S, L>,
-    grads: GradientsParams,
+    grads: &GradientsParams,
     scale: f64,
     max_norm: Option<f64>,
-) -> Option<(GradientsParams, Option<Tensor<B::InnerBackend, 1>>)>
+) -> Option<(
+    Option<Tensor<B::InnerBackend, 1>>,
+    Option<Tensor<B::InnerBackend, 1>>,
+)>
 where
     B: AutodiffBackend,
     S: Student<B>,
     L: TrainableObjective<B>,
 {
-    let Some(scaled_norm) = global_grad_norm::<B, _>(model, &grads) else {
-        return Some((grads, None));
+    let Some(scaled_norm) = global_grad_norm::<B, _>(model, grads) else {
+        return Some((None, None));
     };
     // An infinity or a NaN anywhere makes the norm non-finite. (So does an f32 sum of squares
     // above 3.4e38 of finite gradients, which PyTorch's element check would let through: such
@@ -527,7 +532,7 @@ where
         Some(max_norm) => clip_coefficient(norm.clone(), max_norm).div_scalar(scale),
         None => norm.zeros_like().add_scalar(1.0 / scale),
     };
-    Some((scale_grads::<B, _>(model, grads, factor), Some(norm)))
+    Some((Some(factor), Some(norm)))
 }
 
 #[cfg(test)]
@@ -700,6 +705,42 @@ mod tests {
             .unwrap()
             .into_scalar();
         assert!((clipped - 1e-3).abs() < 1e-5, "clipped norm {clipped}");
+    }
+
+    /// Parameter shapes of a module in visiting order, read without initializing lazy ones.
+    struct Shapes(Vec<Vec<usize>>);
+
+    impl<Bk: Backend> burn::module::ModuleVisitor<Bk> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Bk, D>>) {
+            self.0.push(param.lazy_shape().to_vec());
+        }
+    }
+
+    /// On full-size students with CLIP-KD's losses, the optimizer's update order puts no two
+    /// parameters of one shape next to each other, so on the fusing backends every update is
+    /// a kernel of its own code (`optim::update_order`; the tiny test models, where one width
+    /// holds most parameters, cannot be ordered so).
+    #[test]
+    fn full_size_students_update_no_two_same_shape_parameters_in_a_row() {
+        let device = Default::default();
+        for (student, width) in [("ViT-T-16", 512), ("RN50", 1024), ("ViT-B-32", 512)] {
+            let cfg = ClipConfig::preset(student).unwrap();
+            let m: DistillModel<B> = DistillModel::new(
+                cfg.init::<B>(&device).unwrap(),
+                LossSetConfig::preset(LossPreset::ClipKd, width, 768)
+                    .init::<B>(&device)
+                    .unwrap(),
+            );
+            let mut shapes = Shapes(Vec::new());
+            m.visit(&mut shapes);
+            let shapes: Vec<&[usize]> = shapes.0.iter().map(Vec::as_slice).collect();
+            let order = crate::optim::update_order(&shapes);
+            let repeats = order
+                .windows(2)
+                .filter(|w| shapes[w[0]] == shapes[w[1]])
+                .count();
+            assert_eq!(repeats, 0, "{student}: {} parameters", shapes.len());
+        }
     }
 
     #[test]
