@@ -12,10 +12,11 @@
 //! hands each the gradients of its own parameters only.
 //!
 //! The update itself is Burn's AdamW (`SimpleOptimizer::step`, the values and the saved state
-//! of Burn's `OptimizerAdaptor`), issued in an order of our own: parameters of one shape
-//! kept apart (see [`update_order`]), so that on the fusing GPU backends every parameter's
-//! update is one kernel of the same code whatever its neighbours, instead of runs of 1 to 6
-//! same-shape parameters each compiling its own kernel (docs/performance.md).
+//! of Burn's `OptimizerAdaptor`), applied to each parameter seen as a vector and in an order
+//! of our own: parameters of one size kept apart (see [`update_order`]). On the fusing GPU
+//! backends every parameter's update is then one kernel of the same code whatever its rank
+//! and neighbours, instead of runs of 1 to 6 same-shape parameters, per rank, each compiling
+//! its own kernel (docs/performance.md).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -275,9 +276,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> GroupedAdamW<B, M> {
             pending: Vec::new(),
         };
         let module = module.map(&mut take);
-        // 2. Update them, keeping parameters of one shape apart.
-        let shapes: Vec<&[usize]> = take.pending.iter().map(|p| p.shape.as_slice()).collect();
-        let order = update_order(&shapes);
+        // 2. Update them, keeping parameters of one size apart.
+        let sizes: Vec<usize> = take.pending.iter().map(|p| p.size).collect();
+        let order = update_order(&sizes);
         let mut pending: Vec<Option<PendingUpdate<B>>> =
             take.pending.into_iter().map(Some).collect();
         let mut updated = HashMap::with_capacity(pending.len());
@@ -363,29 +364,30 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for ZeroMoments<
     }
 }
 
-/// An order in which to update parameters of these shapes (indices into `shapes`) that puts
-/// no two parameters of one shape next to each other where that can be done (greedy: each
-/// time the shape with the most parameters left, other than the last one's; ties and
-/// parameters of one shape in their given order).
+/// An order in which to update parameters with these keys (their sizes; the result indexes
+/// `keys`) that puts no two parameters of one key next to each other where that can be done
+/// (greedy: each time the key with the most parameters left, other than the last one's; ties
+/// and parameters of one key in their given order).
 ///
 /// Why: the fusing backends join consecutive element-wise operations on tensors of one
 /// shape into one kernel, up to 64 operations. Parameters updated in module order make runs
 /// of one shape (a block's LayerNorm gammas and betas, its biases) that the fuser cuts at
 /// varying points, each run a kernel of its own to compile. A shape change ends a fused
-/// kernel, so parameters updated between others of another shape each get one kernel, the
-/// same code for every parameter of a group (its vectorization and workgroup size aside).
-pub fn update_order(shapes: &[&[usize]]) -> Vec<usize> {
-    // Shapes in order of first appearance, each with its parameters in order.
-    let mut buckets: Vec<(&[usize], std::collections::VecDeque<usize>)> = Vec::new();
-    for (i, shape) in shapes.iter().enumerate() {
-        match buckets.iter_mut().find(|(s, _)| s == shape) {
+/// kernel, so parameters updated between others of another size (each seen as a vector)
+/// each get one kernel, the same code for every parameter of a group (its vectorization and
+/// workgroup size aside).
+pub fn update_order<K: PartialEq>(keys: &[K]) -> Vec<usize> {
+    // Keys in order of first appearance, each with its parameters in order.
+    let mut buckets: Vec<(&K, std::collections::VecDeque<usize>)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        match buckets.iter_mut().find(|(k, _)| *k == key) {
             Some((_, members)) => members.push_back(i),
-            None => buckets.push((shape, [i].into())),
+            None => buckets.push((key, [i].into())),
         }
     }
-    let mut order = Vec::with_capacity(shapes.len());
+    let mut order = Vec::with_capacity(keys.len());
     let mut last: Option<usize> = None;
-    while order.len() < shapes.len() {
+    while order.len() < keys.len() {
         let pick = |skip: Option<usize>| {
             buckets
                 .iter()
@@ -396,7 +398,7 @@ pub fn update_order(shapes: &[&[usize]]) -> Vec<usize> {
                 .max_by_key(|(b, (_, members))| (members.len(), std::cmp::Reverse(*b)))
                 .map(|(b, _)| b)
         };
-        // Only one shape left: its parameters follow each other.
+        // Only one key left: its parameters follow each other.
         let b = pick(last).or_else(|| pick(None)).expect("parameters left");
         order.push(buckets[b].1.pop_front().expect("non-empty bucket"));
         last = Some(b);
@@ -419,7 +421,8 @@ type UpdateFn<B> = Box<
 struct PendingUpdate<B: AutodiffBackend> {
     id: ParamId,
     group: usize,
-    shape: Vec<usize>,
+    /// The number of elements.
+    size: usize,
     update: UpdateFn<B>,
 }
 
@@ -456,9 +459,35 @@ impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
                 Some(factor) => grad * factor.clone().reshape([1; D]),
                 None => grad,
             };
-            let state = state.map(|s| AdamW::to_device(s.into_state::<D>(), &device));
-            let (value, state) = adamw.step(lr, tensor.inner(), grad, state);
-            let mut value = Tensor::from_inner(value);
+            // Burn's AdamW on the parameter, its gradient and moments as vectors (reshapes
+            // that move no data), so that the kernel is the same for every rank.
+            let dims: [usize; D] = tensor.shape().dims();
+            let n = dims.iter().product::<usize>();
+            let state = state.map(|s| {
+                let m = AdamW::to_device(s.into_state::<D>(), &device).momentum;
+                AdamWState {
+                    momentum: AdaptiveMomentumState {
+                        time: m.time,
+                        moment_1: m.moment_1.reshape([n]),
+                        moment_2: m.moment_2.reshape([n]),
+                        max_moment_2: m.max_moment_2.map(|t| t.reshape([n])),
+                    },
+                }
+            });
+            let (value, state) =
+                adamw.step::<1>(lr, tensor.inner().reshape([n]), grad.reshape([n]), state);
+            let state = state.map(|s| {
+                let m = s.momentum;
+                AdamWState {
+                    momentum: AdaptiveMomentumState {
+                        time: m.time,
+                        moment_1: m.moment_1.reshape(dims),
+                        moment_2: m.moment_2.reshape(dims),
+                        max_moment_2: m.max_moment_2.map(|t| t.reshape(dims)),
+                    },
+                }
+            });
+            let mut value = Tensor::from_inner(value.reshape(dims));
             if require_grad {
                 value = value.require_grad();
             }
@@ -468,7 +497,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
         self.pending.push(PendingUpdate {
             id,
             group,
-            shape: shape.to_vec(),
+            size: shape.num_elements(),
             update,
         });
         // Never read: PutUpdates swaps it for the updated parameter without initializing it.
@@ -555,7 +584,9 @@ struct SquaredNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = grad.powi_scalar(2).sum();
+            // As a vector: the squaring kernel is then the same for every rank.
+            let n = grad.shape().num_elements();
+            let sq = grad.reshape([n]).powi_scalar(2).sum();
             self.sum = Some(match self.sum.take() {
                 Some(acc) => acc + sq,
                 None => sq,
@@ -795,24 +826,35 @@ mod tests {
         }
         assert_ne!(ours.values(), Stack::<B>::new(&device).values());
         let records = grouped.to_records();
-        // The same parameters have a state (its values are checked through the weights).
-        for (ours, burns) in records
+        // The same state, saved with each parameter's shape (the decay group holds the
+        // matrices, the other one the vectors).
+        let moments = |r: &AdaptorRecord<AdamW, B>, rank: usize| match rank {
+            2 => {
+                let m = r.clone().into_state::<2>().momentum;
+                (m.time, m.moment_1.into_data(), m.moment_2.into_data())
+            }
+            _ => {
+                let m = r.clone().into_state::<1>().momentum;
+                (m.time, m.moment_1.into_data(), m.moment_2.into_data())
+            }
+        };
+        for ((ours, burns), rank) in records
             .iter()
             .zip([decay.to_record(), no_decay.to_record()])
+            .zip([2, 1])
         {
-            let mut ids: Vec<_> = ours.keys().map(|id| id.val()).collect();
-            let mut theirs: Vec<_> = burns.keys().map(|id| id.val()).collect();
-            ids.sort();
-            theirs.sort();
-            assert!(!ids.is_empty());
-            assert_eq!(ids, theirs);
+            assert_eq!(ours.len(), burns.len());
+            assert!(!ours.is_empty());
+            for (id, record) in ours {
+                assert_eq!(moments(record, rank), moments(&burns[id], rank));
+            }
         }
     }
 
-    /// Parameters of one shape are kept apart wherever the others allow it, each shape's in
-    /// their given order.
+    /// Parameters of one key (size) are kept apart wherever the others allow it, each key's
+    /// in their given order.
     #[test]
-    fn the_update_order_keeps_parameters_of_one_shape_apart() {
+    fn the_update_order_keeps_parameters_of_one_size_apart() {
         // Two transformer blocks: ln_1 (2), in_proj (w, b), out_proj (w, b), ln_2 (2),
         // c_fc (w, b), c_proj (w, b); d = 8.
         let block: [&[usize]; 12] = [
@@ -851,7 +893,7 @@ mod tests {
         // Where one shape outnumbers the others, they go between its first parameters.
         let crowded: [&[usize]; 5] = [&[4], &[4], &[4], &[4], &[2]];
         assert_eq!(update_order(&crowded), [0, 4, 1, 2, 3]);
-        assert_eq!(update_order(&[]), Vec::<usize>::new());
+        assert_eq!(update_order::<usize>(&[]), Vec::<usize>::new());
     }
 
     #[test]
