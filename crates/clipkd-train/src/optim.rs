@@ -463,30 +463,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
             // that move no data), so that the kernel is the same for every rank.
             let dims: [usize; D] = tensor.shape().dims();
             let n = dims.iter().product::<usize>();
-            let state = state.map(|s| {
-                let m = AdamW::to_device(s.into_state::<D>(), &device).momentum;
-                AdamWState {
-                    momentum: AdaptiveMomentumState {
-                        time: m.time,
-                        moment_1: m.moment_1.reshape([n]),
-                        moment_2: m.moment_2.reshape([n]),
-                        max_moment_2: m.max_moment_2.map(|t| t.reshape([n])),
-                    },
-                }
-            });
+            let state =
+                state.map(|s| reshape_state(AdamW::to_device(s.into_state::<D>(), &device), [n]));
             let (value, state) =
                 adamw.step::<1>(lr, tensor.inner().reshape([n]), grad.reshape([n]), state);
-            let state = state.map(|s| {
-                let m = s.momentum;
-                AdamWState {
-                    momentum: AdaptiveMomentumState {
-                        time: m.time,
-                        moment_1: m.moment_1.reshape(dims),
-                        moment_2: m.moment_2.reshape(dims),
-                        max_moment_2: m.max_moment_2.map(|t| t.reshape(dims)),
-                    },
-                }
-            });
+            let state = state.map(|s| reshape_state(s, dims));
             let mut value = Tensor::from_inner(value.reshape(dims));
             if require_grad {
                 value = value.require_grad();
@@ -508,6 +489,22 @@ impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
             require_grad,
             shape,
         )
+    }
+}
+
+/// The same AdamW state with its moments reshaped (no data moves).
+fn reshape_state<Bk: Backend, const D1: usize, const D2: usize>(
+    state: AdamWState<Bk, D1>,
+    dims: [usize; D2],
+) -> AdamWState<Bk, D2> {
+    let m = state.momentum;
+    AdamWState {
+        momentum: AdaptiveMomentumState {
+            time: m.time,
+            moment_1: m.moment_1.reshape(dims),
+            moment_2: m.moment_2.reshape(dims),
+            max_moment_2: m.max_moment_2.map(|t| t.reshape(dims)),
+        },
     }
 }
 
