@@ -498,20 +498,23 @@ where
     })
 }
 
+/// A number kept on the device (a gradient norm, a gradient factor), shape `[1]`.
+type DeviceScalar<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 1>;
+
+/// The factor to multiply the gradients by (none: 1) and their norm before it (none: not
+/// computed).
+type FactorAndNorm<B> = (Option<DeviceScalar<B>>, Option<DeviceScalar<B>>);
+
 /// Loss scaling's half of a step: `None` when the gradients of the loss scaled by `scale` are
 /// not finite (the step is to be skipped); otherwise the factor that divides the gradients
 /// by `scale` (and clips them to `max_norm`, in the same multiplication) with their norm
 /// before clipping.
-#[allow(clippy::type_complexity)]
 fn unscale<B, S, L>(
     model: &DistillModel<B, S, L>,
     grads: &GradientsParams,
     scale: f64,
     max_norm: Option<f64>,
-) -> Option<(
-    Option<Tensor<B::InnerBackend, 1>>,
-    Option<Tensor<B::InnerBackend, 1>>,
-)>
+) -> Option<FactorAndNorm<B>>
 where
     B: AutodiffBackend,
     S: Student<B>,
