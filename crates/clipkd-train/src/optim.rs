@@ -459,8 +459,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
                 Some(factor) => grad * factor.clone().reshape([1; D]),
                 None => grad,
             };
-            // Burn's AdamW on the parameter, its gradient and moments as vectors (reshapes
-            // that move no data), so that the kernel is the same for every rank.
+            // Burn's AdamW on the parameter, its gradient and moments as vectors (reshapes:
+            // no data moves unless a gradient is strided), so that the kernel is the same for
+            // every rank.
             let dims: [usize; D] = tensor.shape().dims();
             let n = dims.iter().product::<usize>();
             let state =
@@ -492,7 +493,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for TakeUpdates<B> {
     }
 }
 
-/// The same AdamW state with its moments reshaped (no data moves).
+/// The same AdamW state with its moments reshaped (contiguous: no data moves).
 fn reshape_state<Bk: Backend, const D1: usize, const D2: usize>(
     state: AdamWState<Bk, D1>,
     dims: [usize; D2],
