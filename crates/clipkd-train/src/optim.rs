@@ -526,6 +526,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for PutUpdates {
     }
 }
 
+/// A number kept on the device of an autodiff backend's inner backend (a gradient norm, a
+/// gradient factor), shape `[1]`: nothing is read back to the host.
+pub type DeviceScalar<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 1>;
+
 /// The global L2 norm of the gradients of every parameter of `module` (all groups together),
 /// shape `[1]`, computed on the device (nothing is read back). `None` when no parameter has a
 /// gradient.
@@ -558,11 +562,22 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: GradientsParams,
     max_norm: f64,
 ) -> (GradientsParams, Option<Tensor<B::InnerBackend, 1>>) {
-    let Some(norm) = global_grad_norm::<B, M>(module, &grads) else {
+    let Some((coef, norm)) = grad_clip_factor::<B, M>(module, &grads, max_norm) else {
         return (grads, None);
     };
-    let coef = clip_coefficient(norm.clone(), max_norm);
     (scale_grads::<B, M>(module, grads, coef), Some(norm))
+}
+
+/// [`clip_grad_norm`]'s factor without applying it: `min(1, max_norm / (norm + 1e-6))` and
+/// the global norm of `module`'s gradients before clipping, both shape `[1]` on the device
+/// (for [`GroupedAdamW::step_scaled`]). `None` when no parameter has a gradient.
+pub fn grad_clip_factor<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+    max_norm: f64,
+) -> Option<(DeviceScalar<B>, DeviceScalar<B>)> {
+    let norm = global_grad_norm::<B, M>(module, grads)?;
+    Some((clip_coefficient(norm.clone(), max_norm), norm))
 }
 
 /// PyTorch's `clip_grad_norm_` factor for gradients of global norm `norm` (shape `[1]`):
@@ -609,7 +624,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradScaler<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// CLIP-KD's rule: ViT and MobileViT students get (0.9, 0.98, 1e-6), the others
@@ -761,7 +776,8 @@ mod tests {
         }
     }
 
-    struct CollectValues<'a>(&'a mut Vec<Vec<f32>>);
+    /// Every parameter's values, in visiting order (also used by step.rs's tests).
+    pub(crate) struct CollectValues<'a>(pub(crate) &'a mut Vec<Vec<f32>>);
 
     impl<B: Backend> ModuleVisitor<B> for CollectValues<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -17,7 +17,8 @@ use clipkd_models::{Clip, ClipEncoder};
 
 use crate::error::TrainError;
 use crate::optim::{
-    AdamWParams, GroupKind, GroupedAdamW, ParamPaths, clip_coefficient, global_grad_norm,
+    AdamWParams, DeviceScalar, GroupKind, GroupedAdamW, ParamPaths, clip_coefficient,
+    global_grad_norm, grad_clip_factor,
 };
 use crate::student::Student;
 
@@ -480,10 +481,7 @@ where
             }
         },
         None => match options.grad_clip_norm {
-            Some(max_norm) => match global_grad_norm::<B, _>(&model, &grads) {
-                Some(norm) => (Some(clip_coefficient(norm.clone(), max_norm)), Some(norm)),
-                None => (None, None),
-            },
+            Some(max_norm) => grad_clip_factor::<B, _>(&model, &grads, max_norm).unzip(),
             None if options.compute_grad_norm => (None, global_grad_norm::<B, _>(&model, &grads)),
             None => (None, None),
         },
@@ -497,9 +495,6 @@ where
         skipped: false,
     })
 }
-
-/// A number kept on the device (a gradient norm, a gradient factor), shape `[1]`.
-type DeviceScalar<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 1>;
 
 /// The factor to multiply the gradients by (none: 1) and their norm before it (none: not
 /// computed).
@@ -708,6 +703,67 @@ mod tests {
             .unwrap()
             .into_scalar();
         assert!((clipped - 1e-3).abs() < 1e-5, "clipped norm {clipped}");
+    }
+
+    /// The step applies its clipping factor: its weights are those of the gradients clipped
+    /// by `clip_grad_norm`, then stepped (equal here to the last bit). The bound is small and
+    /// the learning rate 1 so that the factor shows in AdamW's first update (clipped gradients
+    /// near AdamW's epsilon, 1e-6): a factor 0.1% off moves weights by 2.5e-4, an unclipped
+    /// step by about 1.
+    #[test]
+    fn the_step_clips_as_clip_grad_norm_then_adamw() {
+        const MAX_NORM: f64 = 1e-4;
+        let m = model(LossPreset::Baseline, 16);
+        let b = batch(4);
+        let weights = |m: &DistillModel<B>| -> Vec<f32> {
+            let mut out = Vec::new();
+            m.visit(&mut crate::optim::tests::CollectValues(&mut out));
+            out.concat()
+        };
+        let step = |clip: Option<f64>| {
+            let mut optim = distill_optimizer(&m, AdamWParams::vit());
+            let options = StepOptions {
+                grad_clip_norm: clip,
+                ..StepOptions::new(1.0)
+            };
+            weights(
+                &train_step(NO_TEACHER, m.clone(), &mut optim, [b.clone()], &options)
+                    .unwrap()
+                    .model,
+            )
+        };
+        let clipped = step(Some(MAX_NORM));
+        let unclipped = step(None);
+
+        let mut optim = distill_optimizer(&m, AdamWParams::vit());
+        let grads = GradientsParams::from_grads(
+            distill_terms(NO_TEACHER, &m, b.images.clone(), b.tokens.clone(), None)
+                .unwrap()
+                .total()
+                .unwrap()
+                .backward(),
+            &m,
+        );
+        let (grads, _) = crate::optim::clip_grad_norm::<B, _>(&m, grads, MAX_NORM);
+        let expected = weights(&optim.step(1.0, m.clone(), grads));
+
+        let max_diff = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let off = max_diff(&clipped, &expected);
+        assert!(
+            off <= 1e-6,
+            "the step's clipping is {off} off clip_grad_norm's"
+        );
+        let unclipped_off = max_diff(&unclipped, &expected);
+        assert!(
+            unclipped_off > 1e-2,
+            "an unclipped step is only {unclipped_off} off"
+        );
     }
 
     /// Parameter shapes of a module in visiting order, read without initializing lazy ones.
