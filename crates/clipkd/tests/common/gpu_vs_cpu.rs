@@ -5,9 +5,9 @@
 // Tolerances: see `wgpu_backend.rs` and `cuda_backend.rs`.
 
 use burn::backend::Autodiff;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, ElementConversion, Int, Tensor, TensorData};
 use clipkd::backend::Cpu;
 use clipkd::losses::{LossPreset, LossSetConfig};
 use clipkd::models::ClipConfig;
@@ -302,7 +302,11 @@ fn square_loss<B: Backend>(model: &clipkd::models::Clip<B>, batch: MicroBatch<B>
 
 /// Gradients of every student parameter after one backward pass.
 fn check_gradients(json: &str, size: usize, device: &GpuDevice) {
-    let (differences, _) = compare_gradients(json, size, device, false);
+    let cfg = config(json);
+    let data = batch_data(8, size, 4);
+    let on_cpu = student_gradients::<CpuAd>(&cfg, &data, &Default::default());
+    let differences = per_tensor_relative(&on_cpu, &student_gradients::<GpuAd>(&cfg, &data, device));
+    print_differences(&format!("{size}px"), &on_cpu, &differences, None);
     let (worst, which) = worst_of(&differences);
     assert!(
         worst < TOLERANCE,
@@ -310,59 +314,86 @@ fn check_gradients(json: &str, size: usize, device: &GpuDevice) {
     );
 }
 
-/// Every student gradient after one backward pass on the CPU and on the GPU: each tensor's
-/// relative difference (see `worst_relative`), and with `calibrate` the same difference between the CPU's gradients and the CPU's own gradients for the input plus
-/// Gaussian noise of standard deviation 1e-6 (for a tensor whose gradient is that sensitive,
-/// a different summation order moves it as much).
-fn compare_gradients(
-    json: &str,
-    size: usize,
-    device: &GpuDevice,
-    calibrate: bool,
-) -> (Vec<f32>, Vec<f32>) {
-    let cfg = config(json);
-    let data = batch_data(8, size, 4);
-    let cpu_dev = Default::default();
-    let on_cpu = |data: &(TensorData, TensorData)| {
-        let c = seeded::<CpuAd>(&cfg, 6, &cpu_dev);
-        gradients(&c, &square_loss(&c, micro_batch(data, &cpu_dev)).backward())
-    };
-    let gc = on_cpu(&data);
-    let g = seeded::<GpuAd>(&cfg, 6, device);
-    let gg = gradients(&g, &square_loss(&g, micro_batch(&data, device)).backward());
-    assert!(gc.len() > 10, "{} gradients", gc.len());
-    let sensitivity: Vec<f32> = if calibrate {
-        let noise = with_host_seed(99, |d| {
-            Tensor::<Cpu, 4>::random(data.0.shape.clone(), Distribution::Normal(0.0, 1e-6), d)
+/// Every trainable parameter's gradient of `square_loss` for the model of seed 6 (see
+/// `seeded`) and `data`.
+fn student_gradients<B: AutodiffBackend>(
+    cfg: &ClipConfig,
+    data: &(TensorData, TensorData),
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let model = seeded::<B>(cfg, 6, device);
+    gradients(&model, &square_loss(&model, micro_batch(data, device)).backward())
+}
+
+/// Casts every float parameter to f64 (Flex computes in the type of its tensors).
+struct ToF64;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for ToF64 {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|t| {
+            let trained = t.is_require_grad();
+            let t = Tensor::<B, D>::from_inner(t.inner().cast(DType::F64));
+            if trained { t.require_grad() } else { t }
+        })
+    }
+}
+
+/// `student_gradients` computed on the CPU in f64 (the exact gradient, to f32's precision), for
+/// the pixels plus `noise` times a seeded standard normal draw when `noise` is given.
+fn exact_gradients(
+    cfg: &ClipConfig,
+    data: &(TensorData, TensorData),
+    noise: Option<(u64, f64)>,
+) -> Vec<Vec<f32>> {
+    let device = Default::default();
+    let model = seeded::<CpuAd>(cfg, 6, &device).map(&mut ToF64);
+    let mut pixels = Tensor::<Cpu, 4>::from_data(data.0.clone(), &device).cast(DType::F64);
+    if let Some((seed, scale)) = noise {
+        let draw = with_host_seed(seed, |d| {
+            Tensor::<Cpu, 4>::random(data.0.shape.clone(), Distribution::Normal(0.0, 1.0), d)
         });
-        let noisy = Tensor::<Cpu, 4>::from_data(data.0.clone(), &cpu_dev) + noise;
-        per_tensor_relative(&gc, &on_cpu(&(noisy.into_data(), data.1.clone())))
-    } else {
-        Vec::new()
-    };
+        pixels = pixels + draw.cast(DType::F64).mul_scalar(scale);
+    }
+    let batch = MicroBatch::new(
+        Tensor::from_inner(pixels),
+        Tensor::<CpuAd, 2, Int>::from_data(data.1.clone(), &device),
+    );
+    gradients(&model, &square_loss(&model, batch).backward())
+}
+
+/// Prints each tensor whose difference is over `TOLERANCE` (with `allowed`, only those over
+/// their allowance), and the worst.
+fn print_differences(label: &str, reference: &[Vec<f32>], differences: &[f32], allowed: Option<&[f32]>) {
     let largest = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let overall = gc.iter().map(|x| largest(x)).fold(0.0f32, f32::max);
-    let differences = per_tensor_relative(&gc, &gg);
+    let overall = reference.iter().map(|x| largest(x)).fold(0.0f32, f32::max);
     for (i, &d) in differences.iter().enumerate() {
-        if d > TOLERANCE {
-            let own = sensitivity.get(i).map_or(String::new(), |s| {
-                format!("; the CPU with input noise: {s:.2e}")
-            });
+        let limit = allowed.map_or(TOLERANCE, |a| a[i]);
+        if d > limit {
             println!(
-                "{size}px: gradient {i} ({} values, largest {:.2e}, {:.2e} of the largest of \
-                 all) differs by {d:.2e}{own}",
-                gc[i].len(),
-                largest(&gc[i]),
-                largest(&gc[i]) / overall
+                "{label}: gradient {i} ({} values, largest {:.2e}, {:.2e} of the largest of \
+                 all) differs by {d:.2e}{}",
+                reference[i].len(),
+                largest(&reference[i]),
+                largest(&reference[i]) / overall,
+                allowed.map_or(String::new(), |_| format!(", allowed {limit:.2e}"))
             );
         }
     }
-    let (worst, which) = worst_of(&differences);
+    let (worst, which) = worst_of(differences);
     println!(
-        "{size}px: worst gradient difference {worst:.2e} (tensor {which} of {})",
-        gc.len()
+        "{label}: worst gradient difference {worst:.2e} (tensor {which} of {})",
+        reference.len()
     );
-    (differences, sensitivity)
+    if let Some(allowed) = allowed {
+        let shares: Vec<f32> = differences.iter().zip(allowed).map(|(d, a)| d / a).collect();
+        let (share, which) = worst_of(&shares);
+        let smallest = allowed.iter().copied().fold(f32::INFINITY, f32::min);
+        let largest = allowed.iter().copied().fold(0.0, f32::max);
+        println!(
+            "{label}: at most {share:.2} of the allowance (tensor {which}); allowances \
+             {smallest:.1e} to {largest:.1e}"
+        );
+    }
 }
 
 /// The exact GELU gradient: with Burn's default `gelu_backward` (the tanh approximation's
@@ -383,28 +414,65 @@ fn modified_resnet_gradients_match_the_cpu() {
     check_gradients(&rn(112), 112, &device);
 }
 
-/// The same at 224 pixels (where the stem's BatchNorm reduces 100 352 values per channel).
-/// There, with the Bottleneck branches open, this loss's gradients are ill-conditioned: on the
-/// CPU alone, input noise of 1e-6 moves the stem's gradients by about 1e-2 of their scale. So
-/// each tensor's difference from the CPU is held to the larger of `TOLERANCE` and 4x the CPU's
-/// own move under that noise (measured on lavapipe: worst 1.9e-2, a layer4 `conv2` weight, which
-/// the noise moves as much; at most 1.45x the noise's move over all tensors). Not a robust
-/// criterion: the CPU's own move depends on the CPU's thread count (Flex sums in another order).
-/// On an NVIDIA H200 (wgpu, its Vulkan driver) the same layer4 weight differed by 1.86e-2 (as on
-/// lavapipe) while that machine's 16-thread CPU moved it by 4.5e-6 only, and the stem's weight
-/// by 4.7e-3 against 5.6e-4: the test failed there, with the 112-pixel gradients (9.9e-6) and
-/// the 224-pixel training losses (5e-6) right. Which side's 224-pixel gradient is nearer the
-/// exact one is not settled (issue 10).
+/// The same at 224 pixels (where the stem's BatchNorm reduces 100 352 values per channel),
+/// against the exact gradient: the CPU's in f64.
+///
+/// There the gradient is not a continuous function of the pixels at f32's precision, so it
+/// cannot be held to `TOLERANCE`: the exact gradient moves by up to 1.3e-2 of a tensor's scale
+/// for input noise of 1e-6 (a seeded draw), but by 1.6e-6 for noise of 1e-7 and 1.8e-7 for
+/// 1e-8: it jumps. Of 8 data and model seeds tried, 7 jumped (6.6e-3 to 2.0e-2) at noise 1e-6
+/// and all 8 at 1e-5. The likely cause is ReLU kinks: an activation near 0 that rounding moves
+/// across it changes the gradient by one position's share, and the last stage has only 8·7·7 =
+/// 392 positions per channel. So two f32 implementations may differ there by about 1e-2 however
+/// precise each is: on lavapipe the CPU's f32 gradients were within 3.8e-4 of the exact ones and
+/// wgpu's within 3.0e-3 (its long sums are less precise: a matmul with K = 100 352 within 9e-6
+/// of f64, the CPU's within 6e-7); on an NVIDIA H200 through Vulkan wgpu was 1.86e-2 from that
+/// machine's 16-thread CPU, which the previous criterion (the CPU's own move under noise) did
+/// not allow.
+///
+/// Each tensor's difference from the exact gradient is held to the larger of `TOLERANCE` and
+/// 2x the largest move of the exact gradient under input noise (five seeded draws) of
+/// `TOLERANCE / 100`: 1e-6 on wgpu, about the GPU's forward error (1.4e-6 on the embeddings);
+/// 2e-5 on CUDA, for TF32 (not yet run there). The f32 gradient must be one that the exact
+/// gradient of a pixel batch within rounding of this one could be. The allowance is computed in
+/// f64, so it is the same on every machine, and the CPU's f32 gradients are held to it too (a
+/// check of the criterion). On lavapipe: allowances 1e-4 to 1.2e-1, the CPU's f32 gradients at
+/// most 0.02 of theirs, wgpu's 0.16; a gradient off by 2.5x its allowance fails. Not in CI: a
+/// kink that none of the draws crosses can still be crossed by a kernel that autotune picks
+/// another time.
 #[test]
-#[ignore = "about 10 minutes on lavapipe: run with --ignored"]
-fn modified_resnet_gradients_at_224_pixels_match_the_cpu() {
+#[ignore = "about 1 minute on lavapipe; see the comment: run with --ignored"]
+fn modified_resnet_gradients_at_224_pixels_match_the_exact_ones() {
     let Some(device) = gpu() else { return };
-    let (differences, sensitivity) = compare_gradients(&rn(224), 224, &device, true);
-    for (i, (d, s)) in differences.iter().zip(&sensitivity).enumerate() {
-        assert!(
-            *d <= (4.0 * s).max(TOLERANCE),
-            "224px: gradient {i} differs by {d:.2e}, the CPU's own under input noise by {s:.2e}"
-        );
+    let cfg = config(&rn(224));
+    let data = batch_data(8, 224, 4);
+    let exact = exact_gradients(&cfg, &data, None);
+    let mut allowed = vec![TOLERANCE; exact.len()];
+    let noise = f64::from(TOLERANCE) * 1e-2;
+    for seed in 99..104 {
+        let moved = per_tensor_relative(&exact, &exact_gradients(&cfg, &data, Some((seed, noise))));
+        for (a, m) in allowed.iter_mut().zip(moved) {
+            *a = a.max(2.0 * m);
+        }
+    }
+    for (label, got) in [
+        (
+            "224px cpu f32".to_string(),
+            student_gradients::<CpuAd>(&cfg, &data, &Default::default()),
+        ),
+        (
+            format!("224px {GPU_NAME}"),
+            student_gradients::<GpuAd>(&cfg, &data, &device),
+        ),
+    ] {
+        let differences = per_tensor_relative(&exact, &got);
+        print_differences(&label, &exact, &differences, Some(&allowed));
+        for (i, (d, a)) in differences.iter().zip(&allowed).enumerate() {
+            assert!(
+                d <= a,
+                "{label}: gradient {i} differs from the exact one by {d:.2e}, allowed {a:.2e}"
+            );
+        }
     }
 }
 
