@@ -305,7 +305,8 @@ fn check_gradients(json: &str, size: usize, device: &GpuDevice) {
     let cfg = config(json);
     let data = batch_data(8, size, 4);
     let on_cpu = student_gradients::<CpuAd>(&cfg, &data, &Default::default());
-    let differences = per_tensor_relative(&on_cpu, &student_gradients::<GpuAd>(&cfg, &data, device));
+    let differences =
+        per_tensor_relative(&on_cpu, &student_gradients::<GpuAd>(&cfg, &data, device));
     print_differences(&format!("{size}px"), &on_cpu, &differences, None);
     let (worst, which) = worst_of(&differences);
     assert!(
@@ -322,7 +323,12 @@ fn student_gradients<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
     let model = seeded::<B>(cfg, 6, device);
-    gradients(&model, &square_loss(&model, micro_batch(data, device)).backward())
+    let grads = gradients(
+        &model,
+        &square_loss(&model, micro_batch(data, device)).backward(),
+    );
+    assert!(grads.len() > 10, "{} gradients", grads.len());
+    grads
 }
 
 /// Casts every float parameter to f64 (Flex computes in the type of its tensors).
@@ -363,7 +369,12 @@ fn exact_gradients(
 
 /// Prints each tensor whose difference is over `TOLERANCE` (with `allowed`, only those over
 /// their allowance), and the worst.
-fn print_differences(label: &str, reference: &[Vec<f32>], differences: &[f32], allowed: Option<&[f32]>) {
+fn print_differences(
+    label: &str,
+    reference: &[Vec<f32>],
+    differences: &[f32],
+    allowed: Option<&[f32]>,
+) {
     let largest = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let overall = reference.iter().map(|x| largest(x)).fold(0.0f32, f32::max);
     for (i, &d) in differences.iter().enumerate() {
@@ -385,7 +396,11 @@ fn print_differences(label: &str, reference: &[Vec<f32>], differences: &[f32], a
         reference.len()
     );
     if let Some(allowed) = allowed {
-        let shares: Vec<f32> = differences.iter().zip(allowed).map(|(d, a)| d / a).collect();
+        let shares: Vec<f32> = differences
+            .iter()
+            .zip(allowed)
+            .map(|(d, a)| d / a)
+            .collect();
         let (share, which) = worst_of(&shares);
         let smallest = allowed.iter().copied().fold(f32::INFINITY, f32::min);
         let largest = allowed.iter().copied().fold(0.0, f32::max);
@@ -551,13 +566,19 @@ fn print_compiled_kernels<B: Backend>(step: usize, device: &B::Device) {
     let Ok(log) = std::env::var("CUBECL_DEBUG_LOG") else {
         return;
     };
-    if matches!(log.as_str(), "stdout" | "stderr" | "0" | "1" | "true" | "false") {
+    if matches!(
+        log.as_str(),
+        "stdout" | "stderr" | "0" | "1" | "true" | "false"
+    ) {
         return;
     }
     B::sync(device).unwrap();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let kernels = text.matches("[START_KERNEL_COMPILATION]").count();
-    eprintln!("after step {step} on {}: {kernels} kernels compiled", B::name(device));
+    eprintln!(
+        "after step {step} on {}: {kernels} kernels compiled",
+        B::name(device)
+    );
 }
 
 /// The ModifiedResNet's inference forward stage by stage on the CPU and the GPU with Burn's own
@@ -778,5 +799,8 @@ fn matmul_shapes_against_the_cpu() {
             wrong.push(format!("[{lhs_batch}, {m}, {k}] x [{n}, {k}, {l}]"));
         }
     }
-    assert!(wrong.is_empty(), "wrong batched matmuls on {GPU_NAME}: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "wrong batched matmuls on {GPU_NAME}: {wrong:?}"
+    );
 }
