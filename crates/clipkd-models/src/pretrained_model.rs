@@ -134,8 +134,7 @@ impl PretrainedModel {
         }
         match &self.model {
             ModelSource::Hub(_) | ModelSource::LocalDir(_) => {
-                let path = self.model.open_clip_config_file(|| self.client())?;
-                Ok(self.model.read_open_clip_config(&path)?.1)
+                Ok(self.model.open_clip_config(|| self.client())?.1)
             }
             // A missing file is reported by `resolve`, with the preset names.
             ModelSource::File(path) if path.is_file() => {

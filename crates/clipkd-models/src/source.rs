@@ -97,8 +97,7 @@ impl ModelSource {
     ) -> Result<ClipConfig, ModelError> {
         match self {
             ModelSource::Hub(_) | ModelSource::LocalDir(_) => {
-                let path = self.open_clip_config_file(client)?;
-                let (model_cfg, _) = self.read_open_clip_config(&path)?;
+                let (model_cfg, _) = self.open_clip_config(client)?;
                 ClipConfig::from_open_clip_value(model_cfg)
             }
             ModelSource::Preset(name) => ClipConfig::preset(name),
@@ -123,12 +122,21 @@ impl ModelSource {
 }
 
 impl ModelSource {
-    /// The `open_clip_config.json` of a Hub repository (from the cache or downloaded by the
-    /// client) or of a folder.
+    /// The `model_cfg` and `preprocess_cfg` of the `open_clip_config.json` of a Hub repository
+    /// (from the cache or downloaded by the client) or of a folder.
     ///
     /// # Panics
     /// For the other sources (callers match first).
-    pub(crate) fn open_clip_config_file(
+    pub(crate) fn open_clip_config(
+        &self,
+        client: impl FnOnce() -> Result<HubClient, ModelError>,
+    ) -> Result<(Value, Option<Value>), ModelError> {
+        let path = self.open_clip_config_file(client)?;
+        self.read_open_clip_config(&path)
+    }
+
+    /// Where [`ModelSource::open_clip_config`] reads from.
+    fn open_clip_config_file(
         &self,
         client: impl FnOnce() -> Result<HubClient, ModelError>,
     ) -> Result<PathBuf, ModelError> {
@@ -157,10 +165,7 @@ impl ModelSource {
     }
 
     /// The `model_cfg` and `preprocess_cfg` of this source's `open_clip_config.json` at `path`.
-    pub(crate) fn read_open_clip_config(
-        &self,
-        path: &Path,
-    ) -> Result<(Value, Option<Value>), ModelError> {
+    fn read_open_clip_config(&self, path: &Path) -> Result<(Value, Option<Value>), ModelError> {
         let missing = format!(
             "{} has no `model_cfg` (not an open_clip model repository)",
             path.display()
