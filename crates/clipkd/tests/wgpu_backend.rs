@@ -15,7 +15,8 @@
 //! A ModifiedResNet's Bottleneck `bn3` gammas are set to 1 here (open_clip starts them at 0,
 //! which hides each Bottleneck's branch from a comparison).
 //!
-//! The checks themselves are in `common/gpu_vs_cpu.rs`, shared with `cuda_backend.rs`.
+//! The checks themselves are in `common/gpu_vs_cpu.rs`, shared with `cuda_backend.rs`; this
+//! file adds two of the `clipkd` command on wgpu (no adapter; the autotune cache).
 //!
 //! The 224-pixel ModifiedResNet gradients are compared with the exact ones (the CPU's in f64)
 //! under an allowance computed in f64, not with the CPU's f32 ones: there the gradient jumps
@@ -75,4 +76,82 @@ fn no_adapter_is_a_clear_error_not_a_panic() {
             && stderr.contains("mesa-vulkan-drivers"),
         "{stderr}"
     );
+}
+
+/// Failure 5 of issue 10: wgpu compiles its kernels again in every process (CubeCL 0.10 keeps
+/// no WGSL binaries), but clipkd keeps the autotune results under `CLIPKD_KERNEL_CACHE`, so a
+/// second process tunes nothing: the tiny model's `embed` on lavapipe took 36 s the first time
+/// and 1.1 s the second.
+#[test]
+fn a_second_process_reuses_the_autotune_results_of_the_first() {
+    if gpu().is_none() {
+        return;
+    }
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("clipkd-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("cache");
+    let embed = |run: usize| {
+        let output = dir.join(format!("embeddings{run}.safetensors"));
+        let log = dir.join(format!("cubecl{run}.log"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clipkd"))
+            .args(["embed", "--device", "wgpu", "--model"])
+            .arg(format!("{fixtures}/models/tiny.json"))
+            .arg("--weights")
+            .arg(format!("{fixtures}/models/tiny.safetensors"))
+            .arg("--image")
+            .arg(format!("{fixtures}/images/src/astronaut_small.jpg"))
+            .arg("--output")
+            .arg(&output)
+            // No cubecl.toml above a fresh temporary folder: clipkd's settings apply.
+            .current_dir(&dir)
+            .env("CLIPKD_KERNEL_CACHE", &cache)
+            .env("CLIPKD_CUBECL_LOG", &log)
+            .env_remove("CUBECL_DEBUG_LOG")
+            .env_remove("CUBECL_AUTOTUNE_LEVEL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {stderr}");
+        assert!(stderr.contains(&cache.display().to_string()), "{stderr}");
+        let bytes = std::fs::read(&output).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let embedding = file.tensor("image_embeds").unwrap().data().to_vec();
+        let tuned = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("Fastest result")
+            .count();
+        (embedding, tuned)
+    };
+    let (first, tuned_first) = embed(1);
+    let files = walk(&cache.join("autotune"));
+    let (second, tuned_second) = embed(2);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(tuned_first > 0, "the first run tuned nothing");
+    assert!(
+        !files.is_empty(),
+        "no autotune results under {}",
+        cache.display()
+    );
+    assert_eq!(tuned_second, 0, "the second run tuned again");
+    assert_eq!(first, second, "the two runs' embeddings");
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }
