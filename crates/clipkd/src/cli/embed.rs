@@ -193,7 +193,89 @@ fn write_embeddings(
             .map_err(|err| anyhow::anyhow!("building tensor {name}: {err}"))
     })
     .collect::<anyhow::Result<HashMap<_, _>>>()?;
-    // One message: the safetensors error already carries its I/O cause.
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    std::fs::write(path, with_sorted_header(bytes))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A safetensors file's bytes with the keys of its JSON header in sorted order. safetensors
+/// 0.7 writes `__metadata__` from a `HashMap`, whose order changes from one process to the
+/// next, so two runs embedding the same inputs wrote files that differed in bytes.
+fn with_sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + len]).expect("safetensors writes a JSON header");
+    let mut json = serde_json::to_vec(&sorted_keys(header)).expect("JSON values serialize");
+    // The same tokens in another order: the same length, padded with spaces as safetensors does.
+    assert!(json.len() <= len, "a reordered header is no longer");
+    json.resize(len, b' ');
+    let mut out = bytes;
+    out[8..8 + len].copy_from_slice(&json);
+    out
+}
+
+/// `value` with every object's keys inserted in sorted order (so sorted whether or not
+/// serde_json keeps insertion order).
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, sorted_keys(v)))
+                .collect()
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writes of the same embeddings with the same metadata (two maps, so two iteration
+    /// orders) are the same bytes, and the file reads back with its tensors and metadata.
+    #[test]
+    fn the_same_embeddings_are_the_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("clipkd-embed-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let images = HostEmbeddings {
+            rows: 2,
+            dim: 3,
+            data: vec![0.5, -1.0, 2.0, 0.0, 1e-3, 7.0],
+        };
+        let texts = HostEmbeddings {
+            rows: 0,
+            dim: 3,
+            data: vec![],
+        };
+        let metadata = || -> HashMap<String, String> {
+            (0..12)
+                .map(|i| (format!("key{i}"), format!("value \"{i}\"")))
+                .collect()
+        };
+        let files: Vec<Vec<u8>> = (0..2)
+            .map(|i| {
+                let path = dir.join(format!("{i}.safetensors"));
+                write_embeddings(&path, &images, &texts, metadata()).unwrap();
+                std::fs::read(path).unwrap()
+            })
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(files[0], files[1]);
+        let (_, read) = safetensors::SafeTensors::read_metadata(&files[0]).unwrap();
+        assert_eq!(read.metadata().as_ref(), Some(&metadata()));
+        let file = safetensors::SafeTensors::deserialize(&files[0]).unwrap();
+        let image = file.tensor("image_embeds").unwrap();
+        assert_eq!(image.shape(), [2, 3]);
+        let values: Vec<f32> = image
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, images.data);
+        assert_eq!(file.tensor("text_embeds").unwrap().shape(), [0, 3]);
+    }
 }
