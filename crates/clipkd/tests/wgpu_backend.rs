@@ -56,6 +56,8 @@ fn gpu() -> Option<WgpuDevice> {
 
 include!("common/gpu_vs_cpu.rs");
 
+mod common;
+
 /// With no Vulkan driver, `--device wgpu` fails with an error naming the device and the fix
 /// (exit 1), not CubeCL's panic (exit 101). Needs no GPU: the Vulkan loader is pointed at a
 /// driver list that does not exist.
@@ -80,7 +82,7 @@ fn no_adapter_is_a_clear_error_not_a_panic() {
 
 /// Failure 5 of issue 10: wgpu compiles its kernels again in every process (CubeCL 0.10 keeps
 /// no WGSL binaries), but clipkd keeps the autotune results under `CLIPKD_KERNEL_CACHE`, so a
-/// second process tunes nothing. On lavapipe (this test's model) the first run took 21-31 s,
+/// second process tunes nothing. On lavapipe (this test's model) the first run took 18-31 s,
 /// the second 1.0-19 s: the rest is compiling again the kernels autotune chose, and which it
 /// chooses (by timing) changes from one cold run to the next.
 #[test]
@@ -88,9 +90,8 @@ fn a_second_process_reuses_the_autotune_results_of_the_first() {
     if gpu().is_none() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("clipkd-kernel-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = common::TempDir::new("kernel-cache");
+    let dir = &temp.0;
     // A tiny ViT with seeded weights and one 16x16 image, made here (the package has no fixtures).
     let model = dir.join("model.json");
     std::fs::write(&model, VIT).unwrap();
@@ -116,7 +117,7 @@ fn a_second_process_reuses_the_autotune_results_of_the_first() {
             .arg("--output")
             .arg(&output)
             // No cubecl.toml above a fresh temporary folder: clipkd's settings apply.
-            .current_dir(&dir)
+            .current_dir(dir)
             .env("CLIPKD_KERNEL_CACHE", &cache)
             .env("CLIPKD_CUBECL_LOG", &log)
             .env_remove("CUBECL_DEBUG_LOG")
@@ -140,7 +141,6 @@ fn a_second_process_reuses_the_autotune_results_of_the_first() {
     let (first, tuned_first) = embed(1);
     let files = walk(&cache.join("autotune"));
     let (second, tuned_second) = embed(2);
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(tuned_first > 0, "the first run tuned nothing");
     assert!(
         !files.is_empty(),

@@ -315,18 +315,26 @@ fn check_gradients(json: &str, size: usize, device: &GpuDevice) {
     );
 }
 
-/// Every trainable parameter's gradient of `square_loss` for the model of seed 6 (see
-/// `seeded`) and `data`.
+/// The seed of the model whose gradients `student_gradients` and `exact_gradients` compare.
+const GRADIENT_MODEL_SEED: u64 = 6;
+
+/// Every trainable parameter's gradient of `square_loss` for the model of
+/// `GRADIENT_MODEL_SEED` (see `seeded`) and `data`.
 fn student_gradients<B: AutodiffBackend>(
     cfg: &ClipConfig,
     data: &(TensorData, TensorData),
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
-    let model = seeded::<B>(cfg, 6, device);
-    let grads = gradients(
-        &model,
-        &square_loss(&model, micro_batch(data, device)).backward(),
-    );
+    let model = seeded::<B>(cfg, GRADIENT_MODEL_SEED, device);
+    loss_gradients(&model, micro_batch(data, device))
+}
+
+/// Every trainable parameter's gradient of `square_loss` for `model` and `batch`.
+fn loss_gradients<B: AutodiffBackend>(
+    model: &clipkd::models::Clip<B>,
+    batch: MicroBatch<B>,
+) -> Vec<Vec<f32>> {
+    let grads = gradients(model, &square_loss(model, batch).backward());
     assert!(grads.len() > 10, "{} gradients", grads.len());
     grads
 }
@@ -352,7 +360,7 @@ fn exact_gradients(
     noise: Option<(u64, f64)>,
 ) -> Vec<Vec<f32>> {
     let device = Default::default();
-    let model = seeded::<CpuAd>(cfg, 6, &device).map(&mut ToF64);
+    let model = seeded::<CpuAd>(cfg, GRADIENT_MODEL_SEED, &device).map(&mut ToF64);
     let mut pixels = Tensor::<Cpu, 4>::from_data(data.0.clone(), &device).cast(DType::F64);
     if let Some((seed, scale)) = noise {
         let draw = with_host_seed(seed, |d| {
@@ -364,7 +372,7 @@ fn exact_gradients(
         Tensor::from_inner(pixels),
         Tensor::<CpuAd, 2, Int>::from_data(data.1.clone(), &device),
     );
-    gradients(&model, &square_loss(&model, batch).backward())
+    loss_gradients(&model, batch)
 }
 
 /// Prints each tensor whose difference is over `TOLERANCE` (with `allowed`, only those over
